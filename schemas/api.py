@@ -1,0 +1,111 @@
+"""Client-facing messages: requests on `llorch.v1.api.*` and the events of a job's stream."""
+
+from typing import Annotated, Literal
+
+from msgspec import Meta
+
+from schemas.base import Message
+from schemas.codes import ErrorCode
+
+Priority = Literal["interactive", "batch"]
+FinishReason = Literal["stop", "length"]
+JobState = Literal["queued", "running", "finished", "failed", "cancelled"]
+
+# Type-level bounds; deployment limits (prompt size, max_tokens cap) are the orchestrator's.
+MaxTokens = Annotated[int, Meta(ge=1)]
+Temperature = Annotated[float, Meta(ge=0.0, le=5.0)]
+TopP = Annotated[float, Meta(gt=0.0, le=1.0)]
+TopK = Annotated[int, Meta(ge=0)]
+Seed = Annotated[int, Meta(ge=0, le=2**32 - 1)]
+DeviceIndex = Annotated[int, Meta(ge=0)]
+
+
+class GenerateRequest(Message, tag="generate"):
+    model: str  # catalog name
+    prompt: str  # raw prompt text (no chat template applied)
+    max_tokens: MaxTokens = 128  # tokens to generate at most
+    temperature: Temperature = 0.8  # 0 = greedy
+    top_p: TopP = 0.95  # nucleus sampling mass
+    top_k: TopK = 40  # 0 = off
+    seed: Seed | None = None  # None = the orchestrator picks one and reports it in `started`
+    stop: list[str] = []  # generation ends before any of these strings
+    priority: Priority = "interactive"  # interactive jobs are served before batch jobs
+    deadline_ms: Annotated[int, Meta(ge=1)] | None = None  # give up if still queued after this
+    pool: str | None = None  # pin to a pool (no fallback)
+    device: DeviceIndex | None = None  # pin to a device index (no fallback)
+    job_id: str | None = None  # client-chosen id; assigned when absent
+
+
+class Queued(Message, tag="queued"):
+    seq: int  # event number within the stream, +1 per event
+    job_id: str
+    position: int  # 1 = next to start
+
+
+class Started(Message, tag="started"):
+    seq: int
+    job_id: str
+    worker_id: str
+    model: str
+    seed: int  # the seed actually used: replaying with it reproduces the text
+
+
+class Token(Message, tag="token"):
+    seq: int
+    text: str  # whole UTF-8 characters only
+
+
+class End(Message, tag="end"):
+    seq: int
+    job_id: str
+    finish_reason: FinishReason
+    tokens_in: int
+    tokens_out: int
+    ttft_ms: float  # job start on the worker to first token
+    total_ms: float  # job start on the worker to end
+
+
+class Error(Message, tag="error"):
+    """Terminal stream event, and the reply of any request that failed."""
+
+    code: ErrorCode
+    message: str
+    retriable: bool = False
+    retry_after_ms: int | None = None
+    seq: int | None = None  # set when it ends a stream
+    job_id: str | None = None
+
+
+Event = Queued | Started | Token | End | Error
+
+
+class CancelRequest(Message, tag="cancel"):
+    job_id: str
+
+
+class CancelReply(Message, tag="cancel_reply"):
+    job_id: str
+    outcome: Literal["cancelled", "already_finished"]
+
+
+class JobGetRequest(Message, tag="job_get"):
+    job_id: str
+
+
+class JobInfo(Message, tag="job"):
+    job_id: str
+    state: JobState
+    model: str
+    priority: Priority
+    position: int | None = None  # while queued
+    worker_id: str | None = None  # once placed
+    code: ErrorCode | None = None  # when failed
+    reasons: list[str] = []  # why it still waits (placement filters)
+
+
+class StateRequest(Message, tag="state_request"):
+    pass
+
+
+class ModelsRequest(Message, tag="models_request"):
+    pass

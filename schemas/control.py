@@ -1,0 +1,114 @@
+"""Control-plane messages between orchestrator, pool managers and workers."""
+
+from typing import Literal
+
+from schemas.base import Message
+from schemas.codes import ErrorCode
+
+DeviceKind = Literal["gpu", "cpu"]
+WorkerState = Literal["starting", "ready", "busy", "draining", "failed", "exited"]
+
+
+class Device(Message, tag="device"):
+    index: int  # NVML index (CUDA_VISIBLE_DEVICES value for workers); 0 for the CPU device
+    uuid: str
+    name: str
+    kind: DeviceKind
+    total_bytes: int
+    free_bytes: int
+    used_bytes: int
+
+
+class WorkerInfo(Message, tag="worker"):
+    worker_id: str
+    model: str
+    device: int
+    pid: int | None
+    state: WorkerState
+    memory_bytes: int | None = None  # measured after load; None while starting
+    exit_code: int | None = None  # once reaped
+    message: str = ""  # why it failed, when it did
+
+
+class ModelInfo(Message, tag="model"):
+    name: str
+    sha256: str
+    size_bytes: int
+    n_ctx_train: int  # context length the model was trained for (GGUF metadata)
+    n_layers: int
+    kv_bytes_per_token: int  # f16 K+V bytes per context position (GGUF metadata)
+
+
+class Heartbeat(Message, tag="heartbeat"):
+    pool_id: str
+    ts: float  # pool's wall clock, unix seconds
+    seq: int  # +1 per heartbeat of this pool process
+    interval_s: float
+    devices: list[Device]
+    workers: list[WorkerInfo]
+    models: list[ModelInfo]
+
+
+class SnapshotRequest(Message, tag="snapshot_request"):
+    pass
+
+
+class SpawnRequest(Message, tag="spawn"):
+    worker_id: str
+    model: str
+    device: int  # device index from the pool's inventory
+    n_ctx: int  # context to allocate
+
+
+class StopRequest(Message, tag="stop"):
+    worker_id: str
+    drain: bool = True  # finish the running job first; False = kill now
+
+
+class Ack(Message, tag="ack"):
+    detail: str = ""
+
+
+class WorkerReady(Message, tag="ready"):
+    worker_id: str
+    pool_id: str
+    model: str
+    device: int
+    pid: int
+    memory_bytes: int  # measured footprint of the process on its device
+    n_ctx: int
+    layers_offloaded: int
+    layers_total: int
+    load_ms: float
+
+
+class WorkerFailed(Message, tag="worker_failed"):
+    worker_id: str
+    pool_id: str
+    code: ErrorCode
+    message: str
+
+
+class Execute(Message, tag="execute"):
+    job_id: str
+    model: str
+    prompt: str
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int
+    stream: str  # subject the events go to (the client's inbox)
+    stop: list[str] = []
+    seq: int = 0  # seq of the first event this worker sends
+    resume_after: int = -1  # retry: suppress events with seq <= this (the client has them)
+
+
+class JobStatus(Message, tag="job_status"):
+    job_id: str
+    worker_id: str
+    state: Literal["started", "progress", "finished", "failed"]
+    seq: int  # last seq published to the stream
+    tokens_in: int = 0
+    tokens_out: int = 0
+    code: ErrorCode | None = None  # when failed

@@ -1,0 +1,30 @@
+"""Replies of `api.state` and `api.models`: the orchestrator's view, as data."""
+
+from schemas.api import JobInfo
+from schemas.base import Message
+from schemas.control import Device, ModelInfo, WorkerInfo
+
+
+class PoolView(Message, tag="pool"):
+    pool_id: str
+    alive: bool
+    last_seen_ms_ago: float
+    devices: list[Device]
+    workers: list[WorkerInfo]
+
+
+class ClusterState(Message, tag="state"):
+    pools: list[PoolView]
+    queue: list[JobInfo]  # waiting jobs, in start order
+    running: list[JobInfo]
+
+
+class CatalogEntry(Message, tag="catalog_entry"):
+    model: ModelInfo
+    pools: list[str]  # pools that hold the file
+    est_bytes: int  # memory the orchestrator budgets for one worker (learned once measured)
+    measured: bool  # est_bytes comes from a worker's report, not from the GGUF estimate
+
+
+class ModelsReply(Message, tag="models"):
+    models: list[CatalogEntry]

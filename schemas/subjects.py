@@ -1,0 +1,73 @@
+"""Subject builders: the one place subject names are spelled."""
+
+from dataclasses import dataclass
+
+from schemas.ids import check_id
+
+DEFAULT_PREFIX = "llorch.v1"
+
+
+@dataclass(frozen=True, slots=True)
+class Subjects:
+    prefix: str = DEFAULT_PREFIX
+
+    # client -> orchestrator
+    @property
+    def generate(self) -> str:
+        return f"{self.prefix}.api.generate"
+
+    @property
+    def cancel(self) -> str:
+        return f"{self.prefix}.api.cancel"
+
+    @property
+    def jobs_get(self) -> str:
+        return f"{self.prefix}.api.jobs.get"
+
+    @property
+    def state(self) -> str:
+        return f"{self.prefix}.api.state"
+
+    @property
+    def models(self) -> str:
+        return f"{self.prefix}.api.models"
+
+    # pool <-> orchestrator
+    def heartbeat(self, pool: str) -> str:
+        return f"{self.prefix}.pool.{check_id(pool, 'pool id')}.heartbeat"
+
+    @property
+    def heartbeat_all(self) -> str:
+        return f"{self.prefix}.pool.*.heartbeat"
+
+    @property
+    def snapshot_request(self) -> str:
+        """Orchestrator asks every pool to heartbeat now (used at its start)."""
+        return f"{self.prefix}.pools.snapshot"
+
+    def spawn(self, pool: str) -> str:
+        return f"{self.prefix}.pool.{check_id(pool, 'pool id')}.spawn"
+
+    def stop(self, pool: str) -> str:
+        return f"{self.prefix}.pool.{check_id(pool, 'pool id')}.stop"
+
+    # worker
+    def ready(self, worker: str) -> str:
+        return f"{self.prefix}.worker.{check_id(worker, 'worker id')}.ready"
+
+    @property
+    def ready_all(self) -> str:
+        return f"{self.prefix}.worker.*.ready"
+
+    def execute(self, worker: str) -> str:
+        return f"{self.prefix}.worker.{check_id(worker, 'worker id')}.execute"
+
+    def worker_cancel(self, worker: str) -> str:
+        return f"{self.prefix}.worker.{check_id(worker, 'worker id')}.cancel"
+
+    def job_status(self, job: str) -> str:
+        return f"{self.prefix}.job.{check_id(job, 'job id')}.status"
+
+    @property
+    def job_status_all(self) -> str:
+        return f"{self.prefix}.job.*.status"
