@@ -1,0 +1,239 @@
+"""The `llorch` command: run the stack, talk to it, or run one component alone."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import nats
+from nats.aio.client import Client
+
+from schemas import DEFAULT_PREFIX, End, Error, GenerateRequest, Queued, Started, Subjects, Token
+
+from . import client, settings
+from .paths import default_data_dir
+from .stack import Stack, StackError, default_pool_id
+
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_URL = "nats://127.0.0.1:4222"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nats-url", default=os.environ.get("LLORCH_NATS_URL", DEFAULT_URL))
+    p.add_argument("--prefix", default=DEFAULT_PREFIX, help="subject prefix")
+
+
+def _generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
+
+
+def _stack_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, default=default_data_dir())
+    p.add_argument("--nats-url", help="use this NATS server instead of starting one")
+    p.add_argument("--port", type=int, help="port of the embedded nats-server (default 4222)")
+    p.add_argument("--prefix", default=DEFAULT_PREFIX, help="subject prefix")
+    p.add_argument("--pool-id", default=default_pool_id())
+    p.add_argument("--cpu", action="store_true", help="run workers on the CPU even with GPUs")
+    p.add_argument("--cpu-memory-bytes", type=int, help="cap the CPU device's capacity")
+    settings.add_arguments(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llorch", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start nats-server, orchestrator and a pool on this host")
+    _stack_args(up)
+    run = sub.add_parser("run", help="start the stack, stream one generation, stop")
+    _stack_args(run)
+    _generate_args(run)
+    gen = sub.add_parser("generate", help="stream a generation from a running stack")
+    _common(gen)
+    _generate_args(gen)
+    for name, help_ in (("state", "cluster view"), ("cancel", "cancel a job")):
+        p = sub.add_parser(name, help=help_)
+        _common(p)
+        if name == "cancel":
+            p.add_argument("job_id")
+    models = sub.add_parser("models", help="list models (or `models add NAME PATH`)")
+    _common(models)
+    models.add_argument("action", nargs="?", default="list", choices=["list", "add"])
+    models.add_argument("rest", nargs=argparse.REMAINDER)
+    orch = sub.add_parser("orch", help="run the orchestrator alone")
+    _common(orch)
+    settings.add_arguments(orch)
+    for name in ("pool", "worker"):
+        sub.add_parser(
+            name, help=f"run a {name} alone (see `llorch {name} --help`)", add_help=False
+        )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("pool", "worker"):  # owned by their packages: hand over
+        package = {"pool": "llorch_pool", "worker": "llorch_worker"}[argv[0]]
+        os.execv(sys.executable, [sys.executable, "-m", package, *argv[1:]])
+    if argv[:2] == ["models", "add"]:
+        os.execv(sys.executable, [sys.executable, "-m", "llorch_pool", *argv])
+    args = build_parser().parse_args(argv)
+    _use_uvloop()
+    try:
+        code = asyncio.run(_dispatch(args))
+    except KeyboardInterrupt:
+        code = 130
+    except (StackError, settings.ConfigError) as exc:
+        print(f"llorch: {exc}", file=sys.stderr)
+        code = 1
+    sys.exit(code)
+
+
+def _use_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _dispatch(args: argparse.Namespace) -> int:
+    if args.command in ("up", "run"):
+        return await _up(args)
+    if args.command == "orch":
+        from .serve import serve
+
+        await serve(args.nats_url, settings.from_args(args), Subjects(args.prefix))
+        return 0
+    nc = await _connect(args.nats_url)
+    try:
+        if args.command == "generate":
+            return await _generate(nc, args)
+        if args.command == "state":
+            return _print_state(await client.state(nc, Subjects(args.prefix)))
+        if args.command == "models":
+            return _print_models(await client.models(nc, Subjects(args.prefix)))
+        reply = await client.cancel(nc, args.job_id, Subjects(args.prefix))
+        print(f"{reply.code}: {reply.message}" if isinstance(reply, Error) else reply.outcome)
+        return 1 if isinstance(reply, Error) else 0
+    finally:
+        await nc.close()
+
+
+async def _connect(url: str) -> Client:
+    try:
+        return await nats.connect(url, connect_timeout=3, max_reconnect_attempts=0)
+    except Exception as exc:
+        raise StackError(f"cannot reach NATS at {url} ({exc}); is `llorch up` running?") from None
+
+
+async def _up(args: argparse.Namespace) -> int:
+    data_dir: Path = args.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if args.nats_url:
+        stack = Stack(data_dir=data_dir, nats_url=args.nats_url, prefix=args.prefix)
+        (data_dir / "logs").mkdir(exist_ok=True)
+    else:
+        port = args.port if args.command == "up" else None
+        stack = Stack.start_server(
+            data_dir, port or (4222 if args.command == "up" else None), args.prefix
+        )
+    try:
+        pool = ["llorch_pool", "serve", "--pool-id", args.pool_id, "--data-dir", str(data_dir)]
+        if args.cpu:
+            pool.append("--cpu")
+        if args.cpu_memory_bytes:
+            pool += ["--cpu-memory-bytes", str(args.cpu_memory_bytes)]
+        stack.spawn("orchestrator", ["llorch_orch", "orch", *settings.to_args(args)])
+        stack.spawn("pool", pool)
+        hb = await stack.wait_for_pool(args.pool_id)
+        devices = ", ".join(f"{d.name} ({d.total_bytes >> 20} MiB)" for d in hb.devices)
+        print(
+            f"llorch is up on {stack.nats_url}: pool {hb.pool_id} with {devices}", file=sys.stderr
+        )
+        print(f"logs: {data_dir / 'logs'}", file=sys.stderr)
+        if args.command == "run":
+            nc = await _connect(stack.nats_url)
+            try:
+                return await _generate(nc, args)
+            finally:
+                await nc.close()
+        await _wait_for_signal()
+        return 0
+    finally:
+        stack.stop()
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def _generate(nc: Client, args: argparse.Namespace) -> int:
+    request = GenerateRequest(
+        model=args.model,
+        prompt=args.prompt,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        stop=args.stop,
+    )
+    start = time.perf_counter()
+    first: float | None = None
+    async for event in client.stream(nc, request, Subjects(args.prefix)):
+        match event:
+            case Queued(position=position):
+                print(f"[queued at position {position}]", file=sys.stderr)
+            case Started():
+                pass
+            case Token(text=text):
+                first = first or time.perf_counter()
+                print(text, end="", flush=True)
+            case End():
+                print()
+                ttft = ((first or time.perf_counter()) - start) * 1000
+                rate = event.tokens_out / max(event.total_ms - event.ttft_ms, 1e-6) * 1000
+                print(
+                    f"-- {event.tokens_out} tokens, finish {event.finish_reason}, "
+                    f"first token {ttft:.1f} ms, {rate:.1f} tokens/s",
+                    file=sys.stderr,
+                )
+            case Error():
+                print(f"\nllorch: {event.code}: {event.message}", file=sys.stderr)
+                return 1
+    return 0
+
+
+def _print_state(state: object) -> int:
+    from .table import state_table
+
+    if isinstance(state, Error):
+        print(f"{state.code}: {state.message}", file=sys.stderr)
+        return 1
+    print(state_table(state))  # type: ignore[arg-type]
+    return 0
+
+
+def _print_models(reply: object) -> int:
+    from .table import models_table
+
+    if isinstance(reply, Error):
+        print(f"{reply.code}: {reply.message}", file=sys.stderr)
+        return 1
+    print(models_table(reply))  # type: ignore[arg-type]
+    return 0

@@ -1,0 +1,64 @@
+"""Checks a request must pass before it may wait in the queue, each with its own code."""
+
+from schemas import Error, GenerateRequest
+from schemas.codes import ErrorCode
+from schemas.ids import is_valid_id
+
+from .config import OrchConfig
+from .placement import can_ever_fit, slots
+from .view import ClusterView
+
+
+def _reject(code: ErrorCode, message: str) -> Error:
+    return Error(code=code, message=message, retriable=False)
+
+
+def check_limits(req: GenerateRequest, cfg: OrchConfig) -> Error | None:
+    limits = cfg.limits
+    if req.job_id is not None and not is_valid_id(req.job_id):
+        return _reject(ErrorCode.INVALID_ID, "job_id must match [A-Za-z0-9_-]{1,64}")
+    if req.pool is not None and not is_valid_id(req.pool):
+        return _reject(ErrorCode.INVALID_ID, "pool must match [A-Za-z0-9_-]{1,64}")
+    size = len(req.prompt.encode("utf-8", "surrogatepass"))
+    if size > limits.max_prompt_bytes:
+        return _reject(
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"prompt is {size} bytes, limit {limits.max_prompt_bytes}",
+        )
+    if req.max_tokens > limits.max_tokens:
+        return _reject(
+            ErrorCode.INVALID_PARAMS, f"max_tokens {req.max_tokens} > limit {limits.max_tokens}"
+        )
+    if len(req.stop) > limits.max_stop or any(
+        not s or len(s) > limits.max_stop_len for s in req.stop
+    ):
+        return _reject(
+            ErrorCode.INVALID_PARAMS,
+            f"stop: at most {limits.max_stop} non-empty strings of <= {limits.max_stop_len} chars",
+        )
+    return None
+
+
+def check_model(req: GenerateRequest, view: ClusterView) -> Error | None:
+    cfg = view.cfg
+    if cfg.model(req.model).retired:
+        return _reject(ErrorCode.MODEL_NOT_FOUND, f"model {req.model!r} is retired")
+    if view.model_info(req.model) is None:
+        known = ", ".join(sorted(view.catalog())) or "none"
+        return _reject(
+            ErrorCode.MODEL_NOT_FOUND, f"model {req.model!r} is not in the catalog (known: {known})"
+        )
+    n_ctx = view.n_ctx(req.model)
+    if req.max_tokens >= n_ctx:
+        return _reject(
+            ErrorCode.CONTEXT_OVERFLOW,
+            f"max_tokens {req.max_tokens} leaves no room for the prompt in context {n_ctx}",
+        )
+    has_worker = any(w.matches(req.pool, req.device) for w in view.workers_of(req.model))
+    if has_worker:
+        return None
+    candidates, reasons = slots(view, req.model, req.pool, req.device)
+    if not candidates or not can_ever_fit(candidates, view):
+        detail = "; ".join(reasons) or "no device is large enough"
+        return _reject(ErrorCode.NO_CAPACITY, f"no device can host {req.model}: {detail}")
+    return None

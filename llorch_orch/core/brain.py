@@ -1,0 +1,373 @@
+"""The brain: events in, commands out. No NATS, no asyncio, no clock (time arrives in events)."""
+
+import heapq
+import zlib
+from collections import deque
+from typing import assert_never
+
+from schemas import (
+    CancelReply,
+    Error,
+    Execute,
+    Heartbeat,
+    JobInfo,
+    JobStatus,
+    Queued,
+    SpawnRequest,
+    StopRequest,
+    WorkerReady,
+)
+from schemas.codes import ErrorCode
+from schemas.ids import new_id
+
+from . import events as ev
+from .admission import check_limits, check_model
+from .commands import CancelOnWorker, Command, Emit, SendExecute, Spawn, Stop
+from .config import OrchConfig
+from .jobs import FinishedJobs, Job
+from .placement import best_slot, plan_eviction, slots
+from .queue import AdmissionQueue
+from .recovery import RecoveryMixin
+from .view import ClusterView, PoolRec, WorkerRec
+
+RATE_WINDOW_S = 60.0  # completions counted for the queue's drain rate
+RETRIABLE = frozenset(
+    {
+        ErrorCode.QUEUE_FULL,
+        ErrorCode.WORKER_START_FAILED,
+        ErrorCode.WORKER_LOST,
+        ErrorCode.POOL_LOST,
+    }
+)
+
+
+class Core(RecoveryMixin):
+    def __init__(self, cfg: OrchConfig | None = None) -> None:
+        self.cfg = cfg or OrchConfig()
+        self.view = ClusterView(self.cfg)
+        self.queue = AdmissionQueue(self.cfg.queue_capacity)
+        self.jobs: dict[str, Job] = {}  # queued and running
+        self.finished = FinishedJobs(self.cfg.finished_memory)
+        self._deadlines: list[tuple[float, str]] = []  # heap of queued jobs' deadlines
+        self._completions: deque[float] = deque()
+        self._out: list[Command] = []
+
+    # ---- entry point -------------------------------------------------------------------
+    def handle(self, event: ev.Event) -> list[Command]:
+        self._out = []
+        match event:
+            case ev.Submit():
+                self._submit(event)
+            case ev.HeartbeatSeen():
+                self._heartbeat(event.now, event.heartbeat)
+            case ev.ReadySeen():
+                self._ready(event.now, event.ready)
+            case ev.FailedSeen():
+                self._spawn_failed(event.now, event.failed.worker_id, event.failed.message)
+            case ev.SpawnRefused():
+                self._spawn_failed(event.now, event.worker_id, f"{event.code}: {event.message}")
+            case ev.StatusSeen():
+                self._status(event.now, event.status)
+            case ev.ExecuteAccepted():
+                self._accepted(event.job_id, event.worker_id)
+            case ev.ExecuteRefused():
+                self._refused(event.now, event.job_id, event.worker_id, event.code)
+            case ev.Tick():
+                self._tick(event.now)
+            case _:
+                assert_never(event)
+        self._schedule(event.now)
+        return self._out
+
+    # ---- client requests ---------------------------------------------------------------
+    def _submit(self, event: ev.Submit) -> None:
+        now, req, reply_to = event.now, event.request, event.reply_to
+        job_id = req.job_id or new_id("job")
+        error = check_limits(req, self.cfg) or check_model(req, self.view)
+        if error is None and job_id in self.jobs:
+            error = Error(code=ErrorCode.INVALID_PARAMS, message=f"job {job_id} already exists")
+        if error is not None:
+            error.job_id, error.seq = job_id, 0
+            self._out.append(Emit(reply_to, error, job_id))
+            return
+        seed = req.seed if req.seed is not None else zlib.crc32(job_id.encode())
+        deadline = now + req.deadline_ms / 1000 if req.deadline_ms else None
+        job = Job(job_id, req, reply_to, now, seed, deadline, last_activity=now, trace=event.trace)
+        worker = None
+        if not self.queue.waiting(req.model):
+            worker = self.view.idle_worker(req.model, req.pool, req.device)
+        if worker is not None:
+            self.jobs[job_id] = job
+            self._dispatch(now, job, worker)
+            return
+        if not self._make_room(now, job):
+            return
+        self.jobs[job_id] = job
+        position = self.queue.push(job_id, req.model, req.priority)
+        if deadline is not None:
+            heapq.heappush(self._deadlines, (deadline, job_id))
+        self._emit_queued(job, position)
+
+    def _make_room(self, now: float, job: Job) -> bool:
+        if not self.queue.full:
+            return True
+        victim = self.queue.oldest_batch() if self.cfg.queue_policy == "drop-oldest-batch" else None
+        if victim is not None:
+            self._fail(self.jobs[victim], ErrorCode.QUEUE_FULL, "dropped for newer work")
+            return True
+        error = Error(
+            code=ErrorCode.QUEUE_FULL,
+            message=f"queue holds {len(self.queue)} jobs (capacity {self.queue.capacity})",
+            retriable=True,
+            retry_after_ms=self._retry_after_ms(now),
+            seq=job.take_seq(),
+            job_id=job.job_id,
+        )
+        self._out.append(Emit(job.reply_to, error, job.job_id))
+        return False
+
+    def _retry_after_ms(self, now: float) -> int:
+        while self._completions and self._completions[0] < now - RATE_WINDOW_S:
+            self._completions.popleft()
+        if not self._completions:
+            return 5000
+        rate = len(self._completions) / RATE_WINDOW_S
+        return int(min(60_000, max(100, 1000 * (len(self.queue) + 1) / rate)))
+
+    def cancel(self, now: float, job_id: str) -> tuple[CancelReply | Error, list[Command]]:
+        """Cancel a queued or running job; idempotent. Returns the reply and the commands."""
+        self._out = []
+        reply = self._cancel(job_id)
+        self._schedule(now)
+        return reply, self._out
+
+    def _cancel(self, job_id: str) -> CancelReply | Error:
+        job = self.jobs.get(job_id)
+        if job is None:
+            if self.finished.get(job_id) is not None:
+                return CancelReply(job_id=job_id, outcome="already_finished")
+            return Error(code=ErrorCode.NOT_FOUND, message=f"no job {job_id}")
+        if job.phase == "queued":
+            self._fail(job, ErrorCode.CANCELLED, "cancelled by client")
+        elif not job.cancel_requested:
+            job.cancel_requested = True
+            assert job.worker_id is not None
+            self._out.append(CancelOnWorker(job.worker_id, job_id))
+        return CancelReply(job_id=job_id, outcome="cancelled")
+
+    # ---- queries -------------------------------------------------------------------------
+    def job_info(self, job_id: str) -> JobInfo | None:
+        job = self.jobs.get(job_id)
+        if job is None:
+            return self.finished.get(job_id)
+        return job.info(job.reported_position if job.phase == "queued" else None)
+
+    def queued_infos(self, limit: int = 1000) -> list[JobInfo]:
+        out: list[JobInfo] = []
+        for model in self.queue.all_models():
+            out += [self.jobs[j].info(pos) for pos, j in self.queue.head(model, limit)]
+        return out
+
+    def running_infos(self) -> list[JobInfo]:
+        return [j.info() for j in self.jobs.values() if j.phase != "queued"]
+
+    # ---- scheduling ----------------------------------------------------------------------
+    def _schedule(self, now: float) -> None:
+        for model in self.queue.waiting_models():
+            self._dispatch_waiting(now, model)
+            if self.queue.waiting(model):
+                self._ensure_capacity(now, model)
+            self._update_positions(model)
+
+    def _dispatch_waiting(self, now: float, model: str) -> None:
+        while self.queue.waiting(model):
+            pairs = self._match(model)
+            if pairs is None:
+                return
+            job, worker = pairs
+            self.queue.remove(job.job_id)
+            self._dispatch(now, job, worker)
+
+    def _match(self, model: str) -> tuple[Job, WorkerRec] | None:
+        """First waiting job (within the head) that an idle worker of its model can take."""
+        for _, job_id in self.queue.head(model, self.cfg.queued_update_top):
+            job = self.jobs[job_id]
+            worker = self.view.idle_worker(model, job.request.pool, job.request.device)
+            if worker is not None:
+                return job, worker
+        return None
+
+    def _dispatch(self, now: float, job: Job, worker: WorkerRec) -> None:
+        req = job.request
+        if job.exec_seq is None:
+            job.exec_seq = job.take_seq()
+        job.phase, job.worker_id, job.reasons = "dispatched", worker.worker_id, []
+        job.attempts += 1
+        job.ack_deadline = now + self.cfg.execute_ack_timeout_s
+        job.last_activity = now
+        worker.phase, worker.job_id = "busy", job.job_id
+        execute = Execute(
+            job_id=job.job_id,
+            model=req.model,
+            prompt=req.prompt,
+            max_tokens=req.max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            top_k=req.top_k,
+            seed=job.seed,
+            stream=job.reply_to,
+            stop=req.stop,
+            seq=job.exec_seq,
+            resume_after=job.last_seq,
+        )
+        self._out.append(SendExecute(worker.worker_id, execute, job.attempts, job.trace))
+
+    def _ensure_capacity(self, now: float, model: str) -> None:
+        workers = self.view.workers_of(model)
+        starting = sum(1 for w in workers if w.phase == "starting")
+        head = next(iter(self.queue.head(model, 1)))[1]
+        job = self.jobs[head]
+        if starting >= self.queue.waiting(model):
+            return
+        if len(workers) >= self.cfg.model(model).max_workers:
+            job.reasons = [f"{model} has {len(workers)} of max_workers workers, all busy"]
+            return
+        candidates, reasons = slots(self.view, model, job.request.pool, job.request.device)
+        slot, unfit = best_slot(candidates, self.cfg.placement)
+        if slot is not None:
+            self._spawn(now, model, slot.pool_id, slot.device, slot.need)
+            return
+        eviction = plan_eviction(self.view, candidates)
+        if eviction is not None:
+            for victim in eviction.victims:
+                self._stop(victim, drain=True, reason="evict")
+        job.reasons = reasons + unfit
+
+    def _spawn(
+        self, now: float, model: str, pool_id: str, device: int, need: int, attempt: int = 1
+    ) -> None:
+        worker_id = new_id("w")
+        self.view.workers[worker_id] = WorkerRec(
+            worker_id, pool_id, model, device, "starting", need,
+            spawn_deadline=now + self.cfg.spawn_timeout_s, spawn_attempt=attempt,
+        )  # fmt: skip
+        request = SpawnRequest(
+            worker_id=worker_id, model=model, device=device, n_ctx=self.view.n_ctx(model)
+        )
+        self._out.append(Spawn(pool_id, request))
+
+    def _stop(self, worker_id: str, drain: bool, reason: str) -> None:
+        worker = self.view.workers[worker_id]
+        worker.phase = "draining"
+        request = StopRequest(worker_id=worker_id, drain=drain)
+        self._out.append(Stop(worker.pool_id, request, reason))
+
+    def _emit_queued(self, job: Job, position: int) -> None:
+        job.reported_position = position
+        event = Queued(seq=job.take_seq(), job_id=job.job_id, position=position)
+        self._out.append(Emit(job.reply_to, event, job.job_id))
+
+    def _update_positions(self, model: str) -> None:
+        for position, job_id in self.queue.head(model, self.cfg.queued_update_top):
+            job = self.jobs[job_id]
+            if position != job.reported_position:
+                self._emit_queued(job, position)
+
+    # ---- worker and pool facts ---------------------------------------------------------
+    def _heartbeat(self, now: float, hb: Heartbeat) -> None:
+        if abs(hb.ts - now) > self.cfg.max_heartbeat_skew_s:
+            return
+        pool = self.view.pools.get(hb.pool_id)
+        if pool is None:
+            pool = self.view.pools[hb.pool_id] = PoolRec(hb.pool_id, now, hb.interval_s)
+        pool.last_seen, pool.interval_s, pool.alive = now, hb.interval_s, True
+        pool.devices = {d.index: d for d in hb.devices}
+        pool.models = {m.name: m for m in hb.models}
+        reported = {w.worker_id: w for w in hb.workers}
+        for worker in [w for w in self.view.workers.values() if w.pool_id == hb.pool_id]:
+            info = reported.pop(worker.worker_id, None)
+            if info is None or info.state in ("exited", "failed"):
+                reason = info.message if info is not None and info.message else "worker exited"
+                self._worker_gone(now, worker.worker_id, reason)
+            elif info.state == "ready" and worker.phase == "starting":
+                self._became_ready(now, worker, info.memory_bytes)
+        for info in reported.values():  # workers we never spawned: adopt (orchestrator restart)
+            if info.state in ("ready", "busy", "draining"):
+                phase = "draining" if info.state == "draining" else "idle"
+                self.view.workers[info.worker_id] = WorkerRec(
+                    info.worker_id, hb.pool_id, info.model, info.device, phase,
+                    info.memory_bytes or 0, info.memory_bytes, last_used=now,
+                )  # fmt: skip
+
+    def _ready(self, now: float, ready: WorkerReady) -> None:
+        worker = self.view.workers.get(ready.worker_id)
+        if worker is None or worker.phase != "starting":
+            return
+        self._became_ready(now, worker, ready.memory_bytes)
+
+    def _became_ready(self, now: float, worker: WorkerRec, memory: int | None) -> None:
+        worker.phase, worker.spawn_deadline, worker.last_used = "idle", None, now
+        if memory:
+            worker.memory_bytes = memory
+            pool = self.view.pools.get(worker.pool_id)
+            device = pool.devices.get(worker.device) if pool else None
+            if device is not None:
+                self.view.measured[(worker.model, device.kind)] = memory
+
+    def _status(self, now: float, status: JobStatus) -> None:
+        job = self.jobs.get(status.job_id)
+        worker = self.view.workers.get(status.worker_id)
+        if job is None or job.worker_id != status.worker_id:
+            # a job we do not track (adopted worker after a restart): its end frees the worker
+            if worker is not None and job is None and status.state in ("finished", "failed"):
+                worker.phase, worker.job_id, worker.last_used = "idle", None, now
+            return
+        job.last_activity = now
+        job.last_seq = max(job.last_seq, status.seq)
+        if status.state in ("started", "progress"):
+            job.phase, job.ack_deadline = "running", None
+            return
+        outcome = "finished" if status.state == "finished" else "failed"
+        if status.code == ErrorCode.CANCELLED:
+            outcome = "cancelled"
+        self._finish(now, job, outcome, status.code)
+        if worker is not None and worker.phase == "busy":
+            worker.phase, worker.job_id, worker.last_used = "idle", None, now
+
+    def _accepted(self, job_id: str, worker_id: str) -> None:
+        job = self.jobs.get(job_id)
+        if job is not None and job.worker_id == worker_id:
+            job.ack_deadline = None
+
+    def _refused(self, now: float, job_id: str, worker_id: str, code: ErrorCode) -> None:
+        job = self.jobs.get(job_id)
+        worker = self.view.workers.get(worker_id)
+        if job is None or job.worker_id != worker_id:
+            return
+        if code == ErrorCode.WORKER_BUSY and worker is not None:
+            worker.job_id = None  # busy with a job we do not track; its end frees it
+            job.attempts -= 1
+            self._requeue(job)
+            return
+        self._worker_gone(now, worker_id, f"execute refused: {code}")
+
+    def _finish(self, now: float, job: Job, outcome: str, code: ErrorCode | None) -> None:
+        del self.jobs[job.job_id]
+        self.finished.add(job, outcome, code)
+        self._completions.append(now)
+
+    def _fail(self, job: Job, code: ErrorCode, message: str) -> None:
+        """End a job from the orchestrator's side: the client gets the one terminal event."""
+        self.queue.remove(job.job_id)
+        retriable = code in RETRIABLE
+        error = Error(
+            code=code,
+            message=message,
+            retriable=retriable,
+            seq=job.terminal_seq,
+            job_id=job.job_id,
+        )
+        self._out.append(Emit(job.reply_to, error, job.job_id))
+        del self.jobs[job.job_id]
+        outcome = "cancelled" if code == ErrorCode.CANCELLED else "failed"
+        self.finished.add(job, outcome, code)

@@ -1,0 +1,48 @@
+"""Orchestrator policy knobs, with the defaults documented in docs/scheduling.md."""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+MiB = 1024 * 1024
+
+QueuePolicy = Literal["reject", "drop-oldest-batch"]
+PlacementStrategy = Literal["best-fit", "spread"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    max_workers: int = 1  # workers of this model at once, starting ones included
+    keep_alive_s: float = 300.0  # idle worker stopped after this; 0 = never
+    n_ctx: int = 2048  # context allocated per worker (capped by the model's training context)
+    retired: bool = False  # refuse new jobs for it
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_prompt_bytes: int = 256 * 1024  # UTF-8 bytes of one prompt
+    max_tokens: int = 4096  # cap on a request's max_tokens
+    max_stop: int = 8  # stop sequences per request
+    max_stop_len: int = 64  # characters per stop sequence
+
+
+@dataclass(frozen=True, slots=True)
+class OrchConfig:
+    queue_capacity: int = 1024  # jobs waiting, both priorities together
+    queue_policy: QueuePolicy = "reject"
+    placement: PlacementStrategy = "best-fit"
+    spawn_timeout_s: float = 120.0  # spawn -> ready, else stopped and retried elsewhere once
+    execute_ack_timeout_s: float = 5.0  # execute -> accepted, else the worker counts as lost
+    stall_timeout_s: float = 30.0  # running job with no status for this long: worker lost
+    pool_lost_after: int = 3  # missed heartbeat intervals before a pool is lost
+    max_job_attempts: int = 2  # first run + one transparent retry
+    max_heartbeat_skew_s: float = 300.0  # heartbeats with ts further off are dropped
+    gpu_overhead_bytes: int = 768 * MiB  # CUDA context + compute buffers per worker process
+    cpu_overhead_bytes: int = 160 * MiB  # interpreter + llama.cpp buffers per worker process
+    queued_update_top: int = 32  # `queued` position updates go to jobs this close to the head
+    finished_memory: int = 4096  # finished jobs remembered for jobs.get / idempotent cancel
+    default_model: ModelConfig = ModelConfig()
+    models: dict[str, ModelConfig] = field(default_factory=dict)
+    limits: Limits = Limits()
+
+    def model(self, name: str) -> ModelConfig:
+        return self.models.get(name, self.default_model)

@@ -1,0 +1,83 @@
+"""What the core hears: plain data, each carrying the time it happened (the core has no clock)."""
+
+from dataclasses import dataclass
+
+from schemas import GenerateRequest, Heartbeat, JobStatus, WorkerFailed, WorkerReady
+from schemas.codes import ErrorCode
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    now: float
+    request: GenerateRequest
+    reply_to: str  # the client's stream subject
+    trace: dict[str, str] | None = None  # W3C trace headers to carry onward
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatSeen:
+    now: float
+    heartbeat: Heartbeat
+
+
+@dataclass(frozen=True, slots=True)
+class ReadySeen:
+    now: float
+    ready: WorkerReady
+
+
+@dataclass(frozen=True, slots=True)
+class FailedSeen:
+    now: float
+    failed: WorkerFailed
+
+
+@dataclass(frozen=True, slots=True)
+class StatusSeen:
+    now: float
+    status: JobStatus
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnRefused:
+    """A pool answered a spawn with an error (or did not answer)."""
+
+    now: float
+    worker_id: str
+    code: ErrorCode
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExecuteRefused:
+    """A worker answered execute with an error, or nobody answered."""
+
+    now: float
+    job_id: str
+    worker_id: str
+    code: ErrorCode
+
+
+@dataclass(frozen=True, slots=True)
+class ExecuteAccepted:
+    now: float
+    job_id: str
+    worker_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    now: float
+
+
+Event = (
+    Submit
+    | HeartbeatSeen
+    | ReadySeen
+    | FailedSeen
+    | StatusSeen
+    | SpawnRefused
+    | ExecuteRefused
+    | ExecuteAccepted
+    | Tick
+)

@@ -1,0 +1,75 @@
+"""A job's record inside the core, and the bounded memory of finished jobs."""
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Literal
+
+from schemas import GenerateRequest, JobInfo
+from schemas.codes import ErrorCode
+
+JobPhase = Literal["queued", "dispatched", "running"]
+
+
+@dataclass(slots=True)
+class Job:
+    job_id: str
+    request: GenerateRequest
+    reply_to: str  # client's stream subject
+    submitted_at: float
+    seed: int
+    deadline_at: float | None
+    phase: JobPhase = "queued"
+    next_seq: int = 0  # seq of the next event the orchestrator itself emits
+    exec_seq: int | None = None  # seq of `started`, fixed at the first dispatch (retries reuse it)
+    last_seq: int = -1  # highest seq the worker reported published
+    worker_id: str | None = None
+    attempts: int = 0
+    ack_deadline: float | None = None
+    last_activity: float = 0.0
+    cancel_requested: bool = False
+    reported_position: int = 0
+    reasons: list[str] = field(default_factory=list)
+    trace: dict[str, str] | None = None  # opaque trace headers, passed on with execute
+
+    def take_seq(self) -> int:
+        seq = self.next_seq
+        self.next_seq += 1
+        return seq
+
+    @property
+    def terminal_seq(self) -> int:
+        """Seq for a terminal event the orchestrator sends: after all it knows was sent."""
+        return max(self.next_seq, self.last_seq + 1)
+
+    def info(self, position: int | None = None) -> JobInfo:
+        state = "queued" if self.phase == "queued" else "running"
+        return JobInfo(
+            job_id=self.job_id,
+            state=state,
+            model=self.request.model,
+            priority=self.request.priority,
+            position=position,
+            worker_id=self.worker_id,
+            reasons=list(self.reasons),
+        )
+
+
+class FinishedJobs:
+    """Recently finished jobs, for `jobs.get` and idempotent cancel; oldest forgotten first."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, JobInfo] = OrderedDict()
+
+    def add(self, job: Job, outcome: str, code: ErrorCode | None) -> None:
+        state = {"finished": "finished", "cancelled": "cancelled"}.get(outcome, "failed")
+        info = job.info()
+        info.state = state  # type: ignore[assignment]
+        info.code = code
+        info.reasons = []
+        self._items[job.job_id] = info
+        if len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def get(self, job_id: str) -> JobInfo | None:
+        return self._items.get(job_id)

@@ -1,0 +1,56 @@
+"""The core's state as wire messages for `api.state` and `api.models`."""
+
+from schemas import CatalogEntry, ClusterState, ModelsReply, PoolView, WorkerInfo
+
+from .brain import Core
+from .view import WorkerRec
+
+_PHASE_TO_STATE = {"starting": "starting", "idle": "ready", "busy": "busy", "draining": "draining"}
+
+
+def _worker_info(w: WorkerRec) -> WorkerInfo:
+    state = _PHASE_TO_STATE[w.phase]
+    return WorkerInfo(
+        worker_id=w.worker_id,
+        model=w.model,
+        device=w.device,
+        pid=None,
+        state=state,  # type: ignore[arg-type]
+        memory_bytes=w.memory_bytes,
+    )
+
+
+def cluster_state(core: Core, now: float) -> ClusterState:
+    pools = []
+    for pool in sorted(core.view.pools.values(), key=lambda p: p.pool_id):
+        workers = [
+            _worker_info(w)
+            for w in sorted(core.view.workers.values(), key=lambda w: w.worker_id)
+            if w.pool_id == pool.pool_id
+        ]
+        pools.append(
+            PoolView(
+                pool_id=pool.pool_id,
+                alive=pool.alive,
+                last_seen_ms_ago=round((now - pool.last_seen) * 1000, 1),
+                devices=[pool.devices[i] for i in sorted(pool.devices)],
+                workers=workers,
+            )
+        )
+    return ClusterState(pools=pools, queue=core.queued_infos(), running=core.running_infos())
+
+
+def models(core: Core) -> ModelsReply:
+    entries = []
+    for name, (info, pools) in sorted(core.view.catalog().items()):
+        kinds = {d.kind for p in pools for d in core.view.pools[p].devices.values()}
+        kind = "gpu" if "gpu" in kinds else "cpu"
+        entries.append(
+            CatalogEntry(
+                model=info,
+                pools=sorted(pools),
+                est_bytes=core.view.estimate(name, kind),
+                measured=(name, kind) in core.view.measured,
+            )
+        )
+    return ModelsReply(models=entries)

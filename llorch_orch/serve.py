@@ -1,0 +1,31 @@
+"""`llorch orch`: the orchestrator process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import nats
+
+from schemas import Subjects
+
+from .core import Core, OrchConfig
+from .service import OrchestratorService
+
+log = logging.getLogger("llorch.orch")
+
+
+async def serve(nats_url: str, cfg: OrchConfig, subjects: Subjects) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    nc = await nats.connect(nats_url, name="llorch-orchestrator", max_reconnect_attempts=-1)
+    service = OrchestratorService(nc, Core(cfg), subjects)
+    await service.start()
+    log.info("orchestrator serving on %s (prefix %s)", nats_url, subjects.prefix)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await service.stop()
+    await nc.drain()

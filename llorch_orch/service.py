@@ -1,0 +1,237 @@
+"""The orchestrator's NATS shell: decode, feed the core, carry out its commands."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.micro import add_service
+from nats.micro.request import Request
+
+import schemas
+from schemas import (
+    Ack,
+    CancelRequest,
+    Error,
+    ErrorCode,
+    GenerateRequest,
+    Heartbeat,
+    JobGetRequest,
+    JobStatus,
+    ProtocolError,
+    SnapshotRequest,
+    Subjects,
+    WorkerFailed,
+    WorkerReady,
+    decoder,
+    encode,
+)
+
+from .core import CancelOnWorker, Command, Core, Emit, SendExecute, Spawn, Stop
+from .core import events as ev
+from .core.report import cluster_state, models
+
+log = logging.getLogger("llorch.orch")
+
+MAX_TICK_S = 1.0  # the timer wakes at least this often
+CONTROL_TIMEOUT_S = 10.0  # spawn/stop/cancel request timeouts
+
+_generate = decoder(GenerateRequest)
+_cancel = decoder(CancelRequest)
+_job_get = decoder(JobGetRequest)
+_heartbeat = decoder(Heartbeat)
+_ready = decoder(WorkerReady | WorkerFailed)
+_status = decoder(JobStatus)
+_reply = decoder(Ack | Error)
+
+
+class OrchestratorService:
+    def __init__(
+        self,
+        nc: Client,
+        core: Core,
+        subjects: Subjects | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.nc = nc
+        self.core = core
+        self.subjects = subjects or Subjects()
+        self.clock = clock
+        self._lock = asyncio.Lock()  # one handle+execute at a time keeps command order
+        self._wake = asyncio.Event()
+        self._inbox = f"{nc.new_inbox()}.exec"
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        s = self.subjects
+        await self.nc.subscribe(s.generate, queue="orch", cb=self._on_generate)
+        await self.nc.subscribe(s.heartbeat_all, cb=self._on_heartbeat)
+        await self.nc.subscribe(s.ready_all, cb=self._on_ready)
+        await self.nc.subscribe(s.job_status_all, cb=self._on_status)
+        await self.nc.subscribe(f"{self._inbox}.>", cb=self._on_execute_reply)
+        service = await add_service(
+            self.nc,
+            name="llorch-orchestrator",
+            version="0.1.0",
+            description="llorch orchestrator: admission, queue, placement",
+        )
+        for name, subject, handler in (
+            ("cancel", s.cancel, self._on_cancel),
+            ("jobs-get", s.jobs_get, self._on_job_get),
+            ("state", s.state, self._on_state),
+            ("models", s.models, self._on_models),
+        ):
+            await service.add_endpoint(name=name, subject=subject, handler=handler)
+        self._timer = asyncio.create_task(self._timer_loop())
+        await self.nc.publish(s.snapshot_request, encode(SnapshotRequest()))
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer
+
+    # ---- feeding the core ----------------------------------------------------------------
+    async def _feed(self, event: ev.Event) -> None:
+        async with self._lock:
+            commands = self.core.handle(event)
+            for command in commands:
+                await self._execute(command)
+        self._wake.set()
+
+    async def _execute(self, command: Command) -> None:
+        match command:
+            case Emit(subject=subject, event=event):
+                await self.nc.publish(subject, encode(event))
+            case SendExecute(worker_id=worker_id, execute=execute, attempt=attempt, trace=trace):
+                reply = f"{self._inbox}.{execute.job_id}.{attempt}.{worker_id}"
+                subject = self.subjects.execute(worker_id)
+                await self.nc.publish(subject, encode(execute), reply=reply, headers=trace)
+            case Spawn(pool_id=pool_id, request=request):
+                self._background(self._spawn(pool_id, request))
+            case Stop(pool_id=pool_id, request=request, reason=reason):
+                log.info("stopping worker %s (%s)", request.worker_id, reason)
+                self._background(self._request(self.subjects.stop(pool_id), request))
+            case CancelOnWorker(worker_id=worker_id, job_id=job_id):
+                subject = self.subjects.worker_cancel(worker_id)
+                self._background(self._request(subject, CancelRequest(job_id=job_id)))
+
+    def _background(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _request(self, subject: str, message: object) -> Ack | Error:
+        try:
+            msg = await self.nc.request(subject, encode(message), timeout=CONTROL_TIMEOUT_S)
+            reply: Ack | Error = _reply(msg.data)
+        except ProtocolError as exc:
+            return Error(code=exc.code, message=exc.message)
+        except Exception as exc:  # timeout, no responders, closed connection
+            return Error(code=ErrorCode.INTERNAL, message=f"{subject}: {exc!r}")
+        return reply
+
+    async def _spawn(self, pool_id: str, request: schemas.SpawnRequest) -> None:
+        reply = await self._request(self.subjects.spawn(pool_id), request)
+        if isinstance(reply, Error):
+            log.warning("spawn of %s on %s refused: %s", request.worker_id, pool_id, reply.message)
+            refused = ev.SpawnRefused(self.clock(), request.worker_id, reply.code, reply.message)
+            await self._feed(refused)
+
+    async def _timer_loop(self) -> None:
+        while True:
+            wake = self.core.next_wake()
+            delay = MAX_TICK_S if wake is None else min(MAX_TICK_S, wake - self.clock())
+            self._wake.clear()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                continue
+            await self._feed(ev.Tick(self.clock()))
+
+    # ---- subscriptions -------------------------------------------------------------------
+    async def _on_generate(self, msg: Msg) -> None:
+        if not msg.reply:
+            log.warning("generate request without a reply subject dropped")
+            return
+        try:
+            request = _generate(msg.data)
+        except ProtocolError as exc:
+            error = Error(code=exc.code, message=exc.message, seq=0)
+            await self.nc.publish(msg.reply, encode(error))
+            return
+        await self._feed(ev.Submit(self.clock(), request, msg.reply, msg.headers))
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        await self._decode_and_feed(msg, _heartbeat, lambda hb: ev.HeartbeatSeen(self.clock(), hb))
+
+    async def _on_ready(self, msg: Msg) -> None:
+        def event(m: WorkerReady | WorkerFailed) -> ev.Event:
+            if isinstance(m, WorkerReady):
+                return ev.ReadySeen(self.clock(), m)
+            return ev.FailedSeen(self.clock(), m)
+
+        await self._decode_and_feed(msg, _ready, event)
+
+    async def _on_status(self, msg: Msg) -> None:
+        await self._decode_and_feed(msg, _status, lambda s: ev.StatusSeen(self.clock(), s))
+
+    async def _decode_and_feed(
+        self, msg: Msg, decode: Callable[[bytes], object], make: Callable[..., ev.Event]
+    ) -> None:
+        try:
+            message = decode(msg.data)
+        except ProtocolError as exc:
+            log.warning("dropped bad message on %s: %s", msg.subject, exc)
+            return
+        await self._feed(make(message))
+
+    async def _on_execute_reply(self, msg: Msg) -> None:
+        job_id, _attempt, worker_id = msg.subject[len(self._inbox) + 1 :].split(".", 2)
+        now = self.clock()
+        if msg.headers and msg.headers.get("Status") == "503":
+            await self._feed(ev.ExecuteRefused(now, job_id, worker_id, ErrorCode.WORKER_LOST))
+            return
+        try:
+            reply = _reply(msg.data)
+        except ProtocolError:
+            reply = Error(code=ErrorCode.INTERNAL, message="bad execute reply")
+        if isinstance(reply, Ack):
+            await self._feed(ev.ExecuteAccepted(now, job_id, worker_id))
+        else:
+            await self._feed(ev.ExecuteRefused(now, job_id, worker_id, reply.code))
+
+    # ---- request/reply API ---------------------------------------------------------------
+    async def _on_cancel(self, req: Request) -> None:
+        try:
+            job_id = _cancel(req.data).job_id
+        except ProtocolError as exc:
+            await req.respond(encode(Error(code=exc.code, message=exc.message)))
+            return
+        async with self._lock:
+            reply, commands = self.core.cancel(self.clock(), job_id)
+            for command in commands:
+                await self._execute(command)
+        await req.respond(encode(reply))
+
+    async def _on_job_get(self, req: Request) -> None:
+        try:
+            job_id = _job_get(req.data).job_id
+        except ProtocolError as exc:
+            await req.respond(encode(Error(code=exc.code, message=exc.message)))
+            return
+        info = self.core.job_info(job_id)
+        reply = info or Error(code=ErrorCode.NOT_FOUND, message=f"no job {job_id}")
+        await req.respond(encode(reply))
+
+    async def _on_state(self, req: Request) -> None:
+        await req.respond(encode(cluster_state(self.core, self.clock())))
+
+    async def _on_models(self, req: Request) -> None:
+        await req.respond(encode(models(self.core)))

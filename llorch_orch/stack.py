@@ -1,0 +1,105 @@
+"""`llorch up`: the embedded nats-server, the orchestrator and one pool, each its own process."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+
+from schemas import Heartbeat, Subjects, decoder
+
+from .natsserver import NatsServer, free_port
+
+READY_TIMEOUT_S = 60.0
+_heartbeat = decoder(Heartbeat)
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def default_pool_id() -> str:
+    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())
+    return (name or "local")[:64]
+
+
+@dataclass
+class Stack:
+    data_dir: Path
+    nats_url: str
+    prefix: str
+    server: NatsServer | None = None
+    children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    @classmethod
+    def start_server(cls, data_dir: Path, port: int | None, prefix: str) -> Stack:
+        host = "127.0.0.1"
+        if port is not None and not _port_free(host, port):
+            raise StackError(
+                f"port {port} is in use: pass --port N, or --nats-url to use that server"
+            )
+        logs = data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        server = NatsServer.start(
+            data_dir / "jetstream", port=port or free_port(host), log_file=logs / "nats-server.log"
+        )
+        return cls(data_dir=data_dir, nats_url=server.url, prefix=prefix, server=server)
+
+    def spawn(self, name: str, args: list[str]) -> None:
+        log = open(self.data_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 (child owns it)
+        cmd = [sys.executable, "-m", *args, "--nats-url", self.nats_url, "--prefix", self.prefix]
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.children.append((name, proc))
+
+    async def wait_for_pool(self, pool_id: str) -> Heartbeat:
+        """Until the pool's first heartbeat; a child that dies first is reported with its log."""
+        nc = await nats.connect(self.nats_url)
+        try:
+            sub = await nc.subscribe(Subjects(self.prefix).heartbeat(pool_id))
+            deadline = asyncio.get_running_loop().time() + READY_TIMEOUT_S
+            while asyncio.get_running_loop().time() < deadline:
+                self._check_children()
+                try:
+                    msg = await sub.next_msg(timeout=0.5)
+                except nats.errors.TimeoutError:
+                    continue
+                return _heartbeat(msg.data)
+            raise StackError(f"pool {pool_id} sent no heartbeat in {READY_TIMEOUT_S}s")
+        finally:
+            await nc.close()
+
+    def _check_children(self) -> None:
+        for name, proc in self.children:
+            if proc.poll() is not None:
+                log = self.data_dir / "logs" / f"{name}.log"
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                raise StackError(f"{name} exited with {proc.returncode}; {log}:\n{tail}")
+
+    def stop(self) -> None:
+        """Children in reverse start order (the pool stops its workers), then the server."""
+        for _, proc in reversed(self.children):
+            if proc.poll() is None:
+                proc.terminate()
+        for _, proc in reversed(self.children):
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self.server is not None:
+            self.server.stop()
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
