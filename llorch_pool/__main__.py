@@ -1,0 +1,3 @@
+from llorch_pool.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""`python -m llorch_pool serve | models add | models list` (also reached as `llorch pool …`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import nats
+
+from llorch_pool import catalog
+from llorch_pool.inventory import Inventory
+from llorch_pool.paths import default_data_dir, default_pool_id
+from llorch_pool.service import PoolConfig, PoolService
+from schemas import DEFAULT_PREFIX, ProtocolError, check_id
+
+CONNECT_WAIT_S = 30.0  # give up starting when NATS is unreachable this long
+log = logging.getLogger("llorch_pool")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llorch pool", description="llorch pool manager")
+    sub = parser.add_subparsers(dest="command", required=True)
+    data_dir = argparse.ArgumentParser(add_help=False)
+    data_dir.add_argument("--data-dir", type=Path, default=None, help="default: $LLORCH_DATA_DIR")
+
+    serve = sub.add_parser("serve", parents=[data_dir], help="run the pool manager")
+    serve.add_argument("--nats-url", default="nats://127.0.0.1:4222")
+    serve.add_argument("--pool-id", default=None, help="default: the hostname, sanitised")
+    serve.add_argument("--prefix", default=DEFAULT_PREFIX)
+    serve.add_argument("--heartbeat-interval", type=_positive_float, default=2.0)
+    serve.add_argument("--cpu", action="store_true", help="report the CPU device even with GPUs")
+    serve.add_argument("--cpu-memory-bytes", type=_positive_int, default=None)
+    serve.add_argument("--worker-threads", type=_positive_int, default=None)
+
+    models = sub.add_parser("models", help="the model catalog of this host")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    add = models_sub.add_parser("add", parents=[data_dir], help="add a GGUF (hashes it)")
+    add.add_argument("name")
+    add.add_argument("path", type=Path)
+    models_sub.add_parser("list", parents=[data_dir], help="list the catalog")
+    return parser
+
+
+def _format_row(name: str, record: catalog.ModelRecord, present: bool) -> str:
+    state = "" if present else "  (file missing)"
+    return (
+        f"{name:<24} {record.size_bytes:>13} {record.n_ctx_train:>7} {record.n_layers:>6} "
+        f"{record.kv_bytes_per_token:>8} {record.sha256[:16]}  {record.path}{state}"
+    )
+
+
+def models_list(data_dir: Path) -> int:
+    catalog.ensure_default(data_dir)
+    print(f"{'NAME':<24} {'SIZE_BYTES':>13} {'N_CTX':>7} {'LAYERS':>6} {'KV/TOK':>8} SHA256")
+    for name, record in sorted(catalog.load(data_dir).items()):
+        print(_format_row(name, record, Path(record.path).is_file()))
+    return 0
+
+
+def models_add(data_dir: Path, name: str, path: Path) -> int:
+    record = catalog.add_model(data_dir, name, path)
+    print(_format_row(name, record, present=True))
+    return 0
+
+
+async def serve(config: PoolConfig, force_cpu: bool, cpu_memory_bytes: int | None) -> int:
+    await asyncio.to_thread(catalog.ensure_default, config.data_dir)
+    inventory = Inventory.probe(config.pool_id, force_cpu, cpu_memory_bytes)
+    nc = await asyncio.wait_for(
+        nats.connect(
+            config.nats_url, name=f"llorch-pool-{config.pool_id}", max_reconnect_attempts=-1
+        ),
+        CONNECT_WAIT_S,
+    )
+    service = PoolService(config, nc, inventory)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    beats = asyncio.create_task(service.run_heartbeats())
+    log.info("pool %s serving on %s (%s)", config.pool_id, config.nats_url, inventory.kind)
+    await stop.wait()
+    log.info("pool %s shutting down", config.pool_id)
+    beats.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await beats
+    await service.shutdown()
+    await nc.drain()
+    inventory.close()
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    data_dir = args.data_dir if args.data_dir is not None else default_data_dir()
+    if args.command == "models":
+        if args.models_command == "add":
+            return models_add(data_dir, args.name, args.path)
+        return models_list(data_dir)
+    pool_id = check_id(args.pool_id, "pool id") if args.pool_id else default_pool_id()
+    config = PoolConfig(
+        nats_url=args.nats_url,
+        pool_id=pool_id,
+        data_dir=data_dir,
+        prefix=args.prefix,
+        heartbeat_interval=args.heartbeat_interval,
+        worker_threads=args.worker_threads,
+    )
+    return asyncio.run(serve(config, args.cpu, args.cpu_memory_bytes))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return _run(args)
+    except ProtocolError as exc:
+        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+        return 2
+    except TimeoutError:
+        print(f"error: NATS unreachable within {CONNECT_WAIT_S:.0f}s", file=sys.stderr)
+        return 1

@@ -1,0 +1,292 @@
+"""The pool manager's NATS shell: heartbeats, spawn/stop endpoints, worker reaping.
+
+All judgement lives in the pure modules (registry, spawn_checks, catalog); this layer decodes,
+calls them, starts/signals processes and publishes what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import nats.micro
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.micro.request import Request
+from nats.micro.service import Service
+
+from llorch_pool import catalog, registry, spawn_checks, supervisor
+from llorch_pool.inventory import Inventory
+from llorch_pool.registry import WorkerRecord
+from schemas import (
+    Ack,
+    Device,
+    Error,
+    ErrorCode,
+    Heartbeat,
+    ModelInfo,
+    ProtocolError,
+    SpawnRequest,
+    StopRequest,
+    Subjects,
+    WorkerFailed,
+    WorkerReady,
+    check_id,
+    decoder,
+    encode,
+)
+
+log = logging.getLogger("llorch_pool")
+
+SERVICE_NAME = "llorch-pool"
+SERVICE_VERSION = "0.1.0"
+SHUTDOWN_GRACE_S = 10.0  # drain time for workers at pool shutdown, then SIGKILL
+
+_decode_spawn = decoder(SpawnRequest)
+_decode_stop = decoder(StopRequest)
+_decode_ready = decoder(WorkerReady | WorkerFailed)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    nats_url: str
+    pool_id: str
+    data_dir: Path
+    prefix: str
+    heartbeat_interval: float
+    worker_threads: int | None = None
+
+
+class PoolService:
+    def __init__(self, config: PoolConfig, nc: Client, inventory: Inventory) -> None:
+        self.config = config
+        self.nc = nc
+        self.inventory = inventory
+        self.subjects = Subjects(config.prefix)
+        self.settings = supervisor.PoolSettings(
+            nats_url=config.nats_url,
+            pool_id=config.pool_id,
+            prefix=config.prefix,
+            log_dir=config.data_dir / "logs",
+            threads=config.worker_threads,
+        )
+        self.workers: dict[str, WorkerRecord] = {}
+        self._procs: dict[str, asyncio.subprocess.Process] = {}
+        self._ready_subs: dict[str, Subscription] = {}
+        self._reapers: dict[str, asyncio.Task[None]] = {}
+        self._changed = asyncio.Event()
+        self._seq = 0
+        self._service: Service | None = None
+        self._snapshot_sub: Subscription | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._snapshot_sub = await self.nc.subscribe(
+            self.subjects.snapshot_request, cb=self._on_snapshot_request
+        )
+        self._service = await nats.micro.add_service(
+            self.nc,
+            name=SERVICE_NAME,
+            version=SERVICE_VERSION,
+            description="llorch pool manager: inventory, worker spawn/stop, heartbeats",
+            metadata={"pool_id": self.config.pool_id, "device_kind": self.inventory.kind},
+        )
+        pool = self.config.pool_id
+        await self._service.add_endpoint(
+            name="spawn", subject=self.subjects.spawn(pool), handler=self._handle_spawn
+        )
+        await self._service.add_endpoint(
+            name="stop", subject=self.subjects.stop(pool), handler=self._handle_stop
+        )
+        self._mark_changed()  # first heartbeat at once
+
+    async def run_heartbeats(self) -> None:
+        """Every interval, and at once after any change (changes in a burst coalesce)."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self.config.heartbeat_interval)
+            self._changed.clear()
+            try:
+                await self.publish_heartbeat()
+            except Exception:  # e.g. NVML lost a GPU: report the bug, keep beating
+                log.exception("heartbeat failed")
+
+    async def shutdown(self) -> None:
+        """Stop serving, drain every worker (SIGKILL after the grace period), report, leave."""
+        if self._service is not None:
+            await self._service.stop()
+        if self._snapshot_sub is not None:
+            await self._snapshot_sub.unsubscribe()
+        for worker_id in list(self._procs):
+            self._signal(worker_id, drain=True)
+        reapers = list(self._reapers.values())
+        if reapers:
+            _, late = await asyncio.wait(reapers, timeout=SHUTDOWN_GRACE_S)
+            for worker_id in list(self._procs):
+                log.warning(
+                    "worker %s did not drain in %.0fs: killing", worker_id, SHUTDOWN_GRACE_S
+                )
+                self._signal(worker_id, drain=False)
+            if late:
+                await asyncio.wait(late)
+        await self.publish_heartbeat()
+
+    # --- heartbeat -------------------------------------------------------------------------
+
+    def _mark_changed(self) -> None:
+        self._changed.set()
+
+    async def _on_snapshot_request(self, _msg: Msg) -> None:
+        self._mark_changed()
+
+    def devices(self) -> list[Device]:
+        return self.inventory.snapshot(
+            pending=registry.bytes_by_device(self.workers, loading_only=True),
+            reserved=registry.bytes_by_device(self.workers, loading_only=False),
+        )
+
+    def _models(self) -> list[ModelInfo]:
+        try:
+            return catalog.present_models(self.config.data_dir)
+        except ProtocolError as exc:
+            log.error("catalog unreadable: %s", exc.message)
+            return []
+
+    async def publish_heartbeat(self) -> None:
+        devices, models = self.devices(), self._models()
+        self._seq += 1
+        beat = Heartbeat(
+            pool_id=self.config.pool_id,
+            ts=time.time(),
+            seq=self._seq,
+            interval_s=self.config.heartbeat_interval,
+            devices=devices,
+            workers=[registry.to_wire(r) for r in self.workers.values()],
+            models=models,
+        )
+        await self.nc.publish(self.subjects.heartbeat(self.config.pool_id), encode(beat))
+        self.workers = registry.after_heartbeat(self.workers)
+
+    # --- request endpoints -----------------------------------------------------------------
+
+    async def _respond(self, request: Request, handle: Callable[[bytes], Awaitable[Ack]]) -> None:
+        """Every request gets exactly one reply: an Ack, or an Error with a stable code (also
+        in the micro-service error headers, for stock NATS tooling)."""
+        try:
+            reply = await handle(request.data)
+        except ProtocolError as exc:
+            error = Error(code=exc.code, message=exc.message)
+        except Exception as exc:  # a bug: report it, keep serving
+            log.exception("request on %s failed", request.subject)
+            error = Error(code=ErrorCode.INTERNAL, message=repr(exc))
+        else:
+            await request.respond(encode(reply))
+            return
+        await request.respond_error(str(error.code), error.message, data=encode(error))
+
+    async def _handle_spawn(self, request: Request) -> None:
+        await self._respond(request, self._spawn)
+
+    async def _handle_stop(self, request: Request) -> None:
+        await self._respond(request, self._stop)
+
+    async def _spawn(self, data: bytes) -> Ack:
+        req: SpawnRequest = _decode_spawn(data)
+        models = catalog.load(self.config.data_dir)
+        device = spawn_checks.check_request(req, self.workers, self.devices(), models)
+        model = await asyncio.to_thread(catalog.resolve, self.config.data_dir, req.model)
+        spawn_checks.check_fits(device, model)
+        launch = supervisor.Launch(
+            worker_id=req.worker_id,
+            model=req.model,
+            model_path=model.path,
+            n_ctx=req.n_ctx,
+            device=device.index,
+            device_kind=device.kind,
+        )
+        return await self._launch(launch, model.size_bytes)
+
+    async def _launch(self, launch: supervisor.Launch, estimate_bytes: int) -> Ack:
+        worker_id = launch.worker_id
+        # Listen before the process exists, and record it first, so no ready message is missed.
+        sub = await self.nc.subscribe(
+            self.subjects.ready(worker_id), cb=partial(self._on_ready, worker_id)
+        )
+        self.workers[worker_id] = registry.starting(
+            worker_id, launch.model, launch.device, estimate_bytes
+        )
+        try:
+            proc = await supervisor.start_worker(self.settings, launch)
+        except OSError as exc:
+            del self.workers[worker_id]
+            await sub.unsubscribe()
+            raise ProtocolError(
+                ErrorCode.WORKER_START_FAILED, f"cannot start worker: {exc}"
+            ) from None
+        self.workers[worker_id] = registry.with_pid(self.workers[worker_id], proc.pid)
+        self._procs[worker_id] = proc
+        self._ready_subs[worker_id] = sub
+        self._reapers[worker_id] = asyncio.create_task(self._reap(worker_id, proc))
+        log.info("spawned worker %s (pid %d) for %s", worker_id, proc.pid, launch.model)
+        self._mark_changed()
+        return Ack(detail=str(proc.pid))
+
+    async def _stop(self, data: bytes) -> Ack:
+        req: StopRequest = _decode_stop(data)
+        check_id(req.worker_id, "worker id")
+        if req.worker_id not in self._procs:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no running worker {req.worker_id}")
+        self._signal(req.worker_id, drain=req.drain)
+        return Ack(detail="draining" if req.drain else "killed")
+
+    def _signal(self, worker_id: str, drain: bool) -> None:
+        proc = self._procs[worker_id]
+        with contextlib.suppress(ProcessLookupError):  # exited already: the reaper reports it
+            proc.send_signal(signal.SIGTERM if drain else signal.SIGKILL)
+        if drain:
+            self.workers[worker_id] = registry.on_draining(self.workers[worker_id])
+            self._mark_changed()
+
+    # --- worker events ---------------------------------------------------------------------
+
+    async def _on_ready(self, worker_id: str, msg: Msg) -> None:
+        try:
+            event: Any = _decode_ready(msg.data)
+        except ProtocolError as exc:
+            log.warning("bad message on %s: %s", msg.subject, exc.message)
+            return
+        record = self.workers.get(worker_id)
+        if record is None or event.worker_id != worker_id:
+            return
+        if isinstance(event, WorkerReady):
+            updated = registry.on_ready(record, event.memory_bytes)
+        else:
+            updated = registry.on_failed(record, f"{event.code}: {event.message}")
+        if updated != record:
+            self.workers[worker_id] = updated
+            await self._drop_ready_sub(worker_id)
+            self._mark_changed()
+
+    async def _drop_ready_sub(self, worker_id: str) -> None:
+        sub = self._ready_subs.pop(worker_id, None)
+        if sub is not None:
+            await sub.unsubscribe()
+
+    async def _reap(self, worker_id: str, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        del self._procs[worker_id]
+        del self._reapers[worker_id]
+        self.workers[worker_id] = registry.on_exit(self.workers[worker_id], code)
+        log.info("worker %s %s", worker_id, registry.exit_message(code))
+        self._mark_changed()
+        await self._drop_ready_sub(worker_id)

@@ -1,0 +1,47 @@
+"""Fact checks on a spawn request, pure: each failure is a ProtocolError with its stable code.
+
+These are checks of facts only (is the id free, is the model known, does the device exist, is
+there room for the file); which worker goes where is the orchestrator's decision, never ours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from llorch_pool.catalog import ModelRecord
+from llorch_pool.registry import WorkerRecord, check_new_id
+from schemas import Device, ErrorCode, ProtocolError, SpawnRequest
+
+
+def check_request(
+    request: SpawnRequest,
+    workers: Mapping[str, WorkerRecord],
+    devices: Sequence[Device],
+    models: Mapping[str, ModelRecord],
+) -> Device:
+    """The target device, once the id is free, the model known and the device real."""
+    check_new_id(workers, request.worker_id)
+    if request.n_ctx < 1:
+        raise ProtocolError(ErrorCode.INVALID_PARAMS, f"n_ctx must be >= 1, got {request.n_ctx}")
+    if request.model not in models:
+        raise ProtocolError(
+            ErrorCode.MODEL_NOT_FOUND, f"model {request.model[:80]!r} is not in this pool's catalog"
+        )
+    for device in devices:
+        if device.index == request.device:
+            return device
+    indexes = [d.index for d in devices]
+    raise ProtocolError(
+        ErrorCode.INVALID_PARAMS, f"device {request.device} is not in this pool (has {indexes})"
+    )
+
+
+def check_fits(device: Device, model: ModelRecord) -> None:
+    """The weights alone must fit in what the device has free; the KV cache is the worker's
+    own check after load (it reports INSUFFICIENT_VRAM then)."""
+    if device.free_bytes < model.size_bytes:
+        raise ProtocolError(
+            ErrorCode.INSUFFICIENT_VRAM,
+            f"device {device.index} has {device.free_bytes} bytes free, "
+            f"the model file is {model.size_bytes} bytes",
+        )

@@ -1,0 +1,105 @@
+"""Process factory for workers: command line, environment, log file, start.
+
+Workers run in their own session, so a Ctrl-C meant for the pool's terminal reaches only the
+pool, which then drains them; on Linux they also get SIGTERM if the pool itself dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from schemas.control import DeviceKind
+
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    """What every worker of this pool shares."""
+
+    nats_url: str
+    pool_id: str
+    prefix: str
+    log_dir: Path
+    threads: int | None = None  # --threads for CPU workers; None = the worker's default
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """One worker to start."""
+
+    worker_id: str
+    model: str
+    model_path: str
+    n_ctx: int
+    device: int
+    device_kind: DeviceKind
+
+
+def worker_argv(settings: PoolSettings, launch: Launch, python: str = sys.executable) -> list[str]:
+    argv = [
+        python,
+        "-m",
+        "llorch_worker",
+        "--nats-url",
+        settings.nats_url,
+        "--worker-id",
+        launch.worker_id,
+        "--pool-id",
+        settings.pool_id,
+        "--model",
+        launch.model,
+        "--model-path",
+        launch.model_path,
+        "--n-ctx",
+        str(launch.n_ctx),
+        "--device",
+        str(launch.device),
+        "--device-kind",
+        launch.device_kind,
+        "--prefix",
+        settings.prefix,
+    ]
+    if settings.threads is not None:
+        argv += ["--threads", str(settings.threads)]
+    return argv
+
+
+def worker_env(base: Mapping[str, str], kind: DeviceKind, index: int) -> dict[str, str]:
+    """A GPU worker sees only its NVML index; a CPU worker sees no GPU at all."""
+    env = dict(base)
+    env["CUDA_VISIBLE_DEVICES"] = str(index) if kind == "gpu" else ""
+    return env
+
+
+def log_path(settings: PoolSettings, worker_id: str) -> Path:
+    return settings.log_dir / f"{worker_id}.log"
+
+
+def _die_with_pool() -> None:
+    """Runs in the child between fork and exec: no orphan worker if the pool is killed."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+async def start_worker(settings: PoolSettings, launch: Launch) -> asyncio.subprocess.Process:
+    """Raises OSError when the process cannot be created."""
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    with log_path(settings, launch.worker_id).open("ab") as log:
+        return await asyncio.create_subprocess_exec(
+            *worker_argv(settings, launch),
+            env=worker_env(os.environ, launch.device_kind, launch.device),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            preexec_fn=_die_with_pool,
+        )
