@@ -1,0 +1,115 @@
+"""End-to-end fixtures: the real orchestrator and pool processes (and the real workers they
+spawn) against the real nats-server fixture."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from llorch_orch import client
+from llorch_orch.natsserver import NatsServer
+from llorch_orch.stack import Stack
+from schemas import (
+    ClusterState,
+    End,
+    Error,
+    Event,
+    GenerateRequest,
+    Heartbeat,
+    Subjects,
+    Token,
+    decoder,
+)
+
+MODEL = "smollm2-135m"
+HEARTBEAT_S = 0.5  # fast heartbeats keep loss detection (3 intervals) quick in tests
+_heartbeat = decoder(Heartbeat)
+
+
+@dataclass
+class Cluster:
+    stack: Stack
+    nc: Client
+    subjects: Subjects = field(default_factory=Subjects)
+
+    async def run(self, **fields: object) -> list[Event]:
+        """All events of one job, terminal included."""
+        fields.setdefault("model", MODEL)
+        fields.setdefault("max_tokens", 8)
+        request = GenerateRequest(**fields)  # type: ignore[arg-type]
+        return [e async for e in client.stream(self.nc, request, self.subjects, stall_s=60)]
+
+    async def state(self) -> ClusterState:
+        reply = await client.state(self.nc, self.subjects)
+        assert isinstance(reply, ClusterState), reply
+        return reply
+
+    async def wait_for_pools(self, *pool_ids: str) -> None:
+        """Until the orchestrator's view holds every pool, woken by each heartbeat."""
+        sub = await self.nc.subscribe(self.subjects.heartbeat_all)
+        try:
+            while True:
+                with contextlib.suppress(nats.errors.NoRespondersError):
+                    state = await self.state()
+                    if set(pool_ids) <= {p.pool_id for p in state.pools if p.alive}:
+                        return
+                await sub.next_msg(timeout=30)
+        finally:
+            await sub.unsubscribe()
+
+    def spawn_pool(self, pool_id: str, *extra: str) -> None:
+        self.stack.spawn(
+            f"pool-{pool_id}",
+            ["llorch_pool", "serve", "--pool-id", pool_id, "--data-dir", str(self.stack.data_dir),
+             "--cpu", "--heartbeat-interval", str(HEARTBEAT_S), *extra],
+        )  # fmt: skip
+
+
+def text_of(events: list[Event]) -> str:
+    return "".join(e.text for e in events if isinstance(e, Token))
+
+
+def terminal(events: list[Event]) -> End | Error:
+    ends = [e for e in events if isinstance(e, End | Error)]
+    assert len(ends) == 1 and events[-1] is ends[0], events
+    return ends[0]
+
+
+ClusterFactory = Callable[..., Awaitable[Cluster]]
+
+
+@pytest.fixture
+async def make_cluster(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[ClusterFactory]:
+    """make_cluster(config_toml="", pools=("p1",), pool_args=()) -> a running Cluster."""
+    stacks: list[Stack] = []
+    clients: list[Client] = []
+
+    async def make(
+        config_toml: str = "", pools: tuple[str, ...] = ("p1",), pool_args: tuple[str, ...] = ()
+    ) -> Cluster:
+        data_dir = tmp_path / f"data{len(stacks)}"
+        (data_dir / "logs").mkdir(parents=True)
+        config = data_dir / "orch.toml"
+        config.write_text(config_toml)
+        stack = Stack(data_dir=data_dir, nats_url=nats_server.url, prefix=Subjects().prefix)
+        stacks.append(stack)
+        stack.spawn("orchestrator", ["llorch_orch", "orch", "--config", str(config)])
+        nc = await nats.connect(nats_server.url)
+        clients.append(nc)
+        cluster = Cluster(stack, nc)
+        for pool_id in pools:
+            cluster.spawn_pool(pool_id, *pool_args)
+        await cluster.wait_for_pools(*pools)
+        return cluster
+
+    yield make
+    for nc in clients:
+        await nc.close()
+    for stack in stacks:
+        stack.stop()
