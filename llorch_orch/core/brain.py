@@ -2,7 +2,7 @@
 
 import heapq
 import zlib
-from collections import deque
+from collections import OrderedDict, deque
 from typing import assert_never
 
 from schemas import (
@@ -15,6 +15,7 @@ from schemas import (
     Queued,
     SpawnRequest,
     StopRequest,
+    WorkerInfo,
     WorkerReady,
 )
 from schemas.codes import ErrorCode
@@ -28,7 +29,7 @@ from .jobs import FinishedJobs, Job
 from .placement import best_slot, plan_eviction, slots
 from .queue import AdmissionQueue
 from .recovery import RecoveryMixin
-from .view import ClusterView, PoolRec, WorkerRec
+from .view import ClusterView, PoolRec, WorkerPhase, WorkerRec
 
 RATE_WINDOW_S = 60.0  # completions counted for the queue's drain rate
 RETRIABLE = frozenset(
@@ -51,6 +52,7 @@ class Core(RecoveryMixin):
         self._deadlines: list[tuple[float, str]] = []  # heap of queued jobs' deadlines
         self._completions: deque[float] = deque()
         self._out: list[Command] = []
+        self._given_up: OrderedDict[str, None] = OrderedDict()  # lost workers: never re-adopt
 
     # ---- entry point -------------------------------------------------------------------
     def handle(self, event: ev.Event) -> list[Command]:
@@ -108,12 +110,18 @@ class Core(RecoveryMixin):
             heapq.heappush(self._deadlines, (deadline, job_id))
         self._emit_queued(job, position)
 
-    def _make_room(self, now: float, job: Job) -> bool:
+    def _room_for_one(self) -> bool:
+        """Whether one more job may enter the queue (dropping the oldest batch job if allowed)."""
         if not self.queue.full:
             return True
         victim = self.queue.oldest_batch() if self.cfg.queue_policy == "drop-oldest-batch" else None
-        if victim is not None:
-            self._fail(self.jobs[victim], ErrorCode.QUEUE_FULL, "dropped for newer work")
+        if victim is None:
+            return False
+        self._fail(self.jobs[victim], ErrorCode.QUEUE_FULL, "dropped for newer work")
+        return True
+
+    def _make_room(self, now: float, job: Job) -> bool:
+        if self._room_for_one():
             return True
         error = Error(
             code=ErrorCode.QUEUE_FULL,
@@ -235,7 +243,8 @@ class Core(RecoveryMixin):
         candidates, reasons = slots(self.view, model, job.request.pool, job.request.device)
         slot, unfit = best_slot(candidates, self.cfg.placement)
         if slot is not None:
-            self._spawn(now, model, slot.pool_id, slot.device, slot.need)
+            pin = (job.request.pool, job.request.device)
+            self._spawn(now, model, slot.pool_id, slot.device, slot.need, pin=pin)
             return
         eviction = plan_eviction(self.view, candidates)
         if eviction is not None:
@@ -244,12 +253,20 @@ class Core(RecoveryMixin):
         job.reasons = reasons + unfit
 
     def _spawn(
-        self, now: float, model: str, pool_id: str, device: int, need: int, attempt: int = 1
+        self,
+        now: float,
+        model: str,
+        pool_id: str,
+        device: int,
+        need: int,
+        attempt: int = 1,
+        pin: tuple[str | None, int | None] = (None, None),
     ) -> None:
         worker_id = new_id("w")
         self.view.workers[worker_id] = WorkerRec(
             worker_id, pool_id, model, device, "starting", need,
             spawn_deadline=now + self.cfg.spawn_timeout_s, spawn_attempt=attempt,
+            pin_pool=pin[0], pin_device=pin[1],
         )  # fmt: skip
         request = SpawnRequest(
             worker_id=worker_id, model=model, device=device, n_ctx=self.view.n_ctx(model)
@@ -270,8 +287,12 @@ class Core(RecoveryMixin):
     def _update_positions(self, model: str) -> None:
         for position, job_id in self.queue.head(model, self.cfg.queued_update_top):
             job = self.jobs[job_id]
-            if position != job.reported_position:
+            if position == job.reported_position:
+                continue
+            if job.exec_seq is None:
                 self._emit_queued(job, position)
+            else:  # a retry: the stream's seqs belong to the worker now, so no new event
+                job.reported_position = position
 
     # ---- worker and pool facts ---------------------------------------------------------
     def _heartbeat(self, now: float, hb: Heartbeat) -> None:
@@ -285,19 +306,30 @@ class Core(RecoveryMixin):
         pool.models = {m.name: m for m in hb.models}
         reported = {w.worker_id: w for w in hb.workers}
         for worker in [w for w in self.view.workers.values() if w.pool_id == hb.pool_id]:
-            info = reported.pop(worker.worker_id, None)
-            if info is None or info.state in ("exited", "failed"):
-                reason = info.message if info is not None and info.message else "worker exited"
-                self._worker_gone(now, worker.worker_id, reason)
-            elif info.state == "ready" and worker.phase == "starting":
-                self._became_ready(now, worker, info.memory_bytes)
+            self._reconcile(now, worker, reported.pop(worker.worker_id, None))
         for info in reported.values():  # workers we never spawned: adopt (orchestrator restart)
+            if info.worker_id in self._given_up:
+                continue  # a worker we gave up on (and asked to stop): not ours any more
             if info.state in ("ready", "busy", "draining"):
-                phase = "draining" if info.state == "draining" else "idle"
+                phase: WorkerPhase = "draining" if info.state == "draining" else "idle"
                 self.view.workers[info.worker_id] = WorkerRec(
                     info.worker_id, hb.pool_id, info.model, info.device, phase,
-                    info.memory_bytes or 0, info.memory_bytes, last_used=now,
+                    info.memory_bytes or 0, info.memory_bytes, last_used=now, seen=True,
                 )  # fmt: skip
+
+    def _reconcile(self, now: float, worker: WorkerRec, info: WorkerInfo | None) -> None:
+        """One worker we track against what its pool's heartbeat says about it."""
+        if info is None and worker.phase == "starting" and not worker.seen:
+            return  # the heartbeat may predate our spawn request: not a disappearance
+        if info is None or info.state in ("exited", "failed"):
+            reason = info.message if info is not None and info.message else "worker exited"
+            self._worker_gone(now, worker.worker_id, reason)
+            return
+        worker.seen = True
+        if info.state == "ready" and worker.phase == "starting":
+            self._became_ready(now, worker, info.memory_bytes)
+        elif info.state == "ready" and worker.phase == "busy" and worker.job_id is None:
+            worker.phase, worker.last_used = "idle", now  # the unknown job it refused for ended
 
     def _ready(self, now: float, ready: WorkerReady) -> None:
         worker = self.view.workers.get(ready.worker_id)
@@ -307,6 +339,7 @@ class Core(RecoveryMixin):
 
     def _became_ready(self, now: float, worker: WorkerRec, memory: int | None) -> None:
         worker.phase, worker.spawn_deadline, worker.last_used = "idle", None, now
+        worker.seen = True
         if memory:
             worker.memory_bytes = memory
             pool = self.view.pools.get(worker.pool_id)
@@ -317,9 +350,17 @@ class Core(RecoveryMixin):
     def _status(self, now: float, status: JobStatus) -> None:
         job = self.jobs.get(status.job_id)
         worker = self.view.workers.get(status.worker_id)
+        ended = status.state in ("finished", "failed")
+        if job is not None and job.phase == "queued" and ended and job.exec_seq is not None:
+            # a worker we gave up on finished the job after all and sent its terminal event:
+            # the job is over; a retry would publish after that event
+            self.queue.remove(job.job_id)
+            self._finish(now, job, "finished" if status.state == "finished" else "failed", None)
+            job = None
         if job is None or job.worker_id != status.worker_id:
             # a job we do not track (adopted worker after a restart): its end frees the worker
-            if worker is not None and job is None and status.state in ("finished", "failed"):
+            frees = worker is not None and job is None and ended and worker.phase == "busy"
+            if frees and worker is not None and worker.job_id in (None, status.job_id):
                 worker.phase, worker.job_id, worker.last_used = "idle", None, now
             return
         job.last_activity = now
@@ -347,16 +388,21 @@ class Core(RecoveryMixin):
         if code == ErrorCode.WORKER_BUSY and worker is not None:
             worker.job_id = None  # busy with a job we do not track; its end frees it
             job.attempts -= 1
-            self._requeue(job)
+            self._requeue(now, job)
             return
-        self._worker_gone(now, worker_id, f"execute refused: {code}")
+        if worker is None:  # its worker already left the view
+            self._retry_or_fail(now, job, f"execute refused: {code}")
+            return
+        self._worker_gone(now, worker_id, f"execute refused: {code}", kill=True)
 
     def _finish(self, now: float, job: Job, outcome: str, code: ErrorCode | None) -> None:
         del self.jobs[job.job_id]
         self.finished.add(job, outcome, code)
         self._completions.append(now)
 
-    def _fail(self, job: Job, code: ErrorCode, message: str) -> None:
+    def _fail(
+        self, job: Job, code: ErrorCode, message: str, retry_after_ms: int | None = None
+    ) -> None:
         """End a job from the orchestrator's side: the client gets the one terminal event."""
         self.queue.remove(job.job_id)
         retriable = code in RETRIABLE
@@ -364,6 +410,7 @@ class Core(RecoveryMixin):
             code=code,
             message=message,
             retriable=retriable,
+            retry_after_ms=retry_after_ms,
             seq=job.terminal_seq,
             job_id=job.job_id,
         )

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from schemas import GenerateRequest, JobInfo
+from schemas.api import JobState
 from schemas.codes import ErrorCode
 
 JobPhase = Literal["queued", "dispatched", "running"]
@@ -42,7 +43,7 @@ class Job:
         return max(self.next_seq, self.last_seq + 1)
 
     def info(self, position: int | None = None) -> JobInfo:
-        state = "queued" if self.phase == "queued" else "running"
+        state: JobState = "queued" if self.phase == "queued" else "running"
         return JobInfo(
             job_id=self.job_id,
             state=state,
@@ -62,9 +63,9 @@ class FinishedJobs:
         self._items: OrderedDict[str, JobInfo] = OrderedDict()
 
     def add(self, job: Job, outcome: str, code: ErrorCode | None) -> None:
-        state = {"finished": "finished", "cancelled": "cancelled"}.get(outcome, "failed")
+        states: dict[str, JobState] = {"finished": "finished", "cancelled": "cancelled"}
         info = job.info()
-        info.state = state  # type: ignore[assignment]
+        info.state = states.get(outcome, "failed")
         info.code = code
         info.reasons = []
         self._items[job.job_id] = info

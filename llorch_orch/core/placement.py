@@ -67,14 +67,21 @@ def best_slot(candidates: list[Slot], strategy: str) -> tuple[Slot | None, list[
 
 
 def plan_eviction(view: ClusterView, candidates: list[Slot]) -> Eviction | None:
-    """Fewest least-recently-used idle workers whose stop frees enough on one device."""
+    """Fewest least-recently-used idle workers whose stop frees enough on one device.
+
+    Workers already draining count as freed: they are on their way out, so a device they
+    will clear needs no further victim (None then means "wait", not "evict more").
+    """
     best: Eviction | None = None
     for slot in candidates:
+        on_device = view.device_workers(slot.pool_id, slot.device)
+        leaving = sum(w.reserved for w in on_device if w.phase == "draining")
+        if slot.available + leaving >= slot.need:
+            return None
         idle = sorted(
-            (w for w in view.device_workers(slot.pool_id, slot.device) if w.phase == "idle"),
-            key=lambda w: (w.last_used, w.worker_id),
+            (w for w in on_device if w.phase == "idle"), key=lambda w: (w.last_used, w.worker_id)
         )
-        freed, victims = slot.available, []
+        freed, victims = slot.available + leaving, []
         for w in idle:
             if freed >= slot.need:
                 break

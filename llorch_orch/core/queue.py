@@ -45,12 +45,23 @@ def _drop_removed(lane: deque[Entry]) -> None:
         lane.popleft()
 
 
+def _tidy(lane: deque[Entry], live: int) -> None:
+    """Drop removed entries at the head; rebuild when dead ones outnumber live ones (amortised
+    O(1)), so a queue that never empties does not keep every job it ever held."""
+    _drop_removed(lane)
+    if len(lane) > 2 * live + 16:
+        kept = [e for e in lane if not e.removed]
+        lane.clear()
+        lane.extend(kept)
+
+
 class AdmissionQueue:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._lanes: dict[str, _Lanes] = {}
         self._entries: dict[str, Entry] = {}
         self._batch_age: deque[Entry] = deque()  # all batch entries, oldest first
+        self._live_batch = 0  # batch entries not removed
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -78,6 +89,7 @@ class AdmissionQueue:
             lane.append(entry)
         if priority == "batch":
             self._batch_age.append(entry)
+            self._live_batch += 1
         lanes.count(priority, 1)
         self._entries[job_id] = entry
         if front:
@@ -108,8 +120,15 @@ class AdmissionQueue:
         entry.removed = True
         del self._entries[entry.job_id]
         lanes.count(entry.priority, -1)
+        if entry.priority == "batch":
+            self._live_batch -= 1
+            _tidy(self._batch_age, self._live_batch)
         if not lanes.live:
             del self._lanes[entry.model]
+        elif entry.priority == "interactive":
+            _tidy(lanes.interactive, lanes.live_interactive)
+        else:
+            _tidy(lanes.batch, lanes.live_batch)
 
     def oldest_batch(self) -> str | None:
         _drop_removed(self._batch_age)

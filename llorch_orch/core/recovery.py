@@ -1,42 +1,85 @@
 """Time-driven and failure paths of the brain: timeouts, lost workers and pools, retries."""
 
 import heapq
-from typing import TYPE_CHECKING
+from collections import OrderedDict
 
+from schemas import StopRequest
 from schemas.codes import ErrorCode
 
+from .commands import Command, Stop
+from .config import OrchConfig
 from .jobs import Job
 from .placement import best_slot, slots
+from .queue import AdmissionQueue
+from .view import ClusterView, WorkerRec
 
-if TYPE_CHECKING:
-    from .brain import Core
-
-    _Base = Core
-else:
-    _Base = object
+FORGET_LOST = 4096  # ids of workers given up on, remembered so heartbeats do not re-adopt them
 
 
-class RecoveryMixin(_Base):
+class RecoveryMixin:
+    # state and helpers the brain provides (declared here so the mixin type-checks on its own)
+    cfg: OrchConfig
+    view: ClusterView
+    queue: AdmissionQueue
+    jobs: dict[str, Job]
+    _deadlines: list[tuple[float, str]]
+    _out: list[Command]
+    _given_up: "OrderedDict[str, None]"
+
+    def _stop(self, worker_id: str, drain: bool, reason: str) -> None:
+        raise NotImplementedError
+
+    def _fail(
+        self, job: Job, code: ErrorCode, message: str, retry_after_ms: int | None = None
+    ) -> None:
+        raise NotImplementedError
+
+    def _spawn(
+        self,
+        now: float,
+        model: str,
+        pool_id: str,
+        device: int,
+        need: int,
+        attempt: int = 1,
+        pin: tuple[str | None, int | None] = (None, None),
+    ) -> None:
+        raise NotImplementedError
+
+    def _room_for_one(self) -> bool:
+        raise NotImplementedError
+
+    def _retry_after_ms(self, now: float) -> int:
+        raise NotImplementedError
+
+    # ---- timers --------------------------------------------------------------------------
     def _tick(self, now: float) -> None:
         self._expire_deadlines(now)
         for worker in list(self.view.workers.values()):
             if worker.spawn_deadline is not None and now >= worker.spawn_deadline:
-                self._stop(worker.worker_id, drain=False, reason="spawn-timeout")
-                self._spawn_failed(now, worker.worker_id, "did not become ready in time")
+                self._spawn_failed(now, worker.worker_id, "did not become ready in time", kill=True)
             elif worker.phase == "idle":
                 keep = self.cfg.model(worker.model).keep_alive_s
                 if keep > 0 and now - worker.last_used >= keep:
                     self._stop(worker.worker_id, drain=True, reason="keep-alive")
-        for job in [j for j in self.jobs.values() if j.phase != "queued"]:
-            late_ack = job.ack_deadline is not None and now >= job.ack_deadline
-            stalled = now - job.last_activity >= self.cfg.stall_timeout_s
-            if (late_ack or stalled) and job.worker_id is not None:
-                self._worker_gone(now, job.worker_id, "worker went silent")
+        self._check_running(now)
         for pool in self.view.pools.values():
             if pool.alive and now - pool.last_seen >= self.cfg.pool_lost_after * pool.interval_s:
                 pool.alive = False
                 for worker in [w for w in self.view.workers.values() if w.pool_id == pool.pool_id]:
                     self._worker_gone(now, worker.worker_id, f"pool {pool.pool_id} lost")
+
+    def _check_running(self, now: float) -> None:
+        """Jobs whose worker did not ack execute in time or went silent: the worker is lost."""
+        for job in [j for j in self.jobs.values() if j.phase != "queued"]:
+            late_ack = job.ack_deadline is not None and now >= job.ack_deadline
+            stalled = now - job.last_activity >= self.cfg.stall_timeout_s
+            if not (late_ack or stalled) or job.worker_id is None:
+                continue
+            if job.worker_id in self.view.workers:
+                self._worker_gone(now, job.worker_id, "worker went silent", kill=True)
+            else:  # its worker already left the view: the job must not wait forever
+                self._retry_or_fail(now, job, "worker went silent")
 
     def _expire_deadlines(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:
@@ -67,43 +110,76 @@ class RecoveryMixin(_Base):
         ]
         return min(times) if times else None
 
-    def _worker_gone(self, now: float, worker_id: str, reason: str) -> None:
-        worker = self.view.workers.pop(worker_id, None)
+    # ---- losses and retries --------------------------------------------------------------
+    def _send_stop(self, worker: WorkerRec, drain: bool, reason: str) -> None:
+        """Stop a worker that already left the view (no-op when its pool is lost)."""
+        pool = self.view.pools.get(worker.pool_id)
+        if pool is None or not pool.alive:
+            return
+        self._given_up[worker.worker_id] = None
+        while len(self._given_up) > FORGET_LOST:
+            self._given_up.popitem(last=False)
+        request = StopRequest(worker_id=worker.worker_id, drain=drain)
+        self._out.append(Stop(worker.pool_id, request, reason))
+
+    def _worker_gone(self, now: float, worker_id: str, reason: str, kill: bool = False) -> None:
+        """A worker is lost; `kill` when it may still be alive (silent, refused execute)."""
+        worker = self.view.workers.get(worker_id)
         if worker is None:
             return
         if worker.phase == "starting":
-            self.view.workers[worker_id] = worker  # _spawn_failed owns starting workers
-            self._spawn_failed(now, worker_id, reason)
+            self._spawn_failed(now, worker_id, reason, kill=kill)
             return
+        del self.view.workers[worker_id]
+        if kill:
+            self._send_stop(worker, drain=False, reason="lost")
         job = self.jobs.get(worker.job_id) if worker.job_id else None
         if job is not None and job.worker_id == worker_id:
-            self._retry_or_fail(job, reason)
+            self._retry_or_fail(now, job, reason)
 
-    def _retry_or_fail(self, job: Job, reason: str) -> None:
+    def _retry_or_fail(self, now: float, job: Job, reason: str) -> None:
         if job.cancel_requested:
             self._fail(job, ErrorCode.CANCELLED, "cancelled by client")
         elif job.attempts < self.cfg.max_job_attempts:
-            self._requeue(job)
+            self._requeue(now, job)
         else:
             self._fail(job, ErrorCode.WORKER_LOST, f"worker lost mid-job: {reason}")
 
-    def _requeue(self, job: Job) -> None:
+    def _requeue(self, now: float, job: Job) -> None:
         """Back to the head of its lane; the retry resumes the stream after `last_seq`."""
+        if job.cancel_requested:
+            self._fail(job, ErrorCode.CANCELLED, "cancelled by client")
+            return
+        if not self._room_for_one():
+            self._fail(
+                job,
+                ErrorCode.QUEUE_FULL,
+                "worker lost and the queue is full: cannot retry",
+                retry_after_ms=self._retry_after_ms(now),
+            )
+            return
         job.phase, job.worker_id, job.ack_deadline = "queued", None, None
         self.queue.push(job.job_id, job.request.model, job.request.priority, front=True)
 
-    def _spawn_failed(self, now: float, worker_id: str, message: str) -> None:
-        worker = self.view.workers.pop(worker_id, None)
-        if worker is None or worker.phase != "starting":
+    def _spawn_failed(self, now: float, worker_id: str, message: str, kill: bool = False) -> None:
+        worker = self.view.workers.get(worker_id)
+        if worker is None:
             return
+        if worker.phase != "starting":  # a loaded worker failed: that is a loss, not a spawn
+            self._worker_gone(now, worker_id, message)
+            return
+        del self.view.workers[worker_id]
+        if kill:
+            self._send_stop(worker, drain=False, reason="spawn-timeout")
         if worker.spawn_attempt < 2:
-            candidates, _ = slots(self.view, worker.model, None, None)
+            candidates, _ = slots(self.view, worker.model, worker.pin_pool, worker.pin_device)
             others = [
                 s for s in candidates if (s.pool_id, s.device) != (worker.pool_id, worker.device)
             ]
             slot, _ = best_slot(others or candidates, self.cfg.placement)
             if slot is not None:
-                self._spawn(now, worker.model, slot.pool_id, slot.device, slot.need, attempt=2)
+                pin = (worker.pin_pool, worker.pin_device)
+                self._spawn(now, worker.model, slot.pool_id, slot.device, slot.need, 2, pin)
                 return
         if self.view.workers_of(worker.model):
             return  # other workers of the model will serve the waiting jobs

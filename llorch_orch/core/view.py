@@ -23,6 +23,9 @@ class WorkerRec:
     spawn_deadline: float | None = None  # while starting
     spawn_attempt: int = 1
     job_id: str | None = None  # while busy
+    pin_pool: str | None = None  # pin of the job it was spawned for (a spawn retry keeps it)
+    pin_device: int | None = None
+    seen: bool = False  # listed by a heartbeat or ready: only then does its absence mean loss
 
     def matches(self, pool: str | None, device: int | None) -> bool:
         """Whether a job pinned to `pool`/`device` (None = any) may run here."""
