@@ -1,0 +1,22 @@
+"""`python -m llorch_worker ...`: the process the pool manager spawns.
+
+`llama_cpp` is imported before anything imports `nats`: with the other order a CUDA model
+load segfaulted (seen on an H200 build). Import sorting keeps this order (third-party
+`llama_cpp` before first-party `llorch_worker.service`, which imports `nats`);
+tests/worker/test_import_order.py holds it.
+"""
+
+import asyncio
+
+import llama_cpp  # noqa: F401  (see the docstring: before nats)
+
+from llorch_worker.cli import parse_args
+from llorch_worker.service import Worker
+
+
+def main() -> int:
+    return asyncio.run(Worker(parse_args()).run())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

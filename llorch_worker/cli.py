@@ -1,0 +1,91 @@
+"""Command line of a worker process: the contract with the pool manager that spawns it."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from schemas import DEFAULT_PREFIX, ProtocolError, check_id
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    nats_url: str
+    worker_id: str
+    pool_id: str
+    model: str  # catalog name, echoed in `started` and `ready`
+    model_path: Path
+    n_ctx: int
+    device: int  # NVML index; on GPU the card is CUDA device 0 (CUDA_VISIBLE_DEVICES)
+    device_kind: Literal["gpu", "cpu"]
+    prefix: str = DEFAULT_PREFIX
+    threads: int | None = None  # None = llama.cpp's default
+    progress_interval: float = 0.25  # seconds between `progress` job statuses
+
+    @property
+    def gpu(self) -> bool:
+        return self.device_kind == "gpu"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def _id(text: str) -> str:
+    try:
+        return check_id(text, "id")
+    except ProtocolError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m llorch_worker", description=__doc__)
+    p.add_argument("--nats-url", required=True)
+    p.add_argument("--worker-id", required=True, type=_id)
+    p.add_argument("--pool-id", required=True, type=_id)
+    p.add_argument("--model", required=True)
+    p.add_argument("--model-path", required=True, type=Path)
+    p.add_argument("--n-ctx", required=True, type=_positive_int)
+    p.add_argument("--device", required=True, type=_nonnegative_int)
+    p.add_argument("--device-kind", required=True, choices=["gpu", "cpu"])
+    p.add_argument("--prefix", default=DEFAULT_PREFIX)
+    p.add_argument("--threads", type=_positive_int, default=None)
+    p.add_argument("--progress-interval", type=_positive_float, default=0.25)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> WorkerConfig:
+    """Exits with status 2 and a usage message on bad arguments (argparse's convention)."""
+    ns = _parser().parse_args(argv)
+    return WorkerConfig(
+        nats_url=ns.nats_url,
+        worker_id=ns.worker_id,
+        pool_id=ns.pool_id,
+        model=ns.model,
+        model_path=ns.model_path,
+        n_ctx=ns.n_ctx,
+        device=ns.device,
+        device_kind=ns.device_kind,
+        prefix=ns.prefix,
+        threads=ns.threads,
+        progress_interval=ns.progress_interval,
+    )

@@ -1,0 +1,195 @@
+"""The model: one `llama_cpp.Llama` per process, loaded and run on ONE dedicated thread.
+
+Import order matters: on a CUDA build, importing `nats` before `llama_cpp` made the CUDA
+model load segfault (seen on H200). `__main__` imports `llama_cpp` first; this module notes
+whether that rule was broken and a GPU load refuses to run if it was.
+"""
+
+from __future__ import annotations
+
+import sys
+
+_NATS_FIRST = "nats" in sys.modules and "llama_cpp" not in sys.modules  # before the import below
+
+import asyncio  # noqa: E402
+import ctypes  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Literal  # noqa: E402
+
+import llama_cpp  # noqa: E402
+
+from llorch_worker.loadlog import load_failure_code, placement  # noqa: E402
+from llorch_worker.textstream import TextStream  # noqa: E402
+from schemas import ErrorCode, Execute  # noqa: E402
+
+_GGML_WARN = 3  # ggml_log_level: WARN = 3, ERROR = 4
+_GGML_ERROR = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    layers_offloaded: int
+    layers_total: int  # n_layer + 1: llama.cpp counts the output layer
+    load_ms: float
+
+
+class LoadFailed(Exception):
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    reason: Literal["stop", "length", "cancelled"]
+    tokens_in: int
+    tail: str  # text held back until the end (a partial stop match that never completed)
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    code: ErrorCode
+    message: str
+    tokens_in: int = 0
+
+
+Outcome = Finished | Failed
+# What the engine thread hands to asyncio: one str per generated token ("" while text is held
+# back), then exactly one Outcome.
+Item = str | Outcome
+
+
+class _LoadLog:
+    """llama.cpp's log, kept while a load runs (it is the only report of layer placement)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] | None = None
+        # Keep a reference: llama.cpp calls this pointer for the life of the process.
+        self.callback = llama_cpp.llama_log_callback(self._on_log)
+        llama_cpp.llama_log_set(self.callback, ctypes.c_void_p(0))
+
+    def _on_log(self, level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+        line = text.decode("utf-8", errors="replace")
+        if self.lines is not None:
+            self.lines.append(line)
+        if level in (_GGML_WARN, _GGML_ERROR):
+            sys.stderr.write(line)
+
+
+class Engine:
+    def __init__(self, model_path: Path, n_ctx: int, gpu: bool, threads: int | None) -> None:
+        self._model_path = model_path
+        self._n_ctx = n_ctx
+        self._gpu = gpu
+        self._threads = threads
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._llm: llama_cpp.Llama | None = None
+        self._log: _LoadLog | None = None
+
+    async def load(self) -> Loaded:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._load)
+
+    def start(self, job: Execute, cancel: threading.Event, deliver: Callable[[Item], None]) -> None:
+        """Run `job` on the engine thread; `deliver` gets every Item, the Outcome last.
+
+        `deliver` is called on the engine thread: it must hand over thread-safely.
+        """
+        self._thread.submit(self._run, job, cancel, deliver)
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+
+    def _load(self) -> Loaded:
+        if self._gpu and _NATS_FIRST:
+            raise LoadFailed(
+                ErrorCode.MODEL_LOAD_FAILED,
+                "nats was imported before llama_cpp; a CUDA load may crash. "
+                "Start the worker with `python -m llorch_worker`.",
+            )
+        if self._gpu and not llama_cpp.llama_supports_gpu_offload():
+            raise LoadFailed(ErrorCode.MODEL_LOAD_FAILED, "llama-cpp-python built without GPU")
+        log = self._log = _LoadLog()  # kept: llama.cpp holds the callback pointer
+        log.lines = []
+        started = time.perf_counter()
+        try:
+            self._llm = llama_cpp.Llama(
+                model_path=str(self._model_path),
+                n_gpu_layers=-1 if self._gpu else 0,
+                n_ctx=self._n_ctx,
+                n_threads=self._threads,
+                n_threads_batch=self._threads,
+                verbose=False,
+            )
+        except Exception as exc:
+            tail = "".join(log.lines[-5:]).strip()
+            code = load_failure_code(self._gpu, log.lines, str(exc))
+            raise LoadFailed(code, f"{exc} | {tail}" if tail else str(exc)) from None
+        finally:
+            lines, log.lines = log.lines, None
+        load_ms = (time.perf_counter() - started) * 1000.0
+        total = llama_cpp.llama_model_n_layer(self._llm.model) + 1
+        if not self._gpu:
+            return Loaded(layers_offloaded=0, layers_total=total, load_ms=load_ms)
+        placed = placement(lines)
+        if not placed.full or placed.total != total:
+            raise LoadFailed(
+                ErrorCode.INSUFFICIENT_VRAM,
+                f"only {placed.offloaded}/{total} layers were placed on the GPU",
+            )
+        return Loaded(layers_offloaded=placed.offloaded, layers_total=total, load_ms=load_ms)
+
+    def _run(self, job: Execute, cancel: threading.Event, deliver: Callable[[Item], None]) -> None:
+        try:
+            outcome = self._generate(job, cancel, deliver)
+        except Exception as exc:  # a failed decode must end the job, never the worker
+            outcome = Failed(ErrorCode.INTERNAL, f"generation failed: {exc!r}")
+        deliver(outcome)
+
+    def _generate(
+        self, job: Execute, cancel: threading.Event, deliver: Callable[[Item], None]
+    ) -> Outcome:
+        llm = self._llm
+        assert llm is not None, "generate before load"
+        # special=True: a raw prompt may carry the model's chat-template control tokens.
+        prompt = llm.tokenize(job.prompt.encode("utf-8"), add_bos=True, special=True)
+        n_in = len(prompt)
+        if n_in == 0:
+            return Failed(ErrorCode.INVALID_PARAMS, "empty prompt")
+        if n_in + job.max_tokens > llm.n_ctx():
+            return Failed(
+                ErrorCode.CONTEXT_OVERFLOW,
+                f"{n_in} prompt tokens + max_tokens {job.max_tokens} exceed n_ctx {llm.n_ctx()}",
+                n_in,
+            )
+        # Same seed, same text: a fresh sampler seeded per job and no KV-cache reuse between
+        # jobs (a partial re-evaluation can shift logits and so the sampled tokens).
+        llm.set_seed(job.seed)
+        llm.reset()
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        text = TextStream(job.stop)
+        tokens = llm.generate(
+            prompt, top_k=job.top_k, top_p=job.top_p, min_p=0.0, temp=job.temperature
+        )
+        for n_out, token in enumerate(tokens, start=1):
+            if cancel.is_set():
+                return Finished("cancelled", n_in, "")
+            if llama_cpp.llama_vocab_is_eog(vocab, token):
+                return self._finish("stop", n_in, text)
+            step = text.feed(llm.detokenize([token]))
+            deliver(step.text)
+            if step.stopped:
+                return Finished("stop", n_in, "")
+            if n_out >= job.max_tokens:
+                break
+        return self._finish("length", n_in, text)
+
+    @staticmethod
+    def _finish(reason: Literal["stop", "length"], n_in: int, text: TextStream) -> Finished:
+        last = text.finish()
+        return Finished("stop" if last.stopped else reason, n_in, last.text)

@@ -1,0 +1,158 @@
+"""One running job: engine items in, stream events and job statuses out (the thin NATS shell)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from nats.aio.client import Client
+
+from llorch_worker.engine import Engine, Failed, Finished, Item, Outcome
+from llorch_worker.jobstate import JobState
+from schemas import (
+    End,
+    Error,
+    ErrorCode,
+    Execute,
+    JobStatus,
+    Started,
+    Subjects,
+    Token,
+    encode,
+)
+
+StatusState = Literal["started", "progress", "finished", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    """What every job of this worker shares."""
+
+    nc: Client
+    engine: Engine
+    subjects: Subjects
+    worker_id: str
+    model: str
+    progress_interval: float
+    probe_prefix: str  # private inbox prefix; the job's probe replies go to `<prefix>.<job_id>`
+
+
+class Job:
+    def __init__(self, ctx: JobContext, execute: Execute, headers: dict[str, str] | None) -> None:
+        self.ctx = ctx
+        self.execute = execute
+        self.job_id = execute.job_id
+        self._headers = headers or None  # trace context rides on every event of the job
+        self._state = JobState(execute, ctx.progress_interval, started_at=time.monotonic())
+        self._cancel = threading.Event()
+        self._cancel_reason = ""
+        self._status_subject = ctx.subjects.job_status(execute.job_id)
+        self._probe_reply = f"{ctx.probe_prefix}.{execute.job_id}"
+
+    def cancel(self, reason: str) -> None:
+        """Idempotent; the engine stops at its next token and the job ends with CANCELLED."""
+        if not self._cancel.is_set():
+            self._cancel_reason = reason
+            self._cancel.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[Item] = asyncio.Queue()
+
+        def deliver(item: Item) -> None:  # engine thread -> event loop, one hop per item
+            loop.call_soon_threadsafe(items.put_nowait, item)
+
+        self.ctx.engine.start(self.execute, self._cancel, deliver)
+        e = self.execute
+        seq, visible = self._state.take_seq()
+        if visible:
+            started = Started(
+                seq=seq, job_id=e.job_id, worker_id=self.ctx.worker_id, model=e.model, seed=e.seed
+            )
+            await self._publish(started)
+        await self._status("started", seq)
+        while isinstance(item := await items.get(), str):
+            await self._on_token(item)
+        await self._finish(item)
+
+    async def _on_token(self, text: str) -> None:
+        now = time.monotonic()
+        self._state.token_generated(now)
+        if text and not self._cancel.is_set():  # once cancelled, only the terminal event goes out
+            seq, visible = self._state.take_seq()
+            if visible:
+                await self._publish(Token(seq=seq, text=text), now)
+        progress_seq = self._state.progress_due(now)
+        if progress_seq is not None:
+            await self._status("progress", progress_seq)
+
+    async def _finish(self, outcome: Outcome) -> None:
+        if isinstance(outcome, Finished) and outcome.tail and outcome.reason != "cancelled":
+            seq, visible = self._state.take_seq()
+            if visible:
+                await self._publish(Token(seq=seq, text=outcome.tail))
+        seq, visible = self._state.take_seq()
+        terminal, code = self._terminal(outcome, seq)
+        if visible:
+            await self._publish(terminal)
+        tokens_in = outcome.tokens_in
+        if code is None:
+            await self._status("finished", seq, tokens_in)
+        else:
+            await self._status("failed", seq, tokens_in, code)
+
+    def _terminal(self, outcome: Outcome, seq: int) -> tuple[End | Error, ErrorCode | None]:
+        now = time.monotonic()
+        job_id = self.job_id
+        match outcome:
+            case Finished(reason="cancelled"):
+                code = ErrorCode.CANCELLED
+                return Error(code=code, message=self._cancel_reason, seq=seq, job_id=job_id), code
+            case Finished(reason="stop" | "length" as reason, tokens_in=tokens_in):
+                end = End(
+                    seq=seq,
+                    job_id=job_id,
+                    finish_reason=reason,
+                    tokens_in=tokens_in,
+                    tokens_out=self._state.tokens_out,
+                    ttft_ms=self._state.ttft_ms(now),
+                    total_ms=self._state.elapsed_ms(now),
+                )
+                return end, None
+            case Failed(code=code, message=message):
+                return Error(code=code, message=message, seq=seq, job_id=job_id), code
+        raise AssertionError(f"unknown outcome {outcome!r}")
+
+    async def _publish(
+        self, event: Started | Token | End | Error, now: float | None = None
+    ) -> None:
+        """Publish to the client; now and then with a reply subject, as a probe: the server
+        answers a message nobody subscribes to with no-responders (see Worker._on_probe_reply)."""
+        probe = self._state.probe_due(time.monotonic() if now is None else now)
+        await self.ctx.nc.publish(
+            self.execute.stream,
+            encode(event),
+            reply=self._probe_reply if probe else "",
+            headers=self._headers,
+        )
+
+    async def _status(
+        self,
+        state: StatusState,
+        seq: int,
+        tokens_in: int = 0,
+        code: ErrorCode | None = None,
+    ) -> None:
+        status = JobStatus(
+            job_id=self.job_id,
+            worker_id=self.ctx.worker_id,
+            state=state,
+            seq=seq,
+            tokens_in=tokens_in,
+            tokens_out=self._state.tokens_out,
+            code=code,
+        )
+        await self.ctx.nc.publish(self._status_subject, encode(status), headers=self._headers)

@@ -1,0 +1,196 @@
+"""The worker process's NATS shell: load, announce, serve execute/cancel, drain on signal."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import Service
+
+from llorch_worker import memory
+from llorch_worker.cli import WorkerConfig
+from llorch_worker.engine import Engine, Loaded, LoadFailed
+from llorch_worker.inbound import parse_cancel, parse_execute
+from llorch_worker.job import Job, JobContext
+from schemas import (
+    Ack,
+    Error,
+    ErrorCode,
+    ProtocolError,
+    Subjects,
+    WorkerFailed,
+    WorkerReady,
+    encode,
+)
+
+EXIT_OK = 0
+EXIT_LOAD_FAILED = 3
+_NO_RESPONDERS = "503"
+
+
+class Worker:
+    def __init__(self, cfg: WorkerConfig) -> None:
+        self.cfg = cfg
+        self.subjects = Subjects(cfg.prefix)
+        self.engine = Engine(cfg.model_path, cfg.n_ctx, cfg.gpu, cfg.threads)
+        self._job: Job | None = None
+        self._job_task: asyncio.Task[None] | None = None  # referenced so it is not collected
+        self._draining = False
+        self._stopped = asyncio.Event()
+        self._gpu_before = 0  # device memory in use before our load (GPU workers)
+
+    async def run(self) -> int:
+        """Exit status of the process: 0 after a drain, 3 when the model could not be loaded."""
+        self._install_signals()  # before anyone can know our pid is worth signalling
+        nc = await nats.connect(self.cfg.nats_url, name=f"llorch-worker-{self.cfg.worker_id}")
+        try:
+            loaded = await self._load(nc)
+            if loaded is None:
+                return EXIT_LOAD_FAILED
+            if self._draining:  # told to stop while loading: never announce
+                return EXIT_OK
+            service = await self._serve(nc)
+            await self._announce(nc, loaded)
+            await self._stopped.wait()
+            await service.stop()
+            return EXIT_OK
+        finally:
+            await nc.drain()
+            self.engine.close()
+
+    async def _load(self, nc: Client) -> Loaded | None:
+        cfg = self.cfg
+        try:
+            # What the device held before we came, for when NVML cannot see our pid.
+            self._gpu_before = memory.gpu_used_bytes(cfg.device) if cfg.gpu else 0
+            return await self.engine.load()
+        except LoadFailed as exc:
+            failed = WorkerFailed(
+                worker_id=cfg.worker_id, pool_id=cfg.pool_id, code=exc.code, message=exc.message
+            )
+        except Exception as exc:  # NVML errors and the like: still report, never die silently
+            failed = WorkerFailed(
+                worker_id=cfg.worker_id,
+                pool_id=cfg.pool_id,
+                code=ErrorCode.MODEL_LOAD_FAILED,
+                message=repr(exc),
+            )
+        print(f"llorch-worker {cfg.worker_id}: {failed.code}: {failed.message}", file=sys.stderr)
+        await nc.publish(self.subjects.ready(cfg.worker_id), encode(failed))
+        await nc.flush()
+        return None
+
+    async def _serve(self, nc: Client) -> Service:
+        cfg = self.cfg
+        probe_prefix = nc.new_inbox()
+        await nc.subscribe(f"{probe_prefix}.*", cb=self._on_probe_reply)
+        self._ctx = JobContext(
+            nc=nc,
+            engine=self.engine,
+            subjects=self.subjects,
+            worker_id=cfg.worker_id,
+            model=cfg.model,
+            progress_interval=cfg.progress_interval,
+            probe_prefix=probe_prefix,
+        )
+        service = await add_service(
+            nc,
+            name="llorch-worker",
+            version="0.1.0",
+            description=f"llorch worker {cfg.worker_id} ({cfg.model})",
+            metadata={"worker_id": cfg.worker_id, "model": cfg.model, "pool": cfg.pool_id},
+        )
+        execute = self.subjects.execute(cfg.worker_id)
+        cancel = self.subjects.worker_cancel(cfg.worker_id)
+        await service.add_endpoint(name="execute", subject=execute, handler=self._on_execute)
+        await service.add_endpoint(name="cancel", subject=cancel, handler=self._on_cancel)
+        await nc.flush()  # subscribed on the server before anyone hears we are ready
+        return service
+
+    async def _announce(self, nc: Client, loaded: Loaded) -> None:
+        cfg = self.cfg
+        pid = os.getpid()
+        used = (
+            memory.gpu_process_bytes(cfg.device, pid, self._gpu_before)
+            if cfg.gpu
+            else memory.rss_bytes()
+        )
+        ready = WorkerReady(
+            worker_id=cfg.worker_id,
+            pool_id=cfg.pool_id,
+            model=cfg.model,
+            device=cfg.device,
+            pid=pid,
+            memory_bytes=used,
+            n_ctx=cfg.n_ctx,
+            layers_offloaded=loaded.layers_offloaded,
+            layers_total=loaded.layers_total,
+            load_ms=loaded.load_ms,
+        )
+        await nc.publish(self.subjects.ready(cfg.worker_id), encode(ready))
+        await nc.flush()
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._drain)
+
+    def _drain(self) -> None:
+        """Refuse new jobs, let the running one finish, then stop."""
+        self._draining = True
+        if self._job is None:
+            self._stopped.set()
+
+    async def _on_execute(self, req: Request) -> None:
+        try:
+            execute = parse_execute(req.data, self.cfg.model)
+        except ProtocolError as exc:
+            await req.respond(encode(Error(code=exc.code, message=exc.message)))
+            return
+        running = self._job
+        if running is not None or self._draining:
+            why = f"running job {running.job_id}" if running else "draining"
+            busy = Error(code=ErrorCode.WORKER_BUSY, message=why, retriable=True)
+            await req.respond(encode(busy))
+            return
+        job = self._job = Job(self._ctx, execute, req.headers)
+        await req.respond(encode(Ack()))
+        self._job_task = asyncio.create_task(self._run_job(job))
+
+    async def _run_job(self, job: Job) -> None:
+        try:
+            await job.run()
+        except Exception as exc:  # e.g. the connection failed mid-stream: keep serving
+            print(f"llorch-worker: job {job.job_id} failed: {exc!r}", file=sys.stderr)
+        finally:
+            self._job = None
+            if self._draining:
+                self._stopped.set()
+
+    async def _on_cancel(self, req: Request) -> None:
+        try:
+            cancel = parse_cancel(req.data)
+        except ProtocolError as exc:
+            await req.respond(encode(Error(code=exc.code, message=exc.message)))
+            return
+        job = self._job
+        if job is None or job.job_id != cancel.job_id:
+            await req.respond(encode(Ack(detail="not running")))
+            return
+        job.cancel("cancelled by request")
+        await req.respond(encode(Ack(detail="cancelling")))
+
+    async def _on_probe_reply(self, msg: Msg) -> None:
+        """A no-responders status for a probe means the client's inbox has no subscriber."""
+        if not msg.headers or msg.headers.get("Status") != _NO_RESPONDERS:
+            return
+        job = self._job
+        if job is not None and msg.subject == f"{self._ctx.probe_prefix}.{job.job_id}":
+            job.cancel("client gone: its stream subject has no subscriber")

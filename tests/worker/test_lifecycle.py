@@ -1,0 +1,66 @@
+"""Process lifecycle: a failed load reports and exits 3; SIGTERM/SIGINT drain and exit 0."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import nats
+import pytest
+
+from llorch_orch.natsserver import NatsServer
+from schemas import Ack, End, Error, ErrorCode, Token, WorkerFailed, WorkerReady
+from tests.worker.conftest import (
+    WAIT,
+    JobRun,
+    Stream,
+    spawn_worker,
+    spawn_worker_async,
+    stop_worker,
+)
+
+
+def test_a_file_that_is_not_a_model_reports_load_failed_and_exits_3(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    bogus = tmp_path / "not-a-model.gguf"
+    bogus.write_bytes(b"GGUF but not really" * 100)
+    worker = spawn_worker(nats_server.url, "w-bad", bogus)
+    assert isinstance(worker.announced, WorkerFailed)
+    assert worker.announced.code == ErrorCode.MODEL_LOAD_FAILED
+    assert (worker.announced.worker_id, worker.announced.pool_id) == ("w-bad", "pool-1")
+    assert worker.proc.wait(timeout=WAIT) == 3
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_an_idle_worker_exits_0_on_signal(
+    sig: signal.Signals, nats_server: NatsServer, model_path: Path
+) -> None:
+    worker = spawn_worker(nats_server.url, "w-idle", model_path)
+    assert isinstance(worker.announced, WorkerReady)
+    worker.proc.send_signal(sig)
+    assert worker.proc.wait(timeout=WAIT) == 0
+
+
+async def test_sigterm_finishes_the_running_job_refuses_new_ones_and_exits_0(
+    nats_server: NatsServer, model_path: Path
+) -> None:
+    worker = await spawn_worker_async(nats_server.url, "w-drain", model_path)
+    nc = await nats.connect(nats_server.url)
+    try:
+        async with Stream(nc, "job-drain") as stream:
+            run = JobRun(await stream.execute("w-drain", max_tokens=48))
+            assert isinstance(run.reply, Ack)
+            while not isinstance(await stream.next_event(run), Token):
+                pass
+            worker.proc.send_signal(signal.SIGTERM)
+            async with Stream(nc, "job-late") as late:
+                refused = await late.execute("w-drain")
+            assert isinstance(refused, Error) and refused.code == ErrorCode.WORKER_BUSY
+            await stream.finish(run)
+        assert isinstance(run.terminal, End)
+        assert run.terminal.finish_reason == "length" and run.terminal.tokens_out == 48
+        assert worker.proc.wait(timeout=WAIT) == 0
+    finally:
+        await nc.close()
+        stop_worker(worker)
