@@ -230,13 +230,26 @@ class Core(RecoveryMixin):
         )
         self._out.append(SendExecute(worker.worker_id, execute, job.attempts, job.trace))
 
+    def _unserved(self, model: str) -> Job | None:
+        """First waiting job (within the head) that no starting worker is on its way to serve.
+
+        Pins matter: a worker starting on device 0 does not serve a job pinned to device 1.
+        """
+        starting = [w for w in self.view.workers_of(model) if w.phase == "starting"]
+        for _, job_id in self.queue.head(model, self.cfg.queued_update_top):
+            job = self.jobs[job_id]
+            pool, device = job.request.pool, job.request.device
+            claim = next((w for w in starting if w.matches(pool, device)), None)
+            if claim is None:
+                return job
+            starting.remove(claim)
+        return None
+
     def _ensure_capacity(self, now: float, model: str) -> None:
-        workers = self.view.workers_of(model)
-        starting = sum(1 for w in workers if w.phase == "starting")
-        head = next(iter(self.queue.head(model, 1)))[1]
-        job = self.jobs[head]
-        if starting >= self.queue.waiting(model):
+        job = self._unserved(model)
+        if job is None:
             return
+        workers = self.view.workers_of(model)
         if len(workers) >= self.cfg.model(model).max_workers:
             job.reasons = [f"{model} has {len(workers)} of max_workers workers, all busy"]
             return

@@ -1,0 +1,258 @@
+"""Checks before queueing, each with its own code; queue capacity and policies; deadlines;
+`queued` position events."""
+
+import pytest
+
+from llorch_orch.core import Core, Emit, ModelConfig, OrchConfig
+from llorch_orch.core.config import Limits
+from schemas import Error, Queued
+from schemas.codes import ErrorCode
+
+from .factory import (
+    T0,
+    GiB,
+    MiB,
+    error_codes,
+    errors,
+    gpu,
+    heartbeat,
+    make_core,
+    model,
+    only_spawn,
+    queued,
+    ready,
+    spawns,
+    status,
+    submit,
+    tick,
+)
+
+
+def one_error(out: list) -> Error:
+    errs = errors(out)
+    assert len(errs) == 1, out
+    return errs[0]
+
+
+def test_unknown_model() -> None:
+    core = make_core()
+    err = one_error(core.handle(submit("j1", model_name="nope")))
+    assert err.code == ErrorCode.MODEL_NOT_FOUND and not err.retriable
+    assert err.job_id == "j1" and err.seq == 0
+    assert core.job_info("j1") is None
+
+
+def test_retired_model() -> None:
+    core = make_core(models={"m": ModelConfig(retired=True)})
+    assert one_error(core.handle(submit("j1"))).code == ErrorCode.MODEL_NOT_FOUND
+
+
+def test_model_of_a_lost_pool_is_not_in_the_catalog() -> None:
+    core = make_core()
+    core.handle(tick(T0 + 100))
+    assert one_error(core.handle(submit("j1", T0 + 100))).code == ErrorCode.MODEL_NOT_FOUND
+
+
+def test_prompt_too_large() -> None:
+    core = make_core(limits=Limits(max_prompt_bytes=10))
+    assert one_error(core.handle(submit("j1", prompt="x" * 11))).code == (
+        ErrorCode.PAYLOAD_TOO_LARGE
+    )
+    # counted in UTF-8 bytes, not characters
+    assert one_error(core.handle(submit("j2", prompt="é" * 6))).code == (
+        ErrorCode.PAYLOAD_TOO_LARGE
+    )
+    assert not errors(core.handle(submit("j3", prompt="x" * 10)))
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"max_tokens": 5000},
+        {"stop": ["a"] * 9},
+        {"stop": [""]},
+        {"stop": ["x" * 65]},
+    ],
+)
+def test_invalid_params(kw: dict) -> None:
+    core = make_core()
+    assert one_error(core.handle(submit("j1", **kw))).code == ErrorCode.INVALID_PARAMS
+
+
+def test_context_overflow_uses_the_smaller_context() -> None:
+    core = Core(OrchConfig(default_model=ModelConfig(n_ctx=4096)))
+    core.handle(heartbeat(models=[model(n_ctx_train=1024)]))
+    assert one_error(core.handle(submit("j1", max_tokens=1024))).code == (
+        ErrorCode.CONTEXT_OVERFLOW
+    )
+    assert not errors(core.handle(submit("j2", max_tokens=1023)))
+
+
+@pytest.mark.parametrize("kw", [{"job_id": "a.b"}, {"job_id": "*"}, {"pool": "p>1"}])
+def test_bad_ids(kw: dict) -> None:
+    core = make_core()
+    job_id = kw.pop("job_id", "j1")
+    assert one_error(core.handle(submit(job_id, **kw))).code == ErrorCode.INVALID_ID
+
+
+def test_duplicate_job_id_rejected() -> None:
+    core = make_core()
+    core.handle(submit("j1"))
+    out = core.handle(submit("j1"))
+    assert one_error(out).code == ErrorCode.INVALID_PARAMS
+    assert core.job_info("j1") is not None and core.job_info("j1").state == "queued"
+
+
+def test_job_id_assigned_when_absent() -> None:
+    core = make_core()
+    from llorch_orch.core.events import Submit
+
+    from .factory import request
+
+    out = core.handle(Submit(T0, request(), "_INBOX.x"))
+    q = queued(out)
+    assert len(q) == 1 and q[0].job_id.startswith("job-")
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"pool": "nowhere"}, {"device": 5}, {"pool": "p1", "device": 1}],
+)
+def test_pins_that_cannot_be_served(kw: dict) -> None:
+    core = make_core()
+    assert one_error(core.handle(submit("j1", **kw))).code == ErrorCode.NO_CAPACITY
+
+
+def test_model_larger_than_any_device() -> None:
+    core = Core(OrchConfig())
+    core.handle(heartbeat(devices=[gpu(0, total=1 * GiB)], models=[model(size=2 * GiB)]))
+    err = one_error(core.handle(submit("j1")))
+    assert err.code == ErrorCode.NO_CAPACITY
+    assert "p1/0" not in err.message or "no device" in err.message
+
+
+def test_model_larger_than_free_memory_waits() -> None:
+    core = Core(OrchConfig())
+    core.handle(heartbeat(devices=[gpu(0, total=8 * GiB, free=100 * MiB)]))
+    out = core.handle(submit("j1"))
+    assert not errors(out) and not spawns(out)
+    info = core.job_info("j1")
+    assert info.state == "queued" and info.reasons  # "why is my job still queued?"
+
+
+def test_pinned_job_served_by_existing_worker_passes() -> None:
+    core = make_core()
+    core.handle(submit("j0", pool="p1", device=0))
+    assert not errors(core.handle(submit("j1", pool="p1", device=0)))
+
+
+# ---- capacity --------------------------------------------------------------------------
+def full_core(policy: str = "reject", capacity: int = 3) -> Core:
+    core = Core(OrchConfig(queue_capacity=capacity, queue_policy=policy))  # type: ignore[arg-type]
+    # no memory anywhere: everything waits
+    core.handle(heartbeat(devices=[gpu(0, free=0)]))
+    return core
+
+
+def test_reject_when_full() -> None:
+    core = full_core()
+    for i, prio in enumerate(["batch", "interactive", "batch"]):
+        assert not errors(core.handle(submit(f"j{i}", priority=prio)))
+    err = one_error(core.handle(submit("x", priority="interactive")))
+    assert err.code == ErrorCode.QUEUE_FULL and err.retriable
+    assert err.retry_after_ms is not None and err.retry_after_ms > 0
+    assert len(core.queue) == 3
+    assert core.job_info("x") is None
+
+
+def test_retry_after_follows_the_drain_rate() -> None:
+    core = Core(OrchConfig(queue_capacity=1))
+    core.handle(heartbeat())
+    w = only_spawn(core.handle(submit("a"))).request.worker_id
+    core.handle(ready(w))
+    core.handle(status("a", w, "finished", now=T0))
+    for i in range(1, 30):  # 30 completions in the last minute: 0.5 jobs/s
+        job = f"r{i}"
+        core.handle(submit(job, T0 + i))
+        core.handle(status(job, w, "finished", now=T0 + i))
+    core.handle(submit("busy", T0 + 30))  # runs on w
+    core.handle(submit("waits", T0 + 30))
+    err = one_error(core.handle(submit("x", T0 + 30)))
+    assert err.code == ErrorCode.QUEUE_FULL
+    assert err.retry_after_ms == pytest.approx(2 * 2000, rel=0.2)  # (1 waiting + 1) / 0.5/s
+
+
+def test_drop_oldest_batch() -> None:
+    core = full_core("drop-oldest-batch")
+    core.handle(submit("b1", priority="batch"))
+    core.handle(submit("i1", priority="interactive"))
+    core.handle(submit("b2", priority="batch"))
+    out = core.handle(submit("new", priority="batch"))
+    assert error_codes(out) == {"b1": ErrorCode.QUEUE_FULL}
+    drop = next(c for c in out if isinstance(c, Emit) and isinstance(c.event, Error))
+    assert drop.subject == "_INBOX.b1"
+    assert core.job_info("b1").state == "failed" and core.job_info("b1").code == "QUEUE_FULL"
+    assert "new" in core.queue and len(core.queue) == 3
+
+
+def test_drop_oldest_batch_rejects_when_only_interactive() -> None:
+    core = full_core("drop-oldest-batch")
+    for i in range(3):
+        core.handle(submit(f"i{i}", priority="interactive"))
+    err = one_error(core.handle(submit("x", priority="batch")))
+    assert err.code == ErrorCode.QUEUE_FULL and err.job_id == "x"
+
+
+# ---- deadlines -------------------------------------------------------------------------
+def test_deadline_while_queued() -> None:
+    core = full_core()
+    core.handle(submit("j1", deadline_ms=1500))
+    core.handle(submit("j2"))
+    assert core.next_wake() is not None and core.next_wake() <= T0 + 1.5
+    assert not errors(core.handle(tick(T0 + 1.4)))
+    out = core.handle(tick(T0 + 1.5))
+    assert error_codes(out) == {"j1": ErrorCode.DEADLINE_EXCEEDED}
+    assert core.job_info("j1").code == ErrorCode.DEADLINE_EXCEEDED
+    # j2 moved up: its position update follows
+    assert [(q.job_id, q.position) for q in queued(out)] == [("j2", 1)]
+
+
+def test_deadline_does_not_touch_a_running_job() -> None:
+    core = make_core()
+    w = only_spawn(core.handle(submit("j1", deadline_ms=1000))).request.worker_id
+    core.handle(ready(w, T0 + 0.5))
+    core.handle(status("j1", w, "started", now=T0 + 0.6))
+    assert not errors(core.handle(tick(T0 + 2)))
+    assert core.job_info("j1").state == "running"
+
+
+# ---- queued events ---------------------------------------------------------------------
+def test_queued_positions_update_when_they_change() -> None:
+    core = full_core(capacity=10)
+    positions = {}
+    for j, prio in [("b1", "batch"), ("b2", "batch"), ("i1", "interactive")]:
+        for q in queued(core.handle(submit(j, priority=prio))):
+            positions[q.job_id] = q.position
+    assert positions == {"b1": 2, "b2": 3, "i1": 1}
+    out = core.cancel(T0, "i1")[1]
+    assert sorted((q.job_id, q.position) for q in queued(out)) == [("b1", 1), ("b2", 2)]
+
+
+def test_queued_seq_increases_per_job() -> None:
+    core = full_core(capacity=10)
+    out = core.handle(submit("a", priority="batch"))
+    out += core.handle(submit("b", priority="interactive"))
+    a_events = [c.event for c in out if isinstance(c, Emit) and c.job_id == "a"]
+    assert [e.seq for e in a_events] == [0, 1]
+    assert [e.position for e in a_events if isinstance(e, Queued)] == [1, 2]
+    assert all(c.subject == f"_INBOX.{c.job_id}" for c in out if isinstance(c, Emit))
+
+
+def test_queued_updates_only_near_the_head() -> None:
+    core = Core(OrchConfig(queued_update_top=2))
+    core.handle(heartbeat(devices=[gpu(0, free=0)]))
+    for i in range(4):
+        core.handle(submit(f"j{i}"))
+    out = core.cancel(T0, "j0")[1]
+    assert sorted(q.job_id for q in queued(out)) == ["j1", "j2"]  # j3 (now 3rd) not told
+    assert core.job_info("j3").position == 4  # last reported
