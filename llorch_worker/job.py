@@ -49,6 +49,7 @@ class Job:
         self._state = JobState(execute, ctx.progress_interval, started_at=time.monotonic())
         self._cancel = threading.Event()
         self._cancel_reason = ""
+        self.ended = False  # the engine is done: a cancel now would come too late
         self._status_subject = ctx.subjects.job_status(execute.job_id)
         self._probe_reply = f"{ctx.probe_prefix}.{execute.job_id}"
 
@@ -76,6 +77,7 @@ class Job:
         await self._status("started", seq)
         while isinstance(item := await items.get(), str):
             await self._on_token(item)
+        self.ended = True
         await self._finish(item)
 
     async def _on_token(self, text: str) -> None:

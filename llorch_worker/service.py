@@ -168,6 +168,7 @@ class Worker:
         try:
             await job.run()
         except Exception as exc:  # e.g. the connection failed mid-stream: keep serving
+            job.cancel(f"worker error: {exc!r}")  # free the engine for the next job
             print(f"llorch-worker: job {job.job_id} failed: {exc!r}", file=sys.stderr)
         finally:
             self._job = None
@@ -181,7 +182,7 @@ class Worker:
             await req.respond(encode(Error(code=exc.code, message=exc.message)))
             return
         job = self._job
-        if job is None or job.job_id != cancel.job_id:
+        if job is None or job.job_id != cancel.job_id or job.ended:
             await req.respond(encode(Ack(detail="not running")))
             return
         job.cancel("cancelled by request")

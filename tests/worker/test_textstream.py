@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llorch_worker.textstream import Step, StopFilter, TextStream
@@ -84,6 +84,7 @@ text_alphabet = st.sampled_from(list("ab€ \n😀é<>"))
 stop_lists = st.lists(st.text(text_alphabet, max_size=4), max_size=3)
 
 
+@settings(deadline=None)  # no timing thresholds in tests
 @given(st.text(text_alphabet, max_size=40), stop_lists, st.lists(st.integers(0, 200)))
 def test_any_chunking_gives_the_reference_text(text: str, stops: list[str], cuts: list[int]):
     pieces, stopped = run(split(text.encode(), cuts), stops)
@@ -93,6 +94,7 @@ def test_any_chunking_gives_the_reference_text(text: str, stops: list[str], cuts
     assert "\ufffd" not in "".join(pieces)  # valid UTF-8 in, whole characters out
 
 
+@settings(deadline=None)  # no timing thresholds in tests
 @given(st.text(text_alphabet, max_size=40), stop_lists, st.lists(st.integers(0, 200)))
 def test_hold_back_is_bounded_by_the_longest_stop(text: str, stops: list[str], cuts: list[int]):
     stream = TextStream(stops)
