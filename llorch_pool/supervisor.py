@@ -81,7 +81,8 @@ def worker_env(base: Mapping[str, str], kind: DeviceKind, index: int) -> dict[st
 
 
 def log_path(settings: PoolSettings, worker_id: str) -> Path:
-    return settings.log_dir / f"{worker_id}.log"
+    """Beside `llorch up`'s own logs; the prefix keeps a worker id from naming another log."""
+    return settings.log_dir / f"worker-{worker_id}.log"
 
 
 def _die_with_pool() -> None:

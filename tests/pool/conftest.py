@@ -94,7 +94,9 @@ async def start_pool(
         return pool
 
     yield start
-    for pool in pools:
-        if pool.proc.returncode is None:
+    for pool in pools:  # graceful, so the pool drains any worker a test left running
+        try:
+            await pool.stop()
+        except TimeoutError:
             pool.proc.kill()
             await pool.proc.wait()

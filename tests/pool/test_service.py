@@ -125,7 +125,22 @@ async def test_bad_requests_get_coded_errors_and_pool_keeps_serving(
 async def test_memory_pressure_is_insufficient_vram(start_pool: StartPool, nc: Client) -> None:
     pool = await start_pool("--cpu-memory-bytes", "1000")
     assert error_code(await spawn(nc, "w1")) == ErrorCode.INSUFFICIENT_VRAM
-    assert pool.beats.empty()  # a refused spawn changes nothing
+    await nc.publish(SUBJECTS.snapshot_request, encode(SnapshotRequest()))
+    beat = await pool.next_beat()  # a refused spawn changed nothing: this is the asked-for beat
+    assert (beat.seq, beat.workers) == (2, [])
+
+
+@needs_worker
+async def test_workers_of_this_pool_count_against_cpu_capacity(
+    start_pool: StartPool, nc: Client, model_path: Path
+) -> None:
+    capacity = model_path.stat().st_size * 3 // 2  # room for one model file, not two
+    pool = await start_pool("--cpu-memory-bytes", str(capacity))
+    assert isinstance(await spawn(nc, "w1"), Ack)
+    assert error_code(await spawn(nc, "w2")) == ErrorCode.INSUFFICIENT_VRAM
+    beat = await pool.beat_where(lambda b: any(w.worker_id == "w1" for w in b.workers))
+    assert [w.worker_id for w in beat.workers] == ["w1"]
+    assert beat.devices[0].free_bytes < model_path.stat().st_size
 
 
 async def test_changed_model_file_is_untrusted(

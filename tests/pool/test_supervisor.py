@@ -31,4 +31,4 @@ def test_env_pins_the_gpu_or_hides_all() -> None:
 
 
 def test_log_file_per_worker() -> None:
-    assert log_path(SETTINGS, "w1") == Path("/d/logs/w1.log")
+    assert log_path(SETTINGS, "w1") == Path("/d/logs/worker-w1.log")

@@ -1,0 +1,55 @@
+"""`python -m llorch_pool` as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from llorch_pool import catalog
+from tests.pool.conftest import REPO
+from tests.pool.ggufgen import write_gguf
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llorch_pool", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_models_add_then_list(tmp_path: Path, model_path: Path) -> None:
+    data = tmp_path / "data"
+    gguf = write_gguf(tmp_path / "tiny.gguf")
+    added = run("models", "add", "tiny", str(gguf), "--data-dir", str(data))
+    assert added.returncode == 0, added.stderr
+    record = catalog.load(data)["tiny"]
+    assert record.sha256[:16] in added.stdout
+    listed = run("models", "list", "--data-dir", str(data))
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[0]: line for line in listed.stdout.splitlines()[1:]}
+    assert set(rows) == {"tiny", catalog.DEFAULT_MODEL}
+    assert str(model_path.resolve()) in rows[catalog.DEFAULT_MODEL]
+    gguf.unlink()
+    assert "file missing" in run("models", "list", "--data-dir", str(data)).stdout
+
+
+def test_data_dir_from_environment(tmp_path: Path) -> None:
+    env = {**os.environ, "LLORCH_DATA_DIR": str(tmp_path / "envdata")}
+    added = run("models", "add", "tiny", str(write_gguf(tmp_path / "t.gguf")), env=env)
+    assert added.returncode == 0, added.stderr
+    assert "tiny" in catalog.load(tmp_path / "envdata")
+
+
+def test_errors_exit_2_with_their_code(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    missing = run("models", "add", "m", str(tmp_path / "absent.gguf"), "--data-dir", data)
+    assert (missing.returncode, "MODEL_NOT_FOUND" in missing.stderr) == (2, True)
+    bad_id = run("serve", "--pool-id", "a.b", "--data-dir", data)
+    assert (bad_id.returncode, "INVALID_ID" in bad_id.stderr) == (2, True)
