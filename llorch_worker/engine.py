@@ -1,34 +1,38 @@
 """The model: one `llama_cpp.Llama` per process, loaded and run on ONE dedicated thread.
 
 Import order matters: on a CUDA build, importing `nats` before `llama_cpp` made the CUDA
-model load segfault (seen on H200). `__main__` imports `llama_cpp` first; this module notes
-whether that rule was broken and a GPU load refuses to run if it was.
+model load segfault (seen on H200). `__main__` imports `llama_cpp` first; a GPU load
+refuses to run if the rule was broken. `sys.modules` keeps import order, so it tells.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
 import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
-_NATS_FIRST = "nats" in sys.modules and "llama_cpp" not in sys.modules  # before the import below
+import llama_cpp
 
-import asyncio  # noqa: E402
-import ctypes  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Literal  # noqa: E402
-
-import llama_cpp  # noqa: E402
-
-from llorch_worker.loadlog import load_failure_code, placement  # noqa: E402
-from llorch_worker.textstream import TextStream  # noqa: E402
-from schemas import ErrorCode, Execute  # noqa: E402
+from llorch_worker.loadlog import load_failure_code, placement
+from llorch_worker.textstream import TextStream
+from schemas import ErrorCode, Execute
 
 _GGML_WARN = 3  # ggml_log_level: WARN = 3, ERROR = 4
 _GGML_ERROR = 4
+
+
+def imported_before(first: str, second: str, modules: list[str]) -> bool:
+    """Whether module `first` was imported before `second` (`modules` in import order)."""
+    return first in modules and (
+        second not in modules or modules.index(first) < modules.index(second)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +110,7 @@ class Engine:
         self._thread.shutdown(wait=True)
 
     def _load(self) -> Loaded:
-        if self._gpu and _NATS_FIRST:
+        if self._gpu and imported_before("nats", "llama_cpp", list(sys.modules)):
             raise LoadFailed(
                 ErrorCode.MODEL_LOAD_FAILED,
                 "nats was imported before llama_cpp; a CUDA load may crash. "

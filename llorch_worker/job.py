@@ -35,7 +35,6 @@ class JobContext:
     engine: Engine
     subjects: Subjects
     worker_id: str
-    model: str
     progress_interval: float
     probe_prefix: str  # private inbox prefix; the job's probe replies go to `<prefix>.<job_id>`
 

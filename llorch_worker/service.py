@@ -96,7 +96,6 @@ class Worker:
             engine=self.engine,
             subjects=self.subjects,
             worker_id=cfg.worker_id,
-            model=cfg.model,
             progress_interval=cfg.progress_interval,
             probe_prefix=probe_prefix,
         )

@@ -45,3 +45,12 @@ def test_engine_refuses_a_gpu_load_when_nats_came_first(gpu: bool, model_path: P
         assert out.stdout.startswith("MODEL_LOAD_FAILED nats was imported before llama_cpp")
     else:  # a CPU worker loads whatever the order
         assert out.stdout.startswith("Loaded(layers_offloaded=0")
+
+
+def test_imported_before_reads_the_import_order() -> None:
+    from llorch_worker.engine import imported_before
+
+    assert imported_before("nats", "llama_cpp", ["sys", "nats", "llama_cpp"])
+    assert imported_before("nats", "llama_cpp", ["nats"])
+    assert not imported_before("nats", "llama_cpp", ["llama_cpp", "nats"])
+    assert not imported_before("nats", "llama_cpp", ["llama_cpp"])
