@@ -65,13 +65,13 @@ async def stream(
                 )
                 return
             event = _event(msg.data)
-            if event.seq is not None:
-                if event.seq <= last_seq:
-                    continue  # already delivered before a transparent retry
-                last_seq = event.seq
-            yield event
             if isinstance(event, End | Error):
+                yield event  # one per job, never a duplicate, whatever its seq
                 return
+            if event.seq <= last_seq:
+                continue  # already delivered before a transparent retry
+            last_seq = event.seq
+            yield event
     finally:
         await sub.unsubscribe()
 

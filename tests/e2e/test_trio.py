@@ -109,6 +109,7 @@ async def test_killed_worker_gives_worker_lost_without_retry(make_cluster: Clust
             await _kill_worker(cluster, _started(events).worker_id)
     end = terminal(events)
     assert isinstance(end, Error) and end.code == ErrorCode.WORKER_LOST and end.retriable
+    assert "worker lost mid-job" in end.message  # from the orchestrator, not the client's stall
 
 
 def _started(events: list[Event]) -> Started:
