@@ -82,12 +82,20 @@ def models_add(data_dir: Path, name: str, path: Path) -> int:
     return 0
 
 
+async def _log_nats_error(exc: Exception) -> None:
+    """One line per connection error instead of nats-py's traceback (it retries every 2 s)."""
+    log.warning("nats: %r", exc)
+
+
 async def serve(config: PoolConfig, force_cpu: bool, cpu_memory_bytes: int | None) -> int:
     await asyncio.to_thread(catalog.ensure_default, config.data_dir)
     inventory = Inventory.probe(config.pool_id, force_cpu, cpu_memory_bytes)
     nc = await asyncio.wait_for(
         nats.connect(
-            config.nats_url, name=f"llorch-pool-{config.pool_id}", max_reconnect_attempts=-1
+            config.nats_url,
+            name=f"llorch-pool-{config.pool_id}",
+            max_reconnect_attempts=-1,
+            error_cb=_log_nats_error,
         ),
         CONNECT_WAIT_S,
     )

@@ -87,7 +87,7 @@ def _read(path: str) -> str:
 def load_nvml() -> Any | None:
     """The initialised `pynvml` module, or None when NVML or its GPUs are absent."""
     try:
-        import pynvml  # optional: absent on hosts without NVIDIA drivers
+        import pynvml  # type: ignore[import-untyped]  # absent without NVIDIA drivers
     except ImportError:
         return None
     try:
