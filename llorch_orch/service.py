@@ -166,7 +166,13 @@ class OrchestratorService:
             error = Error(code=exc.code, message=exc.message, seq=0)
             await self.nc.publish(msg.reply, encode(error))
             return
-        await self._feed(ev.Submit(self.clock(), request, msg.reply, msg.headers))
+        await self.submit(request, msg.reply, msg.headers)
+
+    async def submit(
+        self, request: GenerateRequest, reply_to: str, trace: dict[str, str] | None = None
+    ) -> None:
+        """Admit a job whose events go to `reply_to` (interactive clients and the batch runner)."""
+        await self._feed(ev.Submit(self.clock(), request, reply_to, trace))
 
     async def _on_heartbeat(self, msg: Msg) -> None:
         await self._decode_and_feed(msg, _heartbeat, lambda hb: ev.HeartbeatSeen(self.clock(), hb))
