@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
 import sys
@@ -35,6 +36,13 @@ EXIT_LOAD_FAILED = 3
 _NO_RESPONDERS = "503"
 
 
+def _drain_when_parent_dies() -> None:
+    """SIGTERM (= drain) when the pool that spawned us dies, so no worker outlives its pool."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class Worker:
     def __init__(self, cfg: WorkerConfig) -> None:
         self.cfg = cfg
@@ -49,7 +57,12 @@ class Worker:
     async def run(self) -> int:
         """Exit status of the process: 0 after a drain, 3 when the model could not be loaded."""
         self._install_signals()  # before anyone can know our pid is worth signalling
-        nc = await nats.connect(self.cfg.nats_url, name=f"llorch-worker-{self.cfg.worker_id}")
+        _drain_when_parent_dies()
+        nc = await nats.connect(
+            self.cfg.nats_url,
+            name=f"llorch-worker-{self.cfg.worker_id}",
+            max_reconnect_attempts=-1,  # ride out a NATS restart: the job stream resumes after
+        )
         try:
             loaded = await self._load(nc)
             if loaded is None:

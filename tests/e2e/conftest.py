@@ -3,6 +3,7 @@ spawn) against the real nats-server fixture."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -51,15 +52,20 @@ class Cluster:
         return reply
 
     async def wait_for_pools(self, *pool_ids: str) -> None:
-        """Until the orchestrator's view holds every pool, woken by each heartbeat."""
+        await self.until(lambda s: set(pool_ids) <= {p.pool_id for p in s.pools if p.alive})
+
+    async def until(self, predicate: Callable[[ClusterState], bool], timeout: float = 60) -> None:
+        """Until the orchestrator's view satisfies `predicate`, re-checked on every heartbeat
+        (or every heartbeat interval when no pool is left to send one)."""
         sub = await self.nc.subscribe(self.subjects.heartbeat_all)
         try:
-            while True:
-                with contextlib.suppress(nats.errors.NoRespondersError):
-                    state = await self.state()
-                    if set(pool_ids) <= {p.pool_id for p in state.pools if p.alive}:
-                        return
-                await sub.next_msg(timeout=30)
+            async with asyncio.timeout(timeout):
+                while True:
+                    with contextlib.suppress(nats.errors.NoRespondersError):  # orch starting
+                        if predicate(await self.state()):
+                            return
+                    with contextlib.suppress(nats.errors.TimeoutError):
+                        await sub.next_msg(timeout=HEARTBEAT_S)
         finally:
             await sub.unsubscribe()
 
@@ -69,6 +75,19 @@ class Cluster:
             ["llorch_pool", "serve", "--pool-id", pool_id, "--data-dir", str(self.stack.data_dir),
              "--cpu", "--heartbeat-interval", str(HEARTBEAT_S), *extra],
         )  # fmt: skip
+
+
+async def worker_pid(cluster: Cluster, worker_id: str) -> int:
+    """The pool reports pids in its heartbeats; the orchestrator's view does not need them."""
+    sub = await cluster.nc.subscribe(cluster.subjects.heartbeat_all)
+    try:
+        while True:
+            hb = _heartbeat((await sub.next_msg(timeout=10)).data)
+            for w in hb.workers:
+                if w.worker_id == worker_id and w.pid:
+                    return w.pid
+    finally:
+        await sub.unsubscribe()
 
 
 def text_of(events: list[Event]) -> str:

@@ -20,7 +20,7 @@ from schemas import (
     decoder,
 )
 
-from .conftest import MODEL, ClusterFactory, terminal, text_of
+from .conftest import MODEL, Cluster, ClusterFactory, terminal, text_of, worker_pid
 
 _event = decoder(Event)
 
@@ -120,24 +120,8 @@ def _job_id(events: list[Event]) -> str:
     return _started(events).job_id
 
 
-async def _kill_worker(cluster, worker_id: str) -> None:  # type: ignore[no-untyped-def]
-    pid = await _worker_pid(cluster, worker_id)
-    os.kill(pid, signal.SIGKILL)
-
-
-async def _worker_pid(cluster, worker_id: str) -> int:  # type: ignore[no-untyped-def]
-    """The pool reports pids in its heartbeats; the orchestrator's view does not need them."""
-    from schemas import Heartbeat
-
-    sub = await cluster.nc.subscribe(cluster.subjects.heartbeat_all)
-    try:
-        while True:
-            hb = decoder(Heartbeat)((await sub.next_msg(timeout=10)).data)
-            for w in hb.workers:
-                if w.worker_id == worker_id and w.pid:
-                    return w.pid
-    finally:
-        await sub.unsubscribe()
+async def _kill_worker(cluster: Cluster, worker_id: str) -> None:
+    os.kill(await worker_pid(cluster, worker_id), signal.SIGKILL)
 
 
 async def test_state_models_and_service_discovery(make_cluster: ClusterFactory) -> None:
