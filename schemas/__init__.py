@@ -16,6 +16,15 @@ from schemas.api import (
     StateRequest,
     Token,
 )
+from schemas.batch import (
+    BatchCancelReply,
+    BatchCancelRequest,
+    BatchEvent,
+    BatchJob,
+    BatchResult,
+    BatchStatus,
+    BatchStatusRequest,
+)
 from schemas.codec import MAX_MESSAGE_BYTES, decoder, encode
 from schemas.codes import ErrorCode, ProtocolError
 from schemas.control import (
@@ -40,6 +49,13 @@ __all__ = [
     "DEFAULT_PREFIX",
     "MAX_MESSAGE_BYTES",
     "Ack",
+    "BatchCancelReply",
+    "BatchCancelRequest",
+    "BatchEvent",
+    "BatchJob",
+    "BatchResult",
+    "BatchStatus",
+    "BatchStatusRequest",
     "CancelReply",
     "CancelRequest",
     "CatalogEntry",

@@ -71,3 +71,27 @@ class Subjects:
     @property
     def job_status_all(self) -> str:
         return f"{self.prefix}.job.*.status"
+
+    # batch (JetStream)
+    def batch_submit(self, batch: str) -> str:
+        return f"{self.prefix}.batch.submit.{check_id(batch, 'batch id')}"
+
+    def batch_result(self, batch: str, custom_id: str | None = None) -> str:
+        """One job's result subject, or all of a batch's results when `custom_id` is None."""
+        tail = ">" if custom_id is None else check_id(custom_id, "custom id")
+        return f"{self.prefix}.batch.result.{check_id(batch, 'batch id')}.{tail}"
+
+    def batch_cancelled(self, batch: str) -> str:
+        """Durable marker (in the results stream) that a batch was cancelled."""
+        return f"{self.prefix}.batch.cancelled.{check_id(batch, 'batch id')}"
+
+    def batch_event(self, batch: str) -> str:
+        return f"{self.prefix}.batch.event.{check_id(batch, 'batch id')}"
+
+    @property
+    def batch_status(self) -> str:
+        return f"{self.prefix}.api.batch.status"
+
+    @property
+    def batch_cancel(self) -> str:
+        return f"{self.prefix}.api.batch.cancel"
