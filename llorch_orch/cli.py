@@ -17,6 +17,8 @@ from nats.aio.client import Client
 from schemas import DEFAULT_PREFIX, End, Error, GenerateRequest, Queued, Started, Subjects, Token
 
 from . import client, settings
+from .batch import cli as batch_cli
+from .batch import load as load_batch
 from .paths import default_data_dir
 from .stack import Stack, StackError, default_pool_id
 
@@ -71,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(models)
     models.add_argument("action", nargs="?", default="list", choices=["list", "add"])
     models.add_argument("rest", nargs=argparse.REMAINDER)
+    batch_cli.add_parser(sub, _common)
     orch = sub.add_parser("orch", help="run the orchestrator alone")
     _common(orch)
     settings.add_arguments(orch)
@@ -113,10 +116,13 @@ async def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "orch":
         from .serve import serve
 
-        await serve(args.nats_url, settings.from_args(args), Subjects(args.prefix))
+        cfg, batch_cfg = settings.from_args(args), load_batch(args.config)
+        await serve(args.nats_url, cfg, Subjects(args.prefix), batch_cfg)
         return 0
     nc = await _connect(args.nats_url)
     try:
+        if args.command == "batch":
+            return await batch_cli.run(nc, args)
         if args.command == "generate":
             return await _generate(nc, args)
         if args.command == "state":
@@ -132,9 +138,17 @@ async def _dispatch(args: argparse.Namespace) -> int:
 
 async def _connect(url: str) -> Client:
     try:
-        return await nats.connect(url, connect_timeout=3, max_reconnect_attempts=0)
+        # nats-py retries forever with 0 attempts; 1 gives one retry, then NoServersError
+        return await nats.connect(
+            url, connect_timeout=3, max_reconnect_attempts=1, reconnect_time_wait=0.2,
+            error_cb=_quiet,
+        )  # fmt: skip
     except Exception as exc:
         raise StackError(f"cannot reach NATS at {url} ({exc}); is `llorch up` running?") from None
+
+
+async def _quiet(_: Exception) -> None:
+    """Connection errors surface as one clear message from _connect, not as tracebacks."""
 
 
 async def _up(args: argparse.Namespace) -> int:
