@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -14,9 +16,9 @@ import nats
 
 from llorch_pool import catalog
 from llorch_pool.inventory import Inventory
-from llorch_pool.paths import default_data_dir, default_pool_id
+from llorch_pool.paths import default_data_dir, default_pool_id, model_dirs
 from llorch_pool.service import PoolConfig, PoolService
-from schemas import DEFAULT_PREFIX, ProtocolError, check_id
+from schemas import DEFAULT_PREFIX, ProtocolError, check_id, connect
 
 CONNECT_WAIT_S = 30.0  # give up starting when NATS is unreachable this long
 log = logging.getLogger("llorch_pool")
@@ -50,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cpu", action="store_true", help="report the CPU device even with GPUs")
     serve.add_argument("--cpu-memory-bytes", type=_positive_int, default=None)
     serve.add_argument("--worker-threads", type=_positive_int, default=None)
+    serve.add_argument(
+        "--allow-model-dir", type=Path, action="append", default=[], metavar="DIR",
+        help="also load model files from DIR (besides <data-dir>/models and the bundled one)",
+    )  # fmt: skip
+    connect.add_arguments(serve)  # the pool's own identity
+    connect.add_arguments(serve, "worker")  # the identity its workers get (via env)
 
     models = sub.add_parser("models", help="the model catalog of this host")
     models_sub = models.add_subparsers(dest="models_command", required=True)
@@ -87,15 +95,23 @@ async def _log_nats_error(exc: Exception) -> None:
     log.warning("nats: %r", exc)
 
 
-async def serve(config: PoolConfig, force_cpu: bool, cpu_memory_bytes: int | None) -> int:
+async def serve(
+    config: PoolConfig,
+    force_cpu: bool,
+    cpu_memory_bytes: int | None,
+    credentials: connect.Credentials,
+) -> int:
     await asyncio.to_thread(catalog.ensure_default, config.data_dir)
     inventory = Inventory.probe(config.pool_id, force_cpu, cpu_memory_bytes)
+    log.info("connecting as %s; workers get %s", credentials.describe(),
+             config.worker_credentials.describe())  # fmt: skip
     nc = await asyncio.wait_for(
         nats.connect(
             config.nats_url,
             name=f"llorch-pool-{config.pool_id}",
             max_reconnect_attempts=-1,
             error_cb=_log_nats_error,
+            **credentials.connect_options(),
         ),
         CONNECT_WAIT_S,
     )
@@ -125,6 +141,11 @@ def _run(args: argparse.Namespace) -> int:
             return models_add(data_dir, args.name, args.path)
         return models_list(data_dir)
     pool_id = check_id(args.pool_id, "pool id") if args.pool_id else default_pool_id()
+    credentials = connect.Credentials.from_args(args, os.environ)
+    workers = connect.Credentials.from_args(args, os.environ, "worker")
+    if not workers.empty:  # workers share the pool's TLS settings, never its identity
+        tls = {k: getattr(credentials, k) for k in ("tls_ca", "tls_cert", "tls_key")}
+        workers = dataclasses.replace(workers, **tls)
     config = PoolConfig(
         nats_url=args.nats_url,
         pool_id=pool_id,
@@ -132,8 +153,10 @@ def _run(args: argparse.Namespace) -> int:
         prefix=args.prefix,
         heartbeat_interval=args.heartbeat_interval,
         worker_threads=args.worker_threads,
+        worker_credentials=workers,
+        model_dirs=model_dirs(data_dir, args.allow_model_dir),
     )
-    return asyncio.run(serve(config, args.cpu, args.cpu_memory_bytes))
+    return asyncio.run(serve(config, args.cpu, args.cpu_memory_bytes, credentials))
 
 
 def main(argv: list[str] | None = None) -> int:

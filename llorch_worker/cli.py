@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from schemas import DEFAULT_PREFIX, ProtocolError, check_id
+from schemas.connect import Credentials, add_arguments
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +25,7 @@ class WorkerConfig:
     prefix: str = DEFAULT_PREFIX
     threads: int | None = None  # None = llama.cpp's default
     progress_interval: float = 0.25  # seconds between `progress` job statuses
+    credentials: Credentials = field(default_factory=Credentials)  # the pool passes them by env
 
     @property
     def gpu(self) -> bool:
@@ -70,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default=DEFAULT_PREFIX)
     p.add_argument("--threads", type=_positive_int, default=None)
     p.add_argument("--progress-interval", type=_positive_float, default=0.25)
+    add_arguments(p)
     return p
 
 
@@ -88,4 +92,5 @@ def parse_args(argv: list[str] | None = None) -> WorkerConfig:
         prefix=ns.prefix,
         threads=ns.threads,
         progress_interval=ns.progress_interval,
+        credentials=Credentials.from_args(ns, os.environ),
     )

@@ -62,6 +62,7 @@ class Worker:
             self.cfg.nats_url,
             name=f"llorch-worker-{self.cfg.worker_id}",
             max_reconnect_attempts=-1,  # ride out a NATS restart: the job stream resumes after
+            **self.cfg.credentials.connect_options(),
         )
         try:
             loaded = await self._load(nc)

@@ -147,13 +147,31 @@ async def test_changed_model_file_is_untrusted(
     start_pool: StartPool, nc: Client, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "pooldata"
-    gguf = write_gguf(tmp_path / "tiny.gguf")
+    (data_dir / "models").mkdir(parents=True)
+    gguf = write_gguf(data_dir / "models" / "tiny.gguf")
     catalog.add_model(data_dir, "tiny", gguf)
     await start_pool(data_dir=data_dir)
     write_gguf(gguf, llama_kv(**{"llama.context_length": 16}))
     assert error_code(await spawn(nc, "w1", model="tiny")) == ErrorCode.UNTRUSTED_MODEL
     gguf.unlink()
     assert error_code(await spawn(nc, "w1", model="tiny")) == ErrorCode.MODEL_NOT_FOUND
+
+
+async def test_model_outside_the_allowed_dirs_is_refused_and_audited(
+    start_pool: StartPool, nc: Client, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "pooldata"
+    (data_dir / "models").mkdir(parents=True)
+    catalog.add_model(data_dir, "stray", write_gguf(tmp_path / "stray.gguf"))
+    # A link inside the allowed dir still leads outside it: refused too.
+    (data_dir / "models" / "link.gguf").symlink_to(tmp_path / "stray.gguf")
+    catalog.add_model(data_dir, "linked", data_dir / "models" / "link.gguf")
+    pool = await start_pool(data_dir=data_dir)
+    for name in ("stray", "linked"):
+        assert error_code(await spawn(nc, "w1", model=name)) == ErrorCode.UNTRUSTED_MODEL
+    await pool.stop()
+    audit = [line for line in pool.log().splitlines() if "llorch.audit" in line]
+    assert len(audit) == 2 and "'stray'" in audit[0] and "outside" in audit[0], audit
 
 
 @needs_worker
@@ -202,8 +220,10 @@ async def test_unloadable_model_reports_failed(
     start_pool: StartPool, nc: Client, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "pooldata"
-    catalog.add_model(data_dir, "hollow", write_gguf(tmp_path / "hollow.gguf"))  # no tensors
-    pool = await start_pool(data_dir=data_dir)
+    (tmp_path / "elsewhere").mkdir()
+    hollow = write_gguf(tmp_path / "elsewhere" / "hollow.gguf")  # no tensors
+    catalog.add_model(data_dir, "hollow", hollow)
+    pool = await start_pool("--allow-model-dir", str(hollow.parent), data_dir=data_dir)
     assert isinstance(await spawn(nc, "w1", model="hollow"), Ack)
     failed = await pool.worker_where("w1", lambda w: w.exit_code is not None)
     assert failed.state == "failed" and failed.exit_code != 0, failed
