@@ -175,7 +175,12 @@ class OrchestratorService:
         await self._feed(ev.Submit(self.clock(), request, reply_to, trace))
 
     async def _on_heartbeat(self, msg: Msg) -> None:
-        await self._decode_and_feed(msg, _heartbeat, lambda hb: ev.HeartbeatSeen(self.clock(), hb))
+        await self._decode_and_feed(
+            msg,
+            _heartbeat,
+            lambda hb: ev.HeartbeatSeen(self.clock(), hb),
+            lambda hb: self.subjects.heartbeat(hb.pool_id),
+        )
 
     async def _on_ready(self, msg: Msg) -> None:
         def event(m: WorkerReady | WorkerFailed) -> ev.Event:
@@ -183,23 +188,39 @@ class OrchestratorService:
                 return ev.ReadySeen(self.clock(), m)
             return ev.FailedSeen(self.clock(), m)
 
-        await self._decode_and_feed(msg, _ready, event)
+        await self._decode_and_feed(msg, _ready, event, lambda m: self.subjects.ready(m.worker_id))
 
     async def _on_status(self, msg: Msg) -> None:
-        await self._decode_and_feed(msg, _status, lambda s: ev.StatusSeen(self.clock(), s))
+        await self._decode_and_feed(
+            msg,
+            _status,
+            lambda s: ev.StatusSeen(self.clock(), s),
+            lambda s: self.subjects.job_status(s.job_id),
+        )
 
     async def _decode_and_feed(
-        self, msg: Msg, decode: Callable[[bytes], object], make: Callable[..., ev.Event]
+        self,
+        msg: Msg,
+        decode: Callable[[bytes], object],
+        make: Callable[..., ev.Event],
+        subject_of: Callable[..., str],
     ) -> None:
+        """The server's permissions bind a subject to its sender (only pool X may publish
+        `pool.X.heartbeat`), so a body naming another pool, worker or job is a forgery."""
         try:
             message = decode(msg.data)
+            if subject_of(message) != msg.subject:
+                raise ProtocolError(ErrorCode.INVALID_ID, "the body names another sender")
         except ProtocolError as exc:
             log.warning("dropped bad message on %s: %s", msg.subject, exc)
             return
         await self._feed(make(message))
 
     async def _on_execute_reply(self, msg: Msg) -> None:
-        job_id, _attempt, worker_id = msg.subject[len(self._inbox) + 1 :].split(".", 2)
+        parts = msg.subject[len(self._inbox) + 1 :].split(".", 2)
+        if len(parts) != 3:  # not a reply subject we made: garbage from a reply-inbox writer
+            return
+        job_id, _attempt, worker_id = parts
         now = self.clock()
         if msg.headers and msg.headers.get("Status") == "503":
             await self._feed(ev.ExecuteRefused(now, job_id, worker_id, ErrorCode.WORKER_LOST))
