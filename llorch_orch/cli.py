@@ -15,8 +15,9 @@ import nats
 from nats.aio.client import Client
 
 from schemas import DEFAULT_PREFIX, End, Error, GenerateRequest, Queued, Started, Subjects, Token
+from schemas.connect import Credentials, add_arguments
 
-from . import client, settings
+from . import client, natsconf, settings
 from .batch import cli as batch_cli
 from .batch import load as load_batch
 from .paths import default_data_dir
@@ -29,6 +30,7 @@ DEFAULT_URL = "nats://127.0.0.1:4222"
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nats-url", default=os.environ.get("LLORCH_NATS_URL", DEFAULT_URL))
     p.add_argument("--prefix", default=DEFAULT_PREFIX, help="subject prefix")
+    add_arguments(p)
 
 
 def _generate_args(p: argparse.ArgumentParser) -> None:
@@ -45,6 +47,8 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
 def _stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--nats-url", help="use this NATS server instead of starting one")
+    p.add_argument("--creds-dir", type=Path, help="with --nats-url: seeds from `nats-config`")
+    p.add_argument("--listen", default="127.0.0.1", help="embedded server's bind address")
     p.add_argument("--port", type=int, help="port of the embedded nats-server (default 4222)")
     p.add_argument("--prefix", default=DEFAULT_PREFIX, help="subject prefix")
     p.add_argument("--pool-id", default=default_pool_id())
@@ -77,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     orch = sub.add_parser("orch", help="run the orchestrator alone")
     _common(orch)
     settings.add_arguments(orch)
+    conf = sub.add_parser("nats-config", help="write a server config and seeds per role")
+    conf.add_argument("--out", type=Path, required=True, help="dir for nats.conf and creds/")
+    conf.add_argument("--prefix", default=DEFAULT_PREFIX, help="subject prefix")
+    conf.add_argument("--pool-id", action="append", required=True, help="repeatable")
+    conf.add_argument("--client", action="append", default=[], help="repeatable")
+    conf.add_argument("--producer", action="append", default=[], help="batch producer")
+    conf.add_argument("--listen", help="host:port for the config's listen line")
+    conf.add_argument("--store-dir", type=Path, help="JetStream store dir for the config")
     for name in ("pool", "worker"):
         sub.add_parser(
             name, help=f"run a {name} alone (see `llorch {name} --help`)", add_help=False
@@ -117,9 +129,12 @@ async def _dispatch(args: argparse.Namespace) -> int:
         from .serve import serve
 
         cfg, batch_cfg = settings.from_args(args), load_batch(args.config)
-        await serve(args.nats_url, cfg, Subjects(args.prefix), batch_cfg)
+        creds = Credentials.from_args(args, os.environ)
+        await serve(args.nats_url, cfg, Subjects(args.prefix), batch_cfg, creds)
         return 0
-    nc = await _connect(args.nats_url)
+    if args.command == "nats-config":
+        return _nats_config(args)
+    nc = await _connect(args.nats_url, _client_credentials(args))
     try:
         if args.command == "batch":
             return await batch_cli.run(nc, args)
@@ -136,12 +151,31 @@ async def _dispatch(args: argparse.Namespace) -> int:
         await nc.close()
 
 
-async def _connect(url: str) -> Client:
+def _client_credentials(args: argparse.Namespace) -> Credentials:
+    """Flags/env, else the identity `llorch up` made for this host's CLI (if there is one)."""
+    creds = Credentials.from_args(args, os.environ)
+    if not creds.empty:
+        return creds
+    name = "producer-cli" if args.command == "batch" else "client-cli"
+    seed = natsconf.seed_file(default_data_dir() / "creds", name)
+    return Credentials(nkey_seed_file=seed) if seed.is_file() else creds
+
+
+def _nats_config(args: argparse.Namespace) -> int:
+    path = natsconf.write_deployment(
+        args.out, Subjects(args.prefix), args.pool_id, args.client, args.producer,
+        args.listen, args.store_dir,
+    )  # fmt: skip
+    print(f"wrote {path} and seeds in {args.out / 'creds'}", file=sys.stderr)
+    return 0
+
+
+async def _connect(url: str, credentials: Credentials) -> Client:
     try:
         # nats-py retries forever with 0 attempts; 1 gives one retry, then NoServersError
         return await nats.connect(
             url, connect_timeout=3, max_reconnect_attempts=1, reconnect_time_wait=0.2,
-            error_cb=_quiet,
+            error_cb=_quiet, **credentials.connect_options(),
         )  # fmt: skip
     except Exception as exc:
         raise StackError(f"cannot reach NATS at {url} ({exc}); is `llorch up` running?") from None
@@ -155,20 +189,22 @@ async def _up(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     if args.nats_url:
-        stack = Stack(data_dir=data_dir, nats_url=args.nats_url, prefix=args.prefix)
+        stack = Stack(data_dir, args.nats_url, args.prefix, creds_dir=args.creds_dir)
         (data_dir / "logs").mkdir(exist_ok=True)
     else:
         port = args.port if args.command == "up" else None
-        stack = Stack.start_server(
-            data_dir, port or (4222 if args.command == "up" else None), args.prefix
-        )
+        port = port or (4222 if args.command == "up" else None)
+        stack = Stack.start_server(data_dir, port, args.prefix, args.pool_id, args.listen)
     try:
         pool = ["llorch_pool", "serve", "--pool-id", args.pool_id, "--data-dir", str(data_dir)]
         if args.cpu:
             pool.append("--cpu")
         if args.cpu_memory_bytes:
             pool += ["--cpu-memory-bytes", str(args.cpu_memory_bytes)]
-        stack.spawn("orchestrator", ["llorch_orch", "orch", *settings.to_args(args)])
+        pool += stack.seed_args(f"pool-{args.pool_id}")
+        pool += stack.seed_args(f"worker-{args.pool_id}", "--worker-nkey-seed")
+        orch = ["llorch_orch", "orch", *settings.to_args(args), *stack.seed_args("orchestrator")]
+        stack.spawn("orchestrator", orch)
         stack.spawn("pool", pool)
         hb = await stack.wait_for_pool(args.pool_id)
         devices = ", ".join(f"{d.name} ({d.total_bytes >> 20} MiB)" for d in hb.devices)
@@ -177,7 +213,7 @@ async def _up(args: argparse.Namespace) -> int:
         )
         print(f"logs: {data_dir / 'logs'}", file=sys.stderr)
         if args.command == "run":
-            nc = await _connect(stack.nats_url)
+            nc = await _connect(stack.nats_url, stack.credentials("client-cli"))
             try:
                 return await _generate(nc, args)
             finally:

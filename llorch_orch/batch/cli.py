@@ -1,0 +1,161 @@
+"""`llorch batch submit|status|results|cancel`: any NATS client could do the same."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from nats.aio.client import Client
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import NoStreamResponseError
+
+from schemas import (
+    BatchCancelReply,
+    BatchCancelRequest,
+    BatchStatus,
+    BatchStatusRequest,
+    Error,
+    Subjects,
+    decoder,
+    encode,
+    new_id,
+)
+
+from .lines import LineError, parse_line
+from .runner import CUSTOM_ID, REJECTED
+from .store import msg_id, results
+
+DEFAULT_MODEL = "smollm2-135m"
+WATCH_REFRESH_S = 2.0  # --watch also refreshes this often when no job settles
+BAR = 30
+
+_status = decoder(BatchStatus | Error)
+_cancel = decoder(BatchCancelReply | Error)
+
+
+def add_parser(sub: argparse._SubParsersAction, common: Callable[..., None]) -> None:  # type: ignore[type-arg]
+    batch = sub.add_parser("batch", help="durable batch jobs on JetStream (docs/batch.md)")
+    actions = batch.add_subparsers(dest="batch_command", required=True)
+    submit = actions.add_parser("submit", help="submit a JSONL file; prints the batch id")
+    submit.add_argument("file", type=Path)
+    submit.add_argument("--batch", help="batch id (default: a new one)")
+    submit.add_argument("--model", default=DEFAULT_MODEL, help="for lines that name none")
+    status = actions.add_parser("status", help="progress of a batch")
+    status.add_argument("batch_id")
+    status.add_argument("--watch", action="store_true", help="live progress bar until done")
+    out = actions.add_parser("results", help="stored results as JSONL")
+    out.add_argument("batch_id")
+    out.add_argument("-o", "--output", type=Path, help="file (default: stdout)")
+    cancel = actions.add_parser("cancel", help="cancel every unfinished job of a batch")
+    cancel.add_argument("batch_id")
+    for p in (submit, status, out, cancel):
+        common(p)
+
+
+async def run(nc: Client, args: argparse.Namespace) -> int:
+    subjects = Subjects(args.prefix)
+    match args.batch_command:
+        case "submit":
+            return await submit(nc, subjects, args.file, args.batch, args.model)
+        case "status":
+            return await _status_cmd(nc, subjects, args.batch_id, args.watch)
+        case "results":
+            return await _results_cmd(nc, subjects, args.batch_id, args.output)
+        case _:
+            return await _cancel_cmd(nc, subjects, args.batch_id)
+
+
+async def submit(nc: Client, subjects: Subjects, path: Path, batch: str | None, model: str) -> int:
+    """Publish each line as one job; a malformed line is reported and published as a rejected
+    job, so it gets its failed result like any other."""
+    batch = batch or new_id("batch")
+    subject = subjects.batch_submit(batch)
+    js = nc.jetstream()
+    new = dupes = bad = 0
+    try:
+        for number, text in enumerate(path.read_text().splitlines(), start=1):
+            if not text.strip():
+                continue
+            job = parse_line(text, number, model)
+            headers = {"Nats-Msg-Id": msg_id(batch, job.custom_id)}
+            if isinstance(job, LineError):
+                print(job.message, file=sys.stderr)
+                bad += 1
+                headers |= {CUSTOM_ID: job.custom_id, REJECTED: job.message}
+                ack = await js.publish(subject, text.encode()[:4096], headers=headers)
+            else:
+                ack = await js.publish(subject, encode(job), headers=headers)
+            dupes += ack.duplicate or 0
+            new += not ack.duplicate
+    except NoStreamResponseError:
+        print("llorch: no LLORCH_BATCH stream: is the orchestrator running?", file=sys.stderr)
+        return 1
+    print(batch)
+    print(f"{new} new jobs, {dupes} duplicates, {bad} malformed lines", file=sys.stderr)
+    return 0
+
+
+async def request_status(nc: Client, subjects: Subjects, batch: str) -> BatchStatus | Error:
+    msg = await nc.request(
+        subjects.batch_status, encode(BatchStatusRequest(batch_id=batch)), timeout=10
+    )
+    reply: BatchStatus | Error = _status(msg.data)
+    return reply
+
+
+def finished(status: BatchStatus) -> bool:
+    return status.in_flight == 0 and status.queued == 0
+
+
+def progress_line(s: BatchStatus) -> str:
+    settled = s.done + s.failed
+    filled = BAR * settled // s.total if s.total else 0
+    bar = "#" * filled + "." * (BAR - filled)
+    flag = " CANCELLED" if s.cancelled else ""
+    return (
+        f"[{bar}] {settled}/{s.total} done {s.done} failed {s.failed} "
+        f"running {s.in_flight} queued {s.queued}{flag}"
+    )
+
+
+async def _status_cmd(nc: Client, subjects: Subjects, batch: str, watch: bool) -> int:
+    events = await nc.subscribe(subjects.batch_event(batch)) if watch else None
+    while True:
+        status = await request_status(nc, subjects, batch)
+        if isinstance(status, Error):
+            print(f"llorch: {status.code}: {status.message}", file=sys.stderr)
+            return 1
+        if events is None or finished(status):
+            break
+        print(f"\r{progress_line(status)}", end="", file=sys.stderr, flush=True)
+        with contextlib.suppress(NatsTimeout):  # a settled job wakes us; else refresh anyway
+            await events.next_msg(timeout=WATCH_REFRESH_S)
+    if events is not None:
+        print(f"\r{progress_line(status)}", file=sys.stderr)
+    print(encode(status).decode())
+    return 0
+
+
+async def _results_cmd(nc: Client, subjects: Subjects, batch: str, output: Path | None) -> int:
+    found = await results(nc.jetstream(), subjects, batch)
+    lines = "".join(encode(r).decode() + "\n" for r in found)
+    if output is None:
+        sys.stdout.write(lines)
+    else:
+        await asyncio.to_thread(output.write_text, lines)
+        print(f"{len(found)} results written to {output}", file=sys.stderr)
+    return 0
+
+
+async def _cancel_cmd(nc: Client, subjects: Subjects, batch: str) -> int:
+    message = encode(BatchCancelRequest(batch_id=batch))
+    reply = _cancel((await nc.request(subjects.batch_cancel, message, timeout=10)).data)
+    if isinstance(reply, Error):
+        print(f"llorch: {reply.code}: {reply.message}", file=sys.stderr)
+        return 1
+    print(f"batch {batch} cancelled ({reply.running_cancelled} running jobs stopped)")
+    return 0

@@ -1,0 +1,124 @@
+"""Batch knobs (the `[batch]` table of the orchestrator's TOML) and the JetStream configs they
+make. Defaults and sizing advice: docs/batch.md."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from schemas import MAX_MESSAGE_BYTES, Subjects
+
+from ..settings import ConfigError
+
+BATCH_STREAM = "LLORCH_BATCH"
+RESULTS_STREAM = "LLORCH_RESULTS"
+CONSUMER = "llorch-orch"
+DAY_S = 86_400.0
+GiB = 1024**3
+
+
+class BatchConfigError(ConfigError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class BatchConfig:
+    enabled: bool = True  # run the batch runner inside the orchestrator
+    max_attempts: int = 3  # deliveries of a job that may fail before its failure is stored
+    backoff_s: tuple[float, ...] = (2.0, 10.0, 30.0)  # nak delay after failure n (last repeats)
+    max_deliver: int = 10  # JetStream's cap; a job delivered this often is failed unrun (poison)
+    ack_wait_s: float = 30.0  # redelivery after this long without ack/in_progress (owner died)
+    core_batch_queue: int = 1  # batch jobs waiting in the core's queue at most (pull gate)
+    max_in_flight: int = 64  # jobs pulled and not yet stored, at most
+    lost_grace_s: float = 10.0  # core forgot the job and no terminal event for this long: retry
+    duplicate_window_s: float = 120.0  # Nats-Msg-Id dedup window of both streams
+    submit_max_msgs: int = 1_000_000  # waiting jobs, all batches (publish refused beyond)
+    submit_max_bytes: int = 1 * GiB
+    results_max_age_s: float = 7 * DAY_S  # results expire after this (0 = never)
+    results_max_bytes: int = 4 * GiB  # oldest results dropped beyond this
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_attempts < self.max_deliver:
+            raise BatchConfigError("batch: need 1 <= max_attempts < max_deliver")
+        if self.ack_wait_s < 3 or not self.backoff_s or self.core_batch_queue < 1:
+            raise BatchConfigError("batch: ack_wait_s >= 3, backoff_s non-empty, queue >= 1")
+
+    def backoff(self, failures: int) -> float:
+        """Delay before the redelivery that follows the `failures`-th failed attempt."""
+        return self.backoff_s[min(failures, len(self.backoff_s)) - 1]
+
+    @property
+    def keepalive_s(self) -> float:
+        """in_progress() period: a third of ack_wait survives two lost keepalives."""
+        return self.ack_wait_s / 3
+
+
+def load(path: Path | None) -> BatchConfig:
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text()).get("batch", {})
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise BatchConfigError(f"cannot read config {path}: {exc}") from None
+    try:
+        return msgspec.convert(raw, BatchConfig, strict=False)
+    except msgspec.ValidationError as exc:
+        raise BatchConfigError(f"invalid [batch] config: {exc}") from None
+
+
+def batch_stream(cfg: BatchConfig, subjects: Subjects) -> StreamConfig:
+    return StreamConfig(
+        name=BATCH_STREAM,
+        description="llorch batch jobs (work queue: a job leaves once its result is stored)",
+        subjects=[f"{subjects.prefix}.batch.submit.*"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.NEW,  # full: producers get an error, no accepted job is dropped
+        max_msgs=cfg.submit_max_msgs,
+        max_bytes=cfg.submit_max_bytes,
+        max_msg_size=MAX_MESSAGE_BYTES,
+        duplicate_window=cfg.duplicate_window_s,
+    )
+
+
+def results_stream(cfg: BatchConfig, subjects: Subjects) -> StreamConfig:
+    p = subjects.prefix
+    return StreamConfig(
+        name=RESULTS_STREAM,
+        description="llorch batch results, one per job, and batch cancel markers",
+        subjects=[f"{p}.batch.result.*.*", f"{p}.batch.cancelled.*"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_msgs_per_subject=1,  # one result per job, whatever happens
+        max_age=cfg.results_max_age_s,
+        max_bytes=cfg.results_max_bytes,
+        max_msg_size=MAX_MESSAGE_BYTES,
+        duplicate_window=cfg.duplicate_window_s,
+        allow_direct=True,  # result lookups by subject are answered without the stream leader
+    )
+
+
+def consumer(cfg: BatchConfig, subjects: Subjects) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=CONSUMER,
+        description="the orchestrator's batch runner",
+        filter_subject=f"{subjects.prefix}.batch.submit.*",
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=cfg.ack_wait_s,
+        max_deliver=cfg.max_deliver,
+        max_ack_pending=cfg.max_in_flight,
+        max_waiting=16,
+    )

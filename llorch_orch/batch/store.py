@@ -1,0 +1,104 @@
+"""JetStream access shared by the runner and the CLI: streams, results, counts."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import BadRequestError, NotFoundError
+
+from schemas import BatchResult, Subjects, decoder, encode
+
+from .config import BATCH_STREAM, RESULTS_STREAM, BatchConfig, batch_stream, results_stream
+
+log = logging.getLogger("llorch.batch")
+
+OUTCOME = "Llorch-Outcome"  # header on results: a status scan reads headers only
+_result = decoder(BatchResult)
+
+
+def msg_id(batch_id: str, custom_id: str) -> str:
+    return f"{batch_id}.{custom_id}"
+
+
+async def ensure_streams(js: JetStreamContext, cfg: BatchConfig, subjects: Subjects) -> None:
+    """Create both streams, or bring an existing one to this config (idempotent)."""
+    for config in (batch_stream(cfg, subjects), results_stream(cfg, subjects)):
+        try:
+            await js.add_stream(config)
+        except BadRequestError:  # exists with another config: the editable fields follow ours
+            await js.update_stream(config)
+
+
+async def has_result(js: JetStreamContext, subjects: Subjects, batch: str, custom_id: str) -> bool:
+    try:
+        await js.get_last_msg(RESULTS_STREAM, subjects.batch_result(batch, custom_id), direct=True)
+    except NotFoundError:
+        return False
+    return True
+
+
+async def is_cancelled(js: JetStreamContext, subjects: Subjects, batch: str) -> bool:
+    try:
+        await js.get_last_msg(RESULTS_STREAM, subjects.batch_cancelled(batch), direct=True)
+    except NotFoundError:
+        return False
+    return True
+
+
+async def store(js: JetStreamContext, subjects: Subjects, result: BatchResult) -> None:
+    """Publish and await the PubAck: only then is the result durable (and the job ackable).
+    The Nats-Msg-Id makes a second store after a crash-before-ack a no-op."""
+    subject = subjects.batch_result(result.batch_id, result.custom_id)
+    headers = {"Nats-Msg-Id": msg_id(result.batch_id, result.custom_id), OUTCOME: result.outcome}
+    await js.publish(subject, encode(result), headers=headers)
+
+
+async def waiting(js: JetStreamContext, subjects: Subjects, batch: str) -> int:
+    """Messages of the batch still in the work-queue stream (queued or in flight)."""
+    subject = subjects.batch_submit(batch)
+    info = await js.stream_info(BATCH_STREAM, subjects_filter=subject)
+    return (info.state.subjects or {}).get(subject, 0)
+
+
+async def scan(
+    js: JetStreamContext, subjects: Subjects, batch: str, headers_only: bool = False
+) -> AsyncIterator[tuple[str, bytes, dict[str, str]]]:
+    """(subject, data, headers) of every stored result of a batch, through an ephemeral
+    consumer that the server deletes after the scan (or 30 s after a crashed scan)."""
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.NONE,
+        headers_only=headers_only,
+        inactive_threshold=30.0,
+    )
+    subject = subjects.batch_result(batch)
+    info = await js.stream_info(RESULTS_STREAM, subjects_filter=subject)
+    left = sum((info.state.subjects or {}).values())
+    if left == 0:
+        return
+    sub = await js.pull_subscribe(subject, stream=RESULTS_STREAM, config=config)
+    try:
+        while left > 0:
+            for msg in await sub.fetch(min(left, 256), timeout=10):
+                left = msg.metadata.num_pending
+                yield msg.subject, msg.data, dict(msg.headers or {})
+    finally:
+        await sub.unsubscribe()
+
+
+async def results(js: JetStreamContext, subjects: Subjects, batch: str) -> list[BatchResult]:
+    return [_result(data) async for _, data, _ in scan(js, subjects, batch)]
+
+
+async def outcomes(js: JetStreamContext, subjects: Subjects, batch: str) -> tuple[int, int]:
+    """(done, failed) of a batch, reading result headers only."""
+    done = failed = 0
+    async for _, _, headers in scan(js, subjects, batch, headers_only=True):
+        if headers.get(OUTCOME) == "ok":
+            done += 1
+        else:
+            failed += 1
+    return done, failed
