@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -12,7 +13,9 @@ from pathlib import Path
 import nats
 
 from schemas import Heartbeat, Subjects, decoder
+from schemas.connect import Credentials, without_credentials
 
+from . import natsconf
 from .natsserver import NatsServer, free_port
 
 READY_TIMEOUT_S = 60.0
@@ -35,31 +38,57 @@ class Stack:
     prefix: str
     server: NatsServer | None = None
     children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    creds_dir: Path | None = None  # nkey seeds per identity (natsconf); None = open server
 
     @classmethod
-    def start_server(cls, data_dir: Path, port: int | None, prefix: str) -> Stack:
-        host = "127.0.0.1"
-        if port is not None and not _port_free(host, port):
+    def start_server(
+        cls, data_dir: Path, port: int | None, prefix: str, pool_id: str, listen: str = "127.0.0.1"
+    ) -> Stack:
+        """The embedded server with auth on: a seed per role in `<data>/creds` and the config
+        made from them; only loopback unless `listen` says otherwise."""
+        if port is not None and not _port_free(listen, port):
             raise StackError(
                 f"port {port} is in use: pass --port N, or --nats-url to use that server"
             )
         logs = data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
+        creds_dir = data_dir / "creds"
+        identities = natsconf.deployment([pool_id], clients=["cli"], producers=["cli"])
+        identities = natsconf.ensure_seeds(creds_dir, identities)
+        config = data_dir / "nats.conf"
+        natsconf.write_config(config, natsconf.render(identities, Subjects(prefix)))
         server = NatsServer.start(
-            data_dir / "jetstream", port=port or free_port(host), log_file=logs / "nats-server.log"
+            data_dir / "jetstream",
+            port=port or free_port(listen),
+            host=listen,
+            config=config,
+            log_file=logs / "nats-server.log",
         )
-        return cls(data_dir=data_dir, nats_url=server.url, prefix=prefix, server=server)
+        return cls(data_dir, server.url, prefix, server=server, creds_dir=creds_dir)
+
+    def seed_args(self, identity: str, flag: str = "--nkey-seed") -> list[str]:
+        """`flag FILE` naming the identity's seed (a path, never the secret), when auth is on."""
+        if self.creds_dir is None:
+            return []
+        return [flag, str(natsconf.seed_file(self.creds_dir, identity))]
+
+    def credentials(self, identity: str) -> Credentials:
+        if self.creds_dir is None:
+            return Credentials()
+        return Credentials(nkey_seed_file=natsconf.seed_file(self.creds_dir, identity))
 
     def spawn(self, name: str, args: list[str]) -> None:
         log = open(self.data_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 (child owns it)
         cmd = [sys.executable, "-m", *args, "--nats-url", self.nats_url, "--prefix", self.prefix]
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        # With our own identities, a child must not also pick up the caller's from the env.
+        env = without_credentials(os.environ) if self.creds_dir else None
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         self.children.append((name, proc))
 
     async def wait_for_pool(self, pool_id: str) -> Heartbeat:
         """Until the pool's first heartbeat; a child that dies first is reported with its log."""
-        nc = await nats.connect(self.nats_url)
+        nc = await nats.connect(self.nats_url, **self.credentials("admin").connect_options())
         try:
             sub = await nc.subscribe(Subjects(self.prefix).heartbeat(pool_id))
             deadline = asyncio.get_running_loop().time() + READY_TIMEOUT_S

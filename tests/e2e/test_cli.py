@@ -36,7 +36,9 @@ def test_up_serves_client_commands_and_stops_everything_on_ctrl_c(tmp_path: Path
         assert up.stderr is not None
         line = up.stderr.readline()  # blocks until the stack is up (or failed)
         assert "llorch is up" in line, line + up.stderr.read()
-        url = ["--nats-url", f"nats://127.0.0.1:{port}"]
+        # The client's seed from this data dir (auth is on); --nkey-seed FILE would do too.
+        url = ["--nats-url", f"nats://127.0.0.1:{port}", "--nkey-seed",
+               str(tmp_path / "creds" / "client-cli.nk")]  # fmt: skip
         gen = _llorch("generate", "Hi", "--max-tokens", "3", *url)
         assert gen.returncode == 0 and "3 tokens" in gen.stderr, gen.stderr
         state = _llorch("state", *url)

@@ -1,0 +1,194 @@
+"""The nats-server config of a deployment: one nkey identity per role, least-privilege permissions.
+
+The role table below is the one source of who may do what on the bus: `llorch up` writes its
+server config from it, and the repo's `nats.conf` is its output for an example deployment
+(`llorch nats-config`). The config holds public keys only; each seed is a 0600 file in the
+creds dir (0700), named after its identity. See docs/security.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from schemas import MAX_MESSAGE_BYTES, Subjects, check_id
+from schemas.connect import DEFAULT_INBOX, nkey_public
+
+from .batch.config import BATCH_STREAM, RESULTS_STREAM
+
+ROLES = ("orchestrator", "pool", "worker", "client", "batch-producer", "admin")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    name: str  # file stem of its seed and comment in the config, e.g. "pool-gpu1"
+    role: str  # one of ROLES
+    scope: str | None = None  # the pool a pool or worker identity belongs to
+    public_key: str = ""  # nkey `U…`; filled in once the seed exists
+
+
+@dataclass(frozen=True, slots=True)
+class Permissions:
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    responses: bool  # may reply once to a request it received (micro endpoints)
+
+
+def deployment(
+    pools: Iterable[str], clients: Iterable[str] = ("cli",), producers: Iterable[str] = ()
+) -> list[Identity]:
+    """The identities of a deployment: one orchestrator, admin, and per pool two (pool, its
+    workers); per client and batch producer one."""
+    out = [Identity("orchestrator", "orchestrator"), Identity("admin", "admin")]
+    for pool in pools:
+        check_id(pool, "pool id")
+        out += [Identity(f"pool-{pool}", "pool", pool), Identity(f"worker-{pool}", "worker", pool)]
+    out += [Identity(f"client-{check_id(c, 'client')}", "client") for c in clients]
+    out += [Identity(f"producer-{check_id(p, 'producer')}", "batch-producer") for p in producers]
+    return out
+
+
+def _service(name: str) -> tuple[str, ...]:
+    """Micro-service discovery (`$SRV.PING|INFO|STATS[.name[.id]]`) for one service name."""
+    return ("$SRV.*", f"$SRV.*.{name}", f"$SRV.*.{name}.*")
+
+
+def _results_reader() -> tuple[str, ...]:
+    """JetStream API to read (not write) the results stream."""
+    s = RESULTS_STREAM
+    return (
+        f"$JS.API.STREAM.INFO.{s}",
+        f"$JS.API.CONSUMER.CREATE.{s}",
+        f"$JS.API.CONSUMER.CREATE.{s}.>",
+        f"$JS.API.CONSUMER.DELETE.{s}.>",
+        f"$JS.API.CONSUMER.MSG.NEXT.{s}.>",
+        f"$JS.API.DIRECT.GET.{s}.>",
+        f"$JS.ACK.{s}.>",
+    )
+
+
+def permissions(ident: Identity, s: Subjects) -> Permissions:
+    """What one identity may publish and subscribe to: nothing its role does not need."""
+    inbox = f"{DEFAULT_INBOX}.{ident.public_key}.>"  # its own replies only
+    p = s.prefix
+    match ident.role:
+        case "orchestrator":
+            pub = (f"{p}.pool.*.spawn", f"{p}.pool.*.stop", s.snapshot_request,
+                   f"{p}.worker.*.execute", f"{p}.worker.*.cancel", f"{p}.batch.>",
+                   "_INBOX.>", "$JS.API.>", f"$JS.ACK.{BATCH_STREAM}.>")  # fmt: skip
+            sub = (f"{p}.api.>", s.heartbeat_all, s.ready_all, s.job_status_all, inbox,
+                   *_service("llorch-orchestrator"))  # fmt: skip
+            return Permissions(pub, sub, responses=True)
+        case "pool":
+            pool = ident.scope or ""
+            sub = (s.spawn(pool), s.stop(pool), s.snapshot_request, s.ready_all, inbox,
+                   *_service("llorch-pool"))  # fmt: skip
+            return Permissions((s.heartbeat(pool),), sub, responses=True)
+        case "worker":
+            # Worker subjects carry no pool, so a worker identity covers every worker id; it
+            # can never speak for a pool (heartbeat, spawn, stop).
+            pub = (s.ready_all, s.job_status_all, "_INBOX.>")  # streams go to clients' inboxes
+            sub = (f"{p}.worker.*.execute", f"{p}.worker.*.cancel", inbox,
+                   *_service("llorch-worker"))  # fmt: skip
+            return Permissions(pub, sub, responses=True)
+        case "client":
+            return Permissions((f"{p}.api.>",), (inbox,), responses=False)
+        case "batch-producer":
+            pub = (f"{p}.batch.submit.>", f"{p}.api.batch.>", "$JS.API.INFO",
+                   f"$JS.API.STREAM.INFO.{BATCH_STREAM}", *_results_reader())  # fmt: skip
+            return Permissions(pub, (inbox, f"{p}.batch.event.>"), responses=False)
+        case "admin":
+            return Permissions((">",), (">",), responses=False)
+    raise ValueError(f"unknown role {ident.role!r}")
+
+
+def _list(subjects: tuple[str, ...]) -> str:
+    items = "".join(f"\n          {json.dumps(x)}," for x in subjects)
+    return f"[{items}\n        ]"
+
+
+def render(
+    identities: Iterable[Identity],
+    subjects: Subjects,
+    listen: str | None = None,
+    store_dir: Path | None = None,
+    max_payload: int = MAX_MESSAGE_BYTES,
+) -> str:
+    """The server config text. `listen`/`store_dir` may be left to command-line flags."""
+    lines = [
+        "# Generated by llorch (llorch_orch/natsconf.py) from its role table.",
+        "# Public nkeys only: the seeds are 0600 files beside this file, in creds/.",
+        f"max_payload: {max_payload}  # = the decoders' limit (schemas.MAX_MESSAGE_BYTES)",
+    ]
+    if listen:
+        lines.append(f"listen: {json.dumps(listen)}")
+    if store_dir:
+        lines.append(f"jetstream {{ store_dir: {json.dumps(str(store_dir))} }}")
+    lines += ["", "authorization {", "  users = ["]
+    for ident in identities:
+        perms = permissions(ident, subjects)
+        scope = f" of pool {ident.scope}" if ident.scope and ident.role == "worker" else ""
+        lines += [
+            f"    # {ident.name}: {ident.role}{scope}",
+            f"    {{ nkey: {json.dumps(ident.public_key)}, permissions: {{",
+            f"        publish: {{ allow: {_list(perms.publish)} }}",
+            f"        subscribe: {{ allow: {_list(perms.subscribe)} }}",
+        ]
+        if perms.responses:
+            lines.append("        allow_responses: true")
+        lines.append("    } }")
+    lines += ["  ]", "}", ""]
+    return "\n".join(lines)
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+
+
+def seed_file(creds_dir: Path, name: str) -> Path:
+    return creds_dir / f"{name}.nk"
+
+
+def ensure_seeds(creds_dir: Path, identities: Iterable[Identity]) -> list[Identity]:
+    """Each identity with its public key; a missing seed is created (0600). Deleting a seed
+    and running this again rotates that identity."""
+    import nkeys
+
+    _private_dir(creds_dir)
+    out = []
+    for ident in identities:
+        path = seed_file(creds_dir, ident.name)
+        if not path.exists():
+            seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(seed + b"\n")
+        path.chmod(0o600)
+        out.append(Identity(ident.name, ident.role, ident.scope, nkey_public(path)))
+    return out
+
+
+def write_config(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+def write_deployment(
+    out: Path,
+    subjects: Subjects,
+    pools: Iterable[str],
+    clients: Iterable[str] = ("cli",),
+    producers: Iterable[str] = (),
+    listen: str | None = None,
+    store_dir: Path | None = None,
+) -> Path:
+    """`<out>/creds/<identity>.nk` (kept if present) and `<out>/nats.conf` made from them."""
+    identities = ensure_seeds(out / "creds", deployment(pools, clients, producers))
+    path = out / "nats.conf"
+    write_config(path, render(identities, subjects, listen, store_dir))
+    return path

@@ -1,0 +1,147 @@
+"""The permission matrix on a real nats-server running the generated config: every role can do
+what it needs, and the server refuses each thing outside its role."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from llorch_orch import natsconf
+from schemas import Subjects
+from schemas.connect import DEFAULT_INBOX
+from tests.security.conftest import WAIT_S, ConnectAs, Secured
+
+S = Subjects()
+
+
+@dataclass(frozen=True)
+class Case:
+    identity: str
+    pub_ok: tuple[str, ...]
+    pub_denied: tuple[str, ...]
+    sub_ok: tuple[str, ...]
+    sub_denied: tuple[str, ...]
+
+
+def inbox(secured: Secured, identity: str) -> str:
+    return secured.credentials(identity).inbox
+
+
+def cases(secured: Secured) -> list[Case]:
+    alice, bob = inbox(secured, "client-alice"), inbox(secured, "client-bob")
+    return [
+        Case("orchestrator",
+             (S.spawn("p1"), S.stop("p2"), S.execute("w1"), S.worker_cancel("w1"),
+              S.snapshot_request, f"{alice}.r1"),
+             (S.heartbeat("p1"), S.generate, S.ready("w1"), S.job_status("j1")),
+             (S.heartbeat_all, S.generate, S.ready_all, S.job_status_all),
+             (S.spawn("p1"), S.execute("w1"), f"{alice}.>")),
+        Case("pool-p1",
+             (S.heartbeat("p1"),),
+             (S.heartbeat("p2"), S.spawn("p2"), S.execute("w1"), S.generate, S.ready("w1"),
+              S.job_status("j1"), f"{alice}.r1"),
+             (S.spawn("p1"), S.stop("p1"), S.snapshot_request, S.ready("w1")),
+             (S.spawn("p2"), S.heartbeat_all, S.generate, f"{alice}.>", S.execute("w1"))),
+        Case("worker-p1",
+             (S.ready("w1"), S.job_status("j1"), f"{alice}.r1"),
+             (S.heartbeat("p1"), S.spawn("p1"), S.stop("p1"), S.execute("w2"), S.generate),
+             (S.execute("w1"), S.worker_cancel("w1")),
+             (S.spawn("p1"), S.stop("p1"), S.heartbeat_all, S.generate, f"{alice}.>")),
+        Case("client-alice",
+             (S.generate, S.state, S.cancel),
+             (S.heartbeat("p1"), S.spawn("p1"), S.stop("p1"), S.execute("w1"), S.ready("w1"),
+              S.job_status("j1"), S.batch_submit("b1"), f"{bob}.r1", "$JS.API.INFO"),
+             (f"{alice}.r1",),
+             (f"{bob}.>", f"{DEFAULT_INBOX}.>", S.generate, S.heartbeat_all, S.execute("w1"))),
+        Case("producer-etl",
+             (S.batch_submit("b1"), S.batch_status),
+             (S.generate, S.heartbeat("p1"), S.batch_result("b1", "c1"), f"{alice}.r1"),
+             (S.batch_event("b1"),),
+             (f"{alice}.>", S.generate, S.batch_result("b1"))),
+    ]  # fmt: skip
+
+
+IDENTITIES = ["orchestrator", "pool-p1", "worker-p1", "client-alice", "producer-etl"]
+
+
+@pytest.mark.parametrize("identity", IDENTITIES)
+async def test_role_permissions(secured: Secured, connect_as: ConnectAs, identity: str) -> None:
+    case = next(c for c in cases(secured) if c.identity == identity)
+    admin = await connect_as("admin")
+    me = await connect_as(identity)
+    seen = await admin.nc.subscribe(">")
+    await admin.nc.flush()
+
+    # Denied publishes are reported; the allowed marker after them arrives first and alone
+    # (one connection's messages keep their order), so none of them got through.
+    for subject in case.pub_denied:
+        await me.nc.publish(subject, b"x")
+        await me.denied("Publish", subject)
+    for subject in case.pub_ok:
+        await me.nc.publish(subject, b"ok")
+        msg = await seen.next_msg(timeout=WAIT_S)
+        assert msg.subject == subject
+
+    for subject in case.sub_denied:
+        await me.nc.subscribe(subject)
+        await me.denied("Subscription", subject)
+    for subject in case.sub_ok:
+        sub = await me.nc.subscribe(subject)
+        await me.nc.flush()
+        await admin.nc.publish(subject, b"hello")
+        assert (await sub.next_msg(timeout=WAIT_S)).data == b"hello"
+
+
+async def test_client_cannot_read_another_clients_inbox(
+    secured: Secured, connect_as: ConnectAs
+) -> None:
+    alice, admin = await connect_as("client-alice"), await connect_as("admin")
+    bob_inbox = inbox(secured, "client-bob")
+    spy = await alice.nc.subscribe(f"{bob_inbox}.>")
+    await alice.denied("Subscription", f"{bob_inbox}.>")
+    own = await alice.nc.subscribe(f"{alice.nc.new_inbox()}")
+    await alice.nc.flush()
+    await admin.nc.publish(f"{bob_inbox}.reply", b"secret")
+    await admin.nc.publish(own.subject, b"marker")  # after bob's, from the same publisher
+    assert (await own.next_msg(timeout=WAIT_S)).data == b"marker"
+    assert spy.pending_msgs == 0
+
+
+async def test_clients_use_their_own_inbox_prefix(secured: Secured, connect_as: ConnectAs) -> None:
+    """Requests work for a client only because its replies come under its own prefix."""
+    alice, admin = await connect_as("client-alice"), await connect_as("admin")
+    assert alice.nc.new_inbox().startswith(inbox(secured, "client-alice") + ".")
+
+    async def echo(msg: nats.aio.msg.Msg) -> None:
+        await msg.respond(msg.data)
+
+    await admin.nc.subscribe(S.state, cb=echo)
+    await admin.nc.flush()
+    reply = await alice.nc.request(S.state, b"ping", timeout=WAIT_S)
+    assert reply.data == b"ping"
+
+
+async def refusal(url: str, **opts: object) -> str:
+    """The error of a connection attempt the server refuses (the client is closed after)."""
+    nc = Client()
+    try:
+        await nc.connect(url, allow_reconnect=False, max_reconnect_attempts=0, **opts)
+    except Exception as exc:
+        return repr(exc)
+    finally:
+        await nc.close()
+    raise AssertionError("the server accepted the connection")
+
+
+async def test_connection_without_credentials_is_refused(secured: Secured) -> None:
+    assert "Authorization" in await refusal(secured.server.url)
+
+
+async def test_unknown_nkey_is_refused(secured: Secured, tmp_path: Path) -> None:
+    [stranger] = natsconf.ensure_seeds(tmp_path / "other", [natsconf.Identity("x", "admin")])
+    seed = natsconf.seed_file(tmp_path / "other", stranger.name)
+    assert "Authorization" in await refusal(secured.server.url, nkeys_seed=str(seed))
