@@ -195,3 +195,20 @@ async def test_killed_pool_is_marked_lost(make_cluster: ClusterFactory) -> None:
     pool.send_signal(signal.SIGKILL)
     pool.wait()
     await cluster.until(lambda s: not s.pools[0].alive)
+
+
+async def test_orchestrator_restart_keeps_workers_and_streams(make_cluster: ClusterFactory) -> None:
+    cluster = await make_cluster()
+    job = Job(cluster, prompt="Tell me a story:", max_tokens=60)
+    await job.tokens.wait()
+    worker_id = next(e.worker_id for e in job.events if isinstance(e, Started))
+    (orch,) = [p for name, p in cluster.stack.children if name == "orchestrator"]
+    orch.send_signal(signal.SIGKILL)
+    orch.wait()
+    cluster.stack.spawn("orchestrator-2", ["llorch_orch", "orch"])
+    assert isinstance(await job.result(), End)  # streamed on, worker to client, meanwhile
+    await cluster.until(lambda s: bool(s.pools) and bool(s.pools[0].workers))
+    after = Job(cluster)
+    assert isinstance(await after.result(), End)
+    started = next(e for e in after.events if isinstance(e, Started))
+    assert started.worker_id == worker_id  # adopted, not restarted
