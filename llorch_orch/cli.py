@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import nats
 from nats.aio.client import Client
 
 from schemas import DEFAULT_PREFIX, End, Error, GenerateRequest, Queued, Started, Subjects, Token
@@ -173,9 +172,9 @@ def _nats_config(args: argparse.Namespace) -> int:
 async def _connect(url: str, credentials: Credentials) -> Client:
     try:
         # nats-py retries forever with 0 attempts; 1 gives one retry, then NoServersError
-        return await nats.connect(
-            url, connect_timeout=3, max_reconnect_attempts=1, reconnect_time_wait=0.2,
-            error_cb=_quiet, **credentials.connect_options(),
+        return await client.connect(
+            url, credentials, connect_timeout=3, max_reconnect_attempts=1,
+            reconnect_time_wait=0.2, error_cb=_quiet,
         )  # fmt: skip
     except Exception as exc:
         raise StackError(f"cannot reach NATS at {url} ({exc}); is `llorch up` running?") from None

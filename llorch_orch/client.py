@@ -7,7 +7,9 @@ stall rule: a stream that is silent for `stall_s` is reported as lost, never a h
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
+import nats
 from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeout
 
@@ -29,6 +31,7 @@ from schemas import (
     decoder,
     encode,
 )
+from schemas.connect import Credentials
 
 _event = decoder(Event)
 _state = decoder(ClusterState | Error)
@@ -37,6 +40,12 @@ _cancel = decoder(CancelReply | Error)
 _job = decoder(JobInfo | Error)
 
 DEFAULT_STALL_S = 60.0
+
+
+async def connect(url: str, credentials: Credentials | None = None, **options: Any) -> Client:
+    """A connection as `credentials`: its replies and streams come under the identity's own
+    inbox prefix (`_INBOX.<user or nkey>`), the only one the server lets it read."""
+    return await nats.connect(url, **options, **(credentials or Credentials()).connect_options())
 
 
 async def stream(
