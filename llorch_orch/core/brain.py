@@ -29,7 +29,7 @@ from .jobs import FinishedJobs, Job
 from .placement import best_slot, plan_eviction, slots
 from .queue import AdmissionQueue
 from .recovery import RecoveryMixin
-from .view import ClusterView, PoolRec, WorkerPhase, WorkerRec
+from .view import ClusterView, PoolRec, WorkerPhase, WorkerRec, pick_idle
 
 RATE_WINDOW_S = 60.0  # completions counted for the queue's drain rate
 RETRIABLE = frozenset(
@@ -198,9 +198,12 @@ class Core(RecoveryMixin):
 
     def _match(self, model: str) -> tuple[Job, WorkerRec] | None:
         """First waiting job (within the head) that an idle worker of its model can take."""
+        idle = self.view.idle_workers(model)  # one pass over the workers, not one per job
+        if not idle:
+            return None
         for _, job_id in self.queue.head(model, self.cfg.queued_update_top):
             job = self.jobs[job_id]
-            worker = self.view.idle_worker(model, job.request.pool, job.request.device)
+            worker = pick_idle(idle, job.request.pool, job.request.device)
             if worker is not None:
                 return job, worker
         return None
@@ -230,12 +233,12 @@ class Core(RecoveryMixin):
         )
         self._out.append(SendExecute(worker.worker_id, execute, job.attempts, job.trace))
 
-    def _unserved(self, model: str) -> Job | None:
+    def _unserved(self, model: str, workers: list[WorkerRec]) -> Job | None:
         """First waiting job (within the head) that no starting worker is on its way to serve.
 
         Pins matter: a worker starting on device 0 does not serve a job pinned to device 1.
         """
-        starting = [w for w in self.view.workers_of(model) if w.phase == "starting"]
+        starting = [w for w in workers if w.phase == "starting"]
         for _, job_id in self.queue.head(model, self.cfg.queued_update_top):
             job = self.jobs[job_id]
             pool, device = job.request.pool, job.request.device
@@ -246,10 +249,10 @@ class Core(RecoveryMixin):
         return None
 
     def _ensure_capacity(self, now: float, model: str) -> None:
-        job = self._unserved(model)
+        workers = self.view.workers_of(model)  # one pass, shared with _unserved
+        job = self._unserved(model, workers)
         if job is None:
             return
-        workers = self.view.workers_of(model)
         if len(workers) >= self.cfg.model(model).max_workers:
             job.reasons = [f"{model} has {len(workers)} of max_workers workers, all busy"]
             return

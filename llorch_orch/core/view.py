@@ -98,14 +98,19 @@ class ClusterView:
     def workers_of(self, model: str) -> list[WorkerRec]:
         return [w for w in self.workers.values() if w.model == model and w.phase != "draining"]
 
+    def idle_workers(self, model: str) -> list[WorkerRec]:
+        return [w for w in self.workers.values() if w.phase == "idle" and w.model == model]
+
     def idle_worker(self, model: str, pool: str | None, device: int | None) -> WorkerRec | None:
-        """Least recently used idle worker of the model (spreads wear), ties by id."""
-        best: WorkerRec | None = None
-        for w in self.workers.values():
-            if w.model != model or w.phase != "idle":
-                continue
-            if not w.matches(pool, device):
-                continue
-            if best is None or (w.last_used, w.worker_id) < (best.last_used, best.worker_id):
-                best = w
-        return best
+        return pick_idle(self.idle_workers(model), pool, device)
+
+
+def pick_idle(idle: list[WorkerRec], pool: str | None, device: int | None) -> WorkerRec | None:
+    """Least recently used idle worker (spreads wear) that the pins allow, ties by id."""
+    best: WorkerRec | None = None
+    for w in idle:
+        if not w.matches(pool, device):
+            continue
+        if best is None or (w.last_used, w.worker_id) < (best.last_used, best.worker_id):
+            best = w
+    return best
