@@ -260,7 +260,9 @@ class Core(RecoveryMixin):
         slot, unfit = best_slot(candidates, self.cfg.placement)
         if slot is not None:
             pin = (job.request.pool, job.request.device)
-            self._spawn(now, model, slot.pool_id, slot.device, slot.need, pin=pin)
+            self._spawn(
+                now, model, slot.pool_id, slot.device, slot.need, pin=pin, job_id=job.job_id
+            )
             return
         eviction = plan_eviction(self.view, candidates)
         if eviction is not None:
@@ -277,6 +279,7 @@ class Core(RecoveryMixin):
         need: int,
         attempt: int = 1,
         pin: tuple[str | None, int | None] = (None, None),
+        job_id: str | None = None,
     ) -> None:
         worker_id = new_id("w")
         self.view.workers[worker_id] = WorkerRec(
@@ -287,7 +290,7 @@ class Core(RecoveryMixin):
         request = SpawnRequest(
             worker_id=worker_id, model=model, device=device, n_ctx=self.view.n_ctx(model)
         )
-        self._out.append(Spawn(pool_id, request))
+        self._out.append(Spawn(pool_id, request, job_id))
 
     def _stop(self, worker_id: str, drain: bool, reason: str) -> None:
         worker = self.view.workers[worker_id]

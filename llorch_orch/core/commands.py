@@ -19,6 +19,7 @@ class Emit:
 class Spawn:
     pool_id: str
     request: SpawnRequest
+    job_id: str | None = None  # the waiting job it is for: its trace covers the spawn
 
 
 @dataclass(frozen=True, slots=True)

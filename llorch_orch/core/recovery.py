@@ -43,6 +43,7 @@ class RecoveryMixin:
         need: int,
         attempt: int = 1,
         pin: tuple[str | None, int | None] = (None, None),
+        job_id: str | None = None,
     ) -> None:
         raise NotImplementedError
 
