@@ -147,6 +147,10 @@ class BatchRunner:
             error = Error(code=ErrorCode.INTERNAL, message=f"delivered {delivered} times")
         if error is None and await self._is_cancelled(batch):
             error = Error(code=ErrorCode.CANCELLED, message=f"batch {batch} cancelled")
+        running = self._running(batch, custom_id)
+        if error is None and running is not None:  # redelivered while it still runs here
+            running.msg, running.delivered = msg, delivered  # (keepalives were lost): adopt
+            return
         if error is not None or job is None:
             error = error or Error(code=ErrorCode.INTERNAL, message="no job")
             result = failed(batch, custom_id, delivered, time.time(), error)
@@ -158,6 +162,12 @@ class BatchRunner:
         self.flights[job_id] = flight
         log.info("batch %s job %s -> %s (delivery %d)", batch, custom_id, job_id, delivered)
         await self.service.submit(to_request(job, job_id), f"{self._inbox}.{job_id}")
+
+    def _running(self, batch: str, custom_id: str) -> Flight | None:
+        for flight in self.flights.values():
+            if (flight.batch_id, flight.custom_id) == (batch, custom_id) and not flight.settling:
+                return flight
+        return None
 
     async def _is_cancelled(self, batch: str) -> bool:
         if batch in self._cancelled:

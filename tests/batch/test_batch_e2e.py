@@ -1,0 +1,198 @@
+"""Issue 4 end to end: batches through JetStream with the real processes and model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from llorch_orch import client
+from schemas import BatchJob, GenerateRequest, JobStatus, Queued, Started, decoder, encode
+
+from .conftest import (
+    FAST,
+    MODEL,
+    ClusterFactory,
+    jobs_file,
+    kill_worker,
+    results_written,
+    stored,
+    submit_file,
+    wait_settled,
+)
+
+_status = decoder(JobStatus)
+
+
+async def test_fifty_jobs_one_result_each_and_resubmission_adds_none(
+    make_cluster: ClusterFactory, tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    cluster = await make_cluster()
+    path = jobs_file(tmp_path, 52)
+    await submit_file(cluster, path, "b50")
+    await submit_file(cluster, path, "b50")  # inside the dedup window: refused by the stream
+    assert "0 new jobs, 52 duplicates" in capsys.readouterr().err
+    status = await wait_settled(cluster.nc, "b50", 52)
+    assert (status.total, status.done, status.failed) == (52, 52, 0)
+    results = await stored(cluster.nc, "b50")
+    assert sorted(r.custom_id for r in results) == sorted(f"j{i}" for i in range(52))
+    assert all(r.outcome == "ok" and r.text and r.tokens_out > 0 for r in results)
+    assert await results_written(cluster.nc) == 52  # never a second write for a job
+    # a producer publishing again without Nats-Msg-Id is what the stream sees once the window
+    # has passed: the jobs enter the stream, and the runner acks them unrun
+    events = await cluster.nc.subscribe(cluster.subjects.batch_event("b50"))
+    js = cluster.nc.jetstream()
+    for line in path.read_text().splitlines():
+        job = BatchJob(model=MODEL, **json.loads(line))
+        await js.publish(cluster.subjects.batch_submit("b50"), encode(job))
+    outcomes = [json.loads((await events.next_msg(timeout=60)).data)["outcome"] for _ in range(52)]
+    assert outcomes == ["duplicate"] * 52
+    assert await results_written(cluster.nc) == 52
+    status = await wait_settled(cluster.nc, "b50", 52)
+    assert (status.total, status.queued, status.in_flight) == (52, 0, 0)
+
+
+async def test_cli_after_dedup_window_and_malformed_lines(
+    make_cluster: ClusterFactory, tmp_path: Path
+) -> None:
+    cluster = await make_cluster("[batch]\nduplicate_window_s = 1\n")
+    path = jobs_file(tmp_path, 4)
+    with path.open("a") as f:
+        f.write("{not json\n")
+        f.write(json.dumps({"custom_id": "bad-temp", "prompt": "x", "temperature": -1}) + "\n")
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+        f.write(json.dumps({"custom_id": "oa", "method": "POST", "url": "/v1/chat/completions",
+                            "body": body}) + "\n")  # fmt: skip
+    out = _cli(cluster, "submit", str(path), "--batch", "cli1")
+    assert out.stdout.strip() == "cli1"
+    assert "line 5: malformed JSON" in out.stderr and "line 6:" in out.stderr
+    assert "7 new jobs, 0 duplicates, 2 malformed lines" in out.stderr
+    status = await wait_settled(cluster.nc, "cli1", 7)
+    assert (status.done, status.failed) == (5, 2)
+    by_id = {r.custom_id: r for r in await stored(cluster.nc, "cli1")}
+    assert by_id["line-5"].error and by_id["line-5"].error.code == "INVALID_PARAMS"
+    assert "line 5" in by_id["line-5"].error.message
+    assert by_id["bad-temp"].outcome == "failed" and "line 6" in by_id["bad-temp"].error.message
+    assert by_id["oa"].outcome == "ok" and by_id["oa"].text
+    written = await results_written(cluster.nc)
+    # the window (1 s) passed while the jobs ran: the stream takes every line again ...
+    events = await cluster.nc.subscribe(cluster.subjects.batch_event("cli1"))
+    await cluster.nc.flush()
+    again = _cli(cluster, "submit", str(path), "--batch", "cli1")
+    assert "7 new jobs, 0 duplicates" in again.stderr
+    outcomes = [json.loads((await events.next_msg(timeout=60)).data)["outcome"] for _ in range(7)]
+    assert outcomes == ["duplicate"] * 7  # ... and the runner runs none of them again
+    assert await results_written(cluster.nc) == written
+    target = tmp_path / "out.jsonl"
+    _cli(cluster, "results", "cli1", "-o", str(target))
+    lines = [json.loads(line) for line in target.read_text().splitlines()]
+    assert sorted(line["custom_id"] for line in lines) == sorted(by_id)
+    done = _cli(cluster, "status", "cli1", "--watch")
+    assert json.loads(done.stdout)["done"] == 5 and "7/7" in done.stderr
+
+
+def _cli(cluster, *args: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llorch_orch",
+        "batch",
+        *args,
+        "--nats-url",
+        cluster.stack.nats_url,
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
+async def test_orchestrator_killed_mid_batch_finishes_after_restart(
+    make_cluster: ClusterFactory, tmp_path: Path
+) -> None:
+    cluster = await make_cluster(FAST)
+    events = await cluster.nc.subscribe(cluster.subjects.batch_event("k9"))
+    await submit_file(cluster, jobs_file(tmp_path, 16, max_tokens=8), "k9")
+    for _ in range(3):
+        await events.next_msg(timeout=120)
+    orch = next(proc for name, proc in cluster.stack.children if name == "orchestrator")
+    orch.kill()
+    orch.wait()
+    config = cluster.stack.data_dir / "orch.toml"
+    cluster.stack.spawn("orchestrator", ["llorch_orch", "orch", "--config", str(config)])
+    status = await wait_settled(cluster.nc, "k9", 16)
+    assert (status.done, status.failed) == (16, 0)
+    results = await stored(cluster.nc, "k9")
+    assert sorted(r.custom_id for r in results) == sorted(f"j{i}" for i in range(16))
+    assert await results_written(cluster.nc) == 16
+
+
+async def test_worker_killed_mid_job_is_retried(
+    make_cluster: ClusterFactory, tmp_path: Path
+) -> None:
+    # one attempt in the core: the worker's loss reaches the batch runner, which retries
+    cluster = await make_cluster("max_job_attempts = 1\n" + FAST)
+    statuses = await cluster.nc.subscribe(cluster.subjects.job_status_all)
+    path = tmp_path / "long.jsonl"
+    path.write_text(json.dumps({"custom_id": "long", "prompt": "A story:", "max_tokens": 300}))
+    await submit_file(cluster, path, "wk")
+    while (status := _status((await statuses.next_msg(timeout=120)).data)).state != "started":
+        pass
+    await kill_worker(cluster, status.worker_id)
+    await wait_settled(cluster.nc, "wk", 1)
+    (result,) = await stored(cluster.nc, "wk")
+    assert result.outcome == "ok" and result.attempts == 2
+    assert result.worker_id != status.worker_id
+
+
+async def test_nats_server_restart_mid_batch(
+    make_cluster: ClusterFactory, tmp_path: Path, nats_server
+) -> None:  # type: ignore[no-untyped-def]
+    from llorch_orch.natsserver import NatsServer
+
+    cluster = await make_cluster(FAST)
+    events = await cluster.nc.subscribe(cluster.subjects.batch_event("nr"))
+    await submit_file(cluster, jobs_file(tmp_path, 12, max_tokens=8), "nr")
+    for _ in range(3):
+        await events.next_msg(timeout=120)
+    nats_server.stop()
+    restarted = NatsServer.start(nats_server.store_dir, port=nats_server.port)
+    nats_server.proc = restarted.proc  # the fixture stops this one at teardown
+    status = await wait_settled(cluster.nc, "nr", 12)
+    assert (status.done, status.failed) == (12, 0)
+    assert sorted(r.custom_id for r in await stored(cluster.nc, "nr")) == sorted(
+        f"j{i}" for i in range(12)
+    )
+    assert await results_written(cluster.nc) == 12
+
+
+async def test_interactive_job_starts_before_queued_batch_jobs(
+    make_cluster: ClusterFactory, tmp_path: Path
+) -> None:
+    cluster = await make_cluster("[batch]\ncore_batch_queue = 3\n")
+    statuses = await cluster.nc.subscribe(cluster.subjects.job_status_all)
+    await submit_file(cluster, jobs_file(tmp_path, 8, max_tokens=16), "prio")
+    started: list[str] = []
+
+    async def next_status() -> None:
+        status = _status((await statuses.next_msg(timeout=120)).data)
+        started.extend([status.job_id] if status.state == "started" else [])
+
+    while not started:  # a batch job runs: the lone worker is busy
+        await next_status()
+    request = GenerateRequest(model=MODEL, prompt="Quick:", max_tokens=4)
+    waiting: list[str] = []  # batch jobs waiting in the core while the interactive one waits
+    async for event in client.stream(cluster.nc, request, stall_s=120):
+        if isinstance(event, Queued) and not waiting:
+            queue = (await cluster.state()).queue
+            waiting = [j.job_id for j in queue if j.priority == "batch"]
+            assert queue[0].job_id == event.job_id  # first in line, ahead of every batch job
+            assert waiting, "the runner keeps batch jobs waiting in the core"
+        interactive = event.job_id if isinstance(event, Started) else None
+        if interactive:
+            break
+    assert waiting, "the interactive job had to wait for the busy worker"
+    while not set(waiting) <= set(started):
+        await next_status()
+    assert all(started.index(interactive) < started.index(j) for j in waiting)
+    await wait_settled(cluster.nc, "prio", 8)

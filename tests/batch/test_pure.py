@@ -1,0 +1,142 @@
+"""The batch runner's pure parts: input lines, event folding, retry and pull decisions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llorch_orch.batch.collect import Collector, has_room, retry_delay, to_request
+from llorch_orch.batch.config import BatchConfig, BatchConfigError, load
+from llorch_orch.batch.lines import LineError, parse_line
+from schemas import BatchJob, End, Error, ErrorCode, Started, Token
+
+CFG = BatchConfig(max_attempts=3, backoff_s=(1.0, 5.0))
+
+
+def test_native_line_keeps_its_fields_and_defaults_the_model() -> None:
+    line = json.dumps({"custom_id": "a1", "prompt": "hi", "max_tokens": 5, "seed": 3})
+    job = parse_line(line, 1, "m0")
+    assert isinstance(job, BatchJob)
+    assert (job.custom_id, job.model, job.prompt, job.max_tokens, job.seed) == (
+        "a1",
+        "m0",
+        "hi",
+        5,
+        3,
+    )
+
+
+def test_openai_chat_line_maps_body_and_concatenates_messages() -> None:
+    body = {
+        "model": "m1", "max_tokens": 7, "temperature": 0.2, "top_p": 0.5, "seed": 9, "stop": "END",
+        "messages": [{"role": "system", "content": "Be brief."},
+                     {"role": "user", "content": [{"type": "text", "text": "Hello"}]}],
+        "n": 1,
+    }  # fmt: skip
+    line = json.dumps({"custom_id": "r-1", "method": "POST", "url": "/v1/chat/completions",
+                       "body": body})  # fmt: skip
+    job = parse_line(line, 2, "m0")
+    assert isinstance(job, BatchJob)
+    assert (job.model, job.max_tokens, job.temperature, job.top_p, job.seed) == (
+        "m1",
+        7,
+        0.2,
+        0.5,
+        9,
+    )
+    assert job.stop == ["END"] and job.prompt == "Be brief.\nHello"
+
+
+def test_openai_completion_line_uses_prompt() -> None:
+    line = json.dumps({"custom_id": "c", "body": {"prompt": "Once", "max_tokens": 3}})
+    job = parse_line(line, 1, "m0")
+    assert isinstance(job, BatchJob) and job.prompt == "Once" and job.model == "m0"
+
+
+@pytest.mark.parametrize(
+    ("line", "custom_id", "needle"),
+    [
+        ("{oops", "line-4", "malformed JSON"),
+        ("[1, 2]", "line-4", "JSON object"),
+        ('{"prompt": "x"}', "line-4", "custom_id"),
+        ('{"custom_id": "a.b", "prompt": "x"}', "line-4", "must match"),
+        ('{"custom_id": "ok", "prompt": "x", "max_tokens": 0}', "ok", "max_tokens"),
+        ('{"custom_id": "ok", "body": {"messages": []}}', "ok", "messages"),
+        ('{"custom_id": "ok", "body": {"max_tokens": 2}}', "ok", "prompt"),
+    ],
+)
+def test_malformed_line_names_its_number_and_job(line: str, custom_id: str, needle: str) -> None:
+    error = parse_line(line, 4, "m0")
+    assert isinstance(error, LineError)
+    assert error.line == 4 and error.custom_id == custom_id
+    assert error.message.startswith("line 4: ") and needle in error.message
+
+
+def test_request_is_batch_priority_with_the_runner_job_id() -> None:
+    job = BatchJob(model="m", prompt="p", custom_id="c", priority="interactive", job_id="x")
+    request = to_request(job, "bj-1")
+    assert request.priority == "batch" and request.job_id == "bj-1" and request.prompt == "p"
+
+
+def _started(seq: int) -> Started:
+    return Started(seq=seq, job_id="j", worker_id="w1", model="m", seed=4)
+
+
+def test_collector_folds_events_and_skips_replayed_tokens() -> None:
+    c = Collector(submitted_at=10.0)
+    assert not c.add(_started(1), 10.5)
+    assert not c.add(Token(seq=2, text="Hel"), 10.6)
+    assert not c.add(_started(1), 11.0)  # a core retry replays from `started`
+    assert not c.add(Token(seq=2, text="Hel"), 11.1)
+    assert not c.add(Token(seq=3, text="lo"), 11.2)
+    end = End(seq=4, job_id="j", finish_reason="length", tokens_in=3, tokens_out=2,
+              ttft_ms=5.0, total_ms=9.0)  # fmt: skip
+    assert c.add(end, 11.3)
+    assert c.add(Error(code=ErrorCode.INTERNAL, message="late"), 11.4)  # ignored
+    r = c.result("b", "c", attempts=1, now=12.0)
+    assert (r.outcome, r.text, r.finish_reason, r.tokens_out) == ("ok", "Hello", "length", 2)
+    assert (r.worker_id, r.seed, r.queue_ms, r.error) == ("w1", 4, 500.0, None)
+
+
+def test_collector_error_result_carries_the_code() -> None:
+    c = Collector(submitted_at=0.0)
+    c.add(Error(code=ErrorCode.CONTEXT_OVERFLOW, message="too long", seq=1), 1.0)
+    r = c.result("b", "c", attempts=2, now=2.0)
+    assert r.outcome == "failed" and r.error is not None
+    assert (r.error.code, r.attempts) == (ErrorCode.CONTEXT_OVERFLOW, 2)
+
+
+def test_retry_policy() -> None:
+    lost = Error(code=ErrorCode.WORKER_LOST, message="", retriable=True)
+    assert retry_delay(lost, 1, CFG) == 1.0
+    assert retry_delay(lost, 2, CFG) == 5.0
+    assert retry_delay(lost, 3, CFG) is None  # attempts spent: store the failure
+    assert retry_delay(None, 1, CFG) == 1.0  # lost without a terminal event
+    full = Error(code=ErrorCode.QUEUE_FULL, message="", retriable=True, retry_after_ms=9000)
+    assert retry_delay(full, 1, CFG) == 9.0
+    assert retry_delay(Error(code=ErrorCode.MODEL_NOT_FOUND, message=""), 1, CFG) == 1.0
+    assert retry_delay(Error(code=ErrorCode.INVALID_PARAMS, message=""), 1, CFG) is None
+    end = End(seq=1, job_id="j", finish_reason="stop", tokens_in=1, tokens_out=1,
+              ttft_ms=1, total_ms=1)  # fmt: skip
+    assert retry_delay(end, 1, CFG) is None
+
+
+def test_pull_gate() -> None:
+    cfg = BatchConfig(core_batch_queue=2, max_in_flight=5)
+    assert has_room(core_batch_queued=1, in_flight=3, pools_alive=1, cfg=cfg)
+    assert not has_room(core_batch_queued=2, in_flight=3, pools_alive=1, cfg=cfg)
+    assert not has_room(core_batch_queued=0, in_flight=5, pools_alive=1, cfg=cfg)
+    assert not has_room(core_batch_queued=0, in_flight=0, pools_alive=0, cfg=cfg)
+
+
+def test_config_from_toml_and_its_sanity_checks(tmp_path: Path) -> None:
+    path = tmp_path / "orch.toml"
+    path.write_text("queue_capacity = 5\n[batch]\nack_wait_s = 6\nbackoff_s = [1, 2]\n")
+    cfg = load(path)
+    assert cfg.ack_wait_s == 6 and cfg.keepalive_s == 2 and cfg.backoff_s == (1, 2)
+    assert load(None) == BatchConfig()
+    path.write_text("[batch]\nmax_attempts = 10\nmax_deliver = 10\n")
+    with pytest.raises(BatchConfigError):
+        load(path)
