@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from .core.config import ModelConfig, OrchConfig
+from .core.config import Limits, ModelConfig, OrchConfig
 
 
 class ConfigError(ValueError):
@@ -33,10 +33,26 @@ def load(path: Path | None, overrides: dict[str, Any] | None = None) -> OrchConf
             default[key] = value
         else:
             raw[key] = value
+    _check_keys(raw, OrchConfig, "")
+    for name, table in raw.get("models", {}).items():
+        _check_keys(table, ModelConfig, f"models.{name}.")
+    # a model's table overrides [default_model] key by key, not as a whole
+    raw["models"] = {name: {**default, **table} for name, table in raw.get("models", {}).items()}
     try:
         return msgspec.convert(raw, OrchConfig, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid config: {exc}") from None
+
+
+def _check_keys(table: dict[str, Any], kind: type, where: str) -> None:
+    """A misspelt key is an error, not a silent default."""
+    fields = {f.name: f for f in dataclasses.fields(kind)}
+    for key, value in table.items():
+        if key not in fields:
+            raise ConfigError(f"unknown config key {where}{key} (known: {', '.join(fields)})")
+        nested = {"default_model": ModelConfig, "limits": Limits}.get(key)
+        if nested is not None and isinstance(value, dict):
+            _check_keys(value, nested, f"{where}{key}.")
 
 
 # (flag, OrchConfig/ModelConfig key, type, choices, help)

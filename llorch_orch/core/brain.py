@@ -50,6 +50,7 @@ class Core(RecoveryMixin):
         self.jobs: dict[str, Job] = {}  # queued and running
         self.finished = FinishedJobs(self.cfg.finished_memory)
         self._deadlines: list[tuple[float, str]] = []  # heap of queued jobs' deadlines
+        self._keepalive: deque[tuple[float, str]] = deque()  # (queued sent at, job), oldest first
         self._completions: deque[float] = deque()
         self._out: list[Command] = []
         self._given_up: OrderedDict[str, None] = OrderedDict()  # lost workers: never re-adopt
@@ -108,7 +109,7 @@ class Core(RecoveryMixin):
         position = self.queue.push(job_id, req.model, req.priority)
         if deadline is not None:
             heapq.heappush(self._deadlines, (deadline, job_id))
-        self._emit_queued(job, position)
+        self._emit_queued(job, position, now)
 
     def _room_for_one(self) -> bool:
         """Whether one more job may enter the queue (dropping the oldest batch job if allowed)."""
@@ -185,7 +186,7 @@ class Core(RecoveryMixin):
             self._dispatch_waiting(now, model)
             if self.queue.waiting(model):
                 self._ensure_capacity(now, model)
-            self._update_positions(model)
+            self._update_positions(model, now)
 
     def _dispatch_waiting(self, now: float, model: str) -> None:
         while self.queue.waiting(model):
@@ -298,18 +299,20 @@ class Core(RecoveryMixin):
         request = StopRequest(worker_id=worker_id, drain=drain)
         self._out.append(Stop(worker.pool_id, request, reason))
 
-    def _emit_queued(self, job: Job, position: int) -> None:
-        job.reported_position = position
+    def _emit_queued(self, job: Job, position: int, now: float) -> None:
+        job.reported_position, job.queued_at = position, now
+        if self.cfg.queued_keepalive_s > 0:
+            self._keepalive.append((now, job.job_id))
         event = Queued(seq=job.take_seq(), job_id=job.job_id, position=position)
         self._out.append(Emit(job.reply_to, event, job.job_id))
 
-    def _update_positions(self, model: str) -> None:
+    def _update_positions(self, model: str, now: float) -> None:
         for position, job_id in self.queue.head(model, self.cfg.queued_update_top):
             job = self.jobs[job_id]
             if position == job.reported_position:
                 continue
             if job.exec_seq is None:
-                self._emit_queued(job, position)
+                self._emit_queued(job, position, now)
             else:  # a retry: the stream's seqs belong to the worker now, so no new event
                 job.reported_position = position
 

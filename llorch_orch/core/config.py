@@ -39,6 +39,7 @@ class OrchConfig:
     gpu_overhead_bytes: int = 768 * MiB  # CUDA context + compute buffers per worker process
     cpu_overhead_bytes: int = 160 * MiB  # interpreter + llama.cpp buffers per worker process
     queued_update_top: int = 32  # `queued` position updates go to jobs this close to the head
+    queued_keepalive_s: float = 15.0  # re-send `queued` to a waiting job this often; 0 = never
     finished_memory: int = 4096  # finished jobs remembered for jobs.get / idempotent cancel
     default_model: ModelConfig = ModelConfig()
     models: dict[str, ModelConfig] = field(default_factory=dict)

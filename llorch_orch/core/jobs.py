@@ -29,6 +29,7 @@ class Job:
     last_activity: float = 0.0
     cancel_requested: bool = False
     reported_position: int = 0
+    queued_at: float = 0.0  # when the last `queued` event went out (keep-alive)
     reasons: list[str] = field(default_factory=list)
     trace: dict[str, str] | None = None  # opaque trace headers, passed on with execute
 

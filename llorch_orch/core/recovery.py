@@ -1,7 +1,7 @@
 """Time-driven and failure paths of the brain: timeouts, lost workers and pools, retries."""
 
 import heapq
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 from schemas import StopRequest
 from schemas.codes import ErrorCode
@@ -23,10 +23,14 @@ class RecoveryMixin:
     queue: AdmissionQueue
     jobs: dict[str, Job]
     _deadlines: list[tuple[float, str]]
+    _keepalive: "deque[tuple[float, str]]"
     _out: list[Command]
     _given_up: "OrderedDict[str, None]"
 
     def _stop(self, worker_id: str, drain: bool, reason: str) -> None:
+        raise NotImplementedError
+
+    def _emit_queued(self, job: Job, position: int, now: float) -> None:
         raise NotImplementedError
 
     def _fail(
@@ -56,6 +60,7 @@ class RecoveryMixin:
     # ---- timers --------------------------------------------------------------------------
     def _tick(self, now: float) -> None:
         self._expire_deadlines(now)
+        self._keep_waiting_clients(now)
         for worker in list(self.view.workers.values()):
             if worker.spawn_deadline is not None and now >= worker.spawn_deadline:
                 self._spawn_failed(now, worker.worker_id, "did not become ready in time", kill=True)
@@ -68,7 +73,8 @@ class RecoveryMixin:
             if pool.alive and now - pool.last_seen >= self.cfg.pool_lost_after * pool.interval_s:
                 pool.alive = False
                 for worker in [w for w in self.view.workers.values() if w.pool_id == pool.pool_id]:
-                    self._worker_gone(now, worker.worker_id, f"pool {pool.pool_id} lost")
+                    reason = f"pool {pool.pool_id} lost"
+                    self._worker_gone(now, worker.worker_id, reason, code=ErrorCode.POOL_LOST)
 
     def _check_running(self, now: float) -> None:
         """Jobs whose worker did not ack execute in time or went silent: the worker is lost."""
@@ -86,14 +92,39 @@ class RecoveryMixin:
         while self._deadlines and self._deadlines[0][0] <= now:
             _, job_id = heapq.heappop(self._deadlines)
             job = self.jobs.get(job_id)
-            if job is not None and job.phase == "queued":
+            # a retry waiting again has started once: its deadline no longer applies
+            if job is not None and job.phase == "queued" and job.exec_seq is None:
                 self._fail(job, ErrorCode.DEADLINE_EXCEEDED, "still queued at its deadline")
+
+    def _keep_waiting_clients(self, now: float) -> None:
+        """Re-send `queued` to jobs that heard nothing for the keep-alive: a waiting job is
+        never mistaken for a lost one by a client's stall rule."""
+        keep = self.cfg.queued_keepalive_s
+        while self._keepalive and self._keepalive[0][0] + keep <= now:
+            sent_at, job_id = self._keepalive.popleft()
+            if self._awaits_keepalive(sent_at, job_id):
+                job = self.jobs[job_id]
+                self._emit_queued(job, job.reported_position, now)
+
+    def _awaits_keepalive(self, sent_at: float, job_id: str) -> bool:
+        """Still waiting, never started, and no newer `queued` went out since `sent_at`."""
+        job = self.jobs.get(job_id)
+        return (
+            job is not None
+            and job.phase == "queued"
+            and job.exec_seq is None
+            and job.queued_at == sent_at
+        )
 
     def next_wake(self) -> float | None:
         """Earliest time at which a Tick may change something."""
         times: list[float] = []
         if self._deadlines:
             times.append(self._deadlines[0][0])
+        while self._keepalive and not self._awaits_keepalive(*self._keepalive[0]):
+            self._keepalive.popleft()  # stale: the job started or got a newer `queued`
+        if self._keepalive:
+            times.append(self._keepalive[0][0] + self.cfg.queued_keepalive_s)
         for w in self.view.workers.values():
             if w.spawn_deadline is not None:
                 times.append(w.spawn_deadline)
@@ -123,7 +154,14 @@ class RecoveryMixin:
         request = StopRequest(worker_id=worker.worker_id, drain=drain)
         self._out.append(Stop(worker.pool_id, request, reason))
 
-    def _worker_gone(self, now: float, worker_id: str, reason: str, kill: bool = False) -> None:
+    def _worker_gone(
+        self,
+        now: float,
+        worker_id: str,
+        reason: str,
+        kill: bool = False,
+        code: ErrorCode = ErrorCode.WORKER_LOST,
+    ) -> None:
         """A worker is lost; `kill` when it may still be alive (silent, refused execute)."""
         worker = self.view.workers.get(worker_id)
         if worker is None:
@@ -136,15 +174,17 @@ class RecoveryMixin:
             self._send_stop(worker, drain=False, reason="lost")
         job = self.jobs.get(worker.job_id) if worker.job_id else None
         if job is not None and job.worker_id == worker_id:
-            self._retry_or_fail(now, job, reason)
+            self._retry_or_fail(now, job, reason, code)
 
-    def _retry_or_fail(self, now: float, job: Job, reason: str) -> None:
+    def _retry_or_fail(
+        self, now: float, job: Job, reason: str, code: ErrorCode = ErrorCode.WORKER_LOST
+    ) -> None:
         if job.cancel_requested:
             self._fail(job, ErrorCode.CANCELLED, "cancelled by client")
         elif job.attempts < self.cfg.max_job_attempts:
             self._requeue(now, job)
         else:
-            self._fail(job, ErrorCode.WORKER_LOST, f"worker lost mid-job: {reason}")
+            self._fail(job, code, f"worker lost mid-job: {reason}")
 
     def _requeue(self, now: float, job: Job) -> None:
         """Back to the head of its lane; the retry resumes the stream after `last_seq`."""

@@ -309,3 +309,33 @@ def test_no_emit_goes_anywhere_but_the_jobs_inbox() -> None:
     emits = [c for c in out if isinstance(c, Emit)]
     assert emits and all(c.subject == "_INBOX.j1" for c in emits)
     assert type(emits[0].event) is Queued
+
+
+def test_pool_lost_without_retry_fails_with_pool_lost() -> None:
+    core = make_core(pool_lost_after=3, max_job_attempts=1)
+    w = running_worker(core)
+    core.handle(status("j1", w, "started", seq=1, now=T0 + 1))
+    out = core.handle(tick(T0 + 6))
+    assert error_codes(out) == {"j1": ErrorCode.POOL_LOST}
+
+
+def test_deadline_does_not_apply_to_a_retry_waiting_again() -> None:
+    core = make_core(pool_lost_after=1000)
+    w = running_worker(core, deadline_ms=5000)  # started in time
+    core.handle(status("j1", w, "started", seq=1, now=T0 + 1))
+    lose_by_heartbeat(core, T0 + 2)  # back in the queue as a retry
+    out = core.handle(tick(T0 + 10))  # past its deadline
+    assert not errors(out)
+    assert core.job_info("j1").state == "queued"
+
+
+def test_waiting_job_hears_queued_again_at_the_keepalive() -> None:
+    core = make_core(queued_keepalive_s=15, pool_lost_after=1000)
+    w = running_worker(core)
+    core.handle(status("j1", w, "started", seq=1, now=T0 + 1))  # acked and streaming
+    out = core.handle(submit("j2", T0 + 1))
+    (first,) = queued(out)
+    assert core.next_wake() == T0 + 16
+    (again,) = queued(core.handle(tick(T0 + 16)))
+    assert again.job_id == "j2" and again.position == first.position
+    assert again.seq == first.seq + 1
