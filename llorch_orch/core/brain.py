@@ -48,6 +48,7 @@ class Core(RecoveryMixin):
         self.view = ClusterView(self.cfg)
         self.queue = AdmissionQueue(self.cfg.queue_capacity)
         self.jobs: dict[str, Job] = {}  # queued and running
+        self._active: dict[str, Job] = {}  # dispatched or running: all the timers need to scan
         self.finished = FinishedJobs(self.cfg.finished_memory)
         self._deadlines: list[tuple[float, str]] = []  # heap of queued jobs' deadlines
         self._keepalive: deque[tuple[float, str]] = deque()  # (queued sent at, job), oldest first
@@ -178,7 +179,7 @@ class Core(RecoveryMixin):
         return out
 
     def running_infos(self) -> list[JobInfo]:
-        return [j.info() for j in self.jobs.values() if j.phase != "queued"]
+        return [j.info() for j in self._active.values()]
 
     # ---- scheduling ----------------------------------------------------------------------
     def _schedule(self, now: float) -> None:
@@ -214,6 +215,7 @@ class Core(RecoveryMixin):
         if job.exec_seq is None:
             job.exec_seq = job.take_seq()
         job.phase, job.worker_id, job.reasons = "dispatched", worker.worker_id, []
+        self._active[job.job_id] = job
         job.attempts += 1
         job.ack_deadline = now + self.cfg.execute_ack_timeout_s
         job.last_activity = now
@@ -419,6 +421,7 @@ class Core(RecoveryMixin):
 
     def _finish(self, now: float, job: Job, outcome: str, code: ErrorCode | None) -> None:
         del self.jobs[job.job_id]
+        self._active.pop(job.job_id, None)
         self.finished.add(job, outcome, code)
         self._completions.append(now)
 
@@ -438,5 +441,6 @@ class Core(RecoveryMixin):
         )
         self._out.append(Emit(job.reply_to, error, job.job_id))
         del self.jobs[job.job_id]
+        self._active.pop(job.job_id, None)
         outcome = "cancelled" if code == ErrorCode.CANCELLED else "failed"
         self.finished.add(job, outcome, code)

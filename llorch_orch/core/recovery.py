@@ -22,6 +22,7 @@ class RecoveryMixin:
     view: ClusterView
     queue: AdmissionQueue
     jobs: dict[str, Job]
+    _active: dict[str, Job]
     _deadlines: list[tuple[float, str]]
     _keepalive: "deque[tuple[float, str]]"
     _out: list[Command]
@@ -78,7 +79,7 @@ class RecoveryMixin:
 
     def _check_running(self, now: float) -> None:
         """Jobs whose worker did not ack execute in time or went silent: the worker is lost."""
-        for job in [j for j in self.jobs.values() if j.phase != "queued"]:
+        for job in list(self._active.values()):
             late_ack = job.ack_deadline is not None and now >= job.ack_deadline
             stalled = now - job.last_activity >= self.cfg.stall_timeout_s
             if not (late_ack or stalled) or job.worker_id is None:
@@ -130,11 +131,10 @@ class RecoveryMixin:
                 times.append(w.spawn_deadline)
             elif w.phase == "idle" and self.cfg.model(w.model).keep_alive_s > 0:
                 times.append(w.last_used + self.cfg.model(w.model).keep_alive_s)
-        for job in self.jobs.values():
-            if job.phase != "queued":
-                times.append(job.last_activity + self.cfg.stall_timeout_s)
-                if job.ack_deadline is not None:
-                    times.append(job.ack_deadline)
+        for job in self._active.values():
+            times.append(job.last_activity + self.cfg.stall_timeout_s)
+            if job.ack_deadline is not None:
+                times.append(job.ack_deadline)
         times += [
             p.last_seen + self.cfg.pool_lost_after * p.interval_s
             for p in self.view.pools.values()
@@ -200,6 +200,7 @@ class RecoveryMixin:
             )
             return
         job.phase, job.worker_id, job.ack_deadline = "queued", None, None
+        self._active.pop(job.job_id, None)
         self.queue.push(job.job_id, job.request.model, job.request.priority, front=True)
 
     def _spawn_failed(self, now: float, worker_id: str, message: str, kill: bool = False) -> None:
