@@ -1,0 +1,316 @@
+"""Overhead of llorch's token path: direct llama-cpp-python vs its own HTTP server vs llorch.
+
+    python -m bench.overhead [--rounds 60] [--threads 1]
+
+Same GGUF (the bundled SmolLM2-135M), same prompts, seed, temperature 0, max_tokens 64, same
+engine thread count everywhere. The three paths run INTERLEAVED (direct, peer, llorch for
+one prompt, then the next prompt), so drift in the machine hits all three alike; warm-up
+rounds are discarded. Only one engine computes at a time: the peer server and the llorch
+worker are loaded and sit idle while another path runs.
+
+- direct: in this process, the loop the worker's engine thread runs (`Llama.generate`, fresh
+  KV cache per job, a detokenized piece per token), with nothing around it.
+- peer: `python -m llama_cpp.server`, `/v1/completions` with stream=true, read with httpx.
+- llorch: `llorch_orch.client.stream` against nats-server + orchestrator + pool + worker.
+
+TTFT: request sent -> first non-empty text seen by the client. Decode rate: (tokens - 1) /
+(last token - first token), as the client receives them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import codecs
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import llama_cpp
+import nats
+
+from bench.common import (
+    MODEL,
+    POOL_ID,
+    connect,
+    model_path,
+    start_stack,
+    summary,
+    table,
+    use_uvloop,
+    write_results,
+)
+from llorch_orch import client
+from llorch_orch.natsserver import free_port
+from schemas import End, Error, GenerateRequest, Token
+
+MAX_TOKENS = 64
+SEED = 1234
+N_CTX = 2048
+_WORDS = (
+    "The history of the lighthouse keepers on the northern coast is a story of patience, "
+    "weather and small routines. Every evening the lamp was trimmed, the clockwork wound and "
+    "the log written in a careful hand. "
+)
+SHORT = [
+    "Once upon a time",
+    "The capital of France is",
+    "Write a haiku about the sea:",
+    "def fibonacci(n):",
+]
+LONG = [
+    f"{_WORDS * 2}Question {i}: what did the keepers write in the log? Answer:" for i in range(4)
+]
+
+
+@dataclass
+class Run:
+    ttft_ms: float
+    tokens: int
+    decode_tps: float  # client-side: tokens after the first / time between first and last
+    total_ms: float
+    text: str
+    engine_ttft_ms: float = float("nan")  # llorch only: the worker's own job start -> 1st token
+
+
+def _run(t0: float, times: list[float], texts: list[str]) -> Run:
+    n = len(times)
+    span = times[-1] - times[0] if n > 1 else float("nan")
+    return Run(
+        ttft_ms=(times[0] - t0) * 1000,
+        tokens=n,
+        decode_tps=(n - 1) / span if n > 1 else float("nan"),
+        total_ms=(times[-1] - t0) * 1000,
+        text="".join(texts),
+    )
+
+
+class Direct:
+    def __init__(self, path: Path, threads: int) -> None:
+        self.llm = llama_cpp.Llama(
+            model_path=str(path), n_ctx=N_CTX, n_threads=threads, n_threads_batch=threads,
+            n_gpu_layers=0, verbose=False,
+        )  # fmt: skip
+
+    async def __call__(self, prompt: str) -> Run:
+        """What the worker's engine thread does, minus NATS: fresh KV cache, greedy, one
+        detokenized piece per token, whole UTF-8 characters only."""
+        llm = self.llm
+        times: list[float] = []
+        texts: list[str] = []
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        t0 = time.perf_counter()
+        llm.set_seed(SEED)
+        llm.reset()
+        tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        gen = llm.generate(tokens, top_k=40, top_p=0.95, min_p=0.0, temp=0.0)
+        for n, token in enumerate(gen, start=1):
+            if llama_cpp.llama_vocab_is_eog(vocab, token):
+                break
+            text = utf8.decode(llm.detokenize([token]))
+            if text:
+                times.append(time.perf_counter())
+                texts.append(text)
+            if n >= MAX_TOKENS:
+                break
+        return _run(t0, times, texts)
+
+
+class Peer:
+    """llama-cpp-python's own OpenAI-compatible server, the natural alternative to llorch."""
+
+    def __init__(self, path: Path, threads: int, log: Path) -> None:
+        self.port = free_port()
+        cmd = [
+            sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--host", "127.0.0.1",
+            "--port", str(self.port), "--n_ctx", str(N_CTX), "--n_threads", str(threads),
+            "--n_threads_batch", str(threads), "--n_gpu_layers", "0", "--verbose", "False",
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+        self.http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=120)
+
+    async def wait_ready(self) -> None:
+        for _ in range(600):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"llama_cpp.server exited with {self.proc.returncode}")
+            try:
+                if (await self.http.get("/v1/models")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+        raise RuntimeError("llama_cpp.server did not come up")
+
+    async def __call__(self, prompt: str) -> Run:
+        body = {
+            "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0.0, "seed": SEED,
+            "stream": True, "repeat_penalty": 1.0, "min_p": 0.0,
+        }  # fmt: skip
+        times: list[float] = []
+        texts: list[str] = []
+        t0 = time.perf_counter()
+        async with self.http.stream("POST", "/v1/completions", json=body) as resp:
+            async for line in resp.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                text = json.loads(line[6:])["choices"][0]["text"]
+                if text:
+                    times.append(time.perf_counter())
+                    texts.append(text)
+        return _run(t0, times, texts)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        self.proc.terminate()
+        self.proc.wait(timeout=15)
+
+
+class Llorch:
+    def __init__(self, nc: nats.NATS) -> None:
+        self.nc = nc
+
+    async def __call__(self, prompt: str) -> Run:
+        request = GenerateRequest(
+            model=MODEL, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0.0, seed=SEED
+        )
+        times: list[float] = []
+        texts: list[str] = []
+        t0 = time.perf_counter()
+        async with contextlib.aclosing(client.stream(self.nc, request, stall_s=60)) as events:
+            async for event in events:
+                if isinstance(event, Token) and event.text:
+                    times.append(time.perf_counter())
+                    texts.append(event.text)
+                elif isinstance(event, Error):
+                    raise RuntimeError(f"llorch job failed: {event.code}: {event.message}")
+                elif isinstance(event, End):
+                    run = _run(t0, times, texts)
+                    run.engine_ttft_ms = event.ttft_ms
+                    return run
+        raise RuntimeError("stream ended without a terminal event")
+
+
+Path_ = Callable[[str], Awaitable[Run]]
+
+
+async def measure(args: argparse.Namespace) -> dict[str, object]:
+    path = model_path()
+    tmp = Path(tempfile.mkdtemp(prefix="llorch-bench-"))
+    stack = start_stack(tmp, ["--keep-alive", "0"], ["--worker-threads", str(args.threads)])
+    (tmp / "logs").mkdir(exist_ok=True)
+    peer = Peer(path, args.threads, tmp / "logs" / "peer.log")
+    direct = Direct(path, args.threads)
+    try:
+        await stack.wait_for_pool(POOL_ID)
+        nc = await connect(stack)
+        await peer.wait_ready()
+        paths: dict[str, Path_] = {"direct": direct, "peer": peer, "llorch": Llorch(nc)}
+        prompts = [p for pair in zip(SHORT, LONG, strict=True) for p in pair]
+        runs: dict[str, list[Run]] = {name: [] for name in paths}
+        kinds: list[str] = []
+        for i in range(args.warmup + args.rounds):
+            prompt = prompts[i % len(prompts)]
+            for name, run in paths.items():  # A B C, A B C ...
+                result = await run(prompt)
+                if i >= args.warmup:
+                    runs[name].append(result)
+            if i >= args.warmup:
+                kinds.append("short" if prompt in SHORT else "long")
+            print(f"\rround {i + 1}/{args.warmup + args.rounds}", end="", file=sys.stderr)
+        print(file=sys.stderr)
+        await nc.close()
+    finally:
+        await peer.close()
+        stack.stop()
+    return report(runs, kinds, args)
+
+
+def _paired(a: list[Run], b: list[Run], field: str, op: str) -> list[float]:
+    out = []
+    for x, y in zip(a, b, strict=True):
+        u, v = getattr(x, field), getattr(y, field)
+        out.append(u - v if op == "-" else u / v)
+    return out
+
+
+def report(runs: dict[str, list[Run]], kinds: list[str], args: argparse.Namespace) -> dict:
+    d, p, o = runs["direct"], runs["peer"], runs["llorch"]
+    same_text = sum(x.text == y.text == z.text for x, y, z in zip(d, p, o, strict=True))
+    paths = {}
+    for name, rs in runs.items():
+        by_kind = {
+            k: [r.ttft_ms for r, k2 in zip(rs, kinds, strict=True) if k2 == k] for k in kinds
+        }
+        paths[name] = {
+            "ttft_ms": summary([r.ttft_ms for r in rs]),
+            "ttft_short_ms": summary(by_kind["short"]),
+            "ttft_long_ms": summary(by_kind["long"]),
+            "decode_tps": summary([r.decode_tps for r in rs]),
+            "tokens": summary([r.tokens for r in rs]),
+            "ttft_samples_ms": [r.ttft_ms for r in rs],
+        }  # fmt: skip
+    paired = {
+        "ttft_llorch_minus_direct_ms": summary(_paired(o, d, "ttft_ms", "-")),
+        "ttft_llorch_over_peer": summary(_paired(o, p, "ttft_ms", "/")),
+        "ttft_peer_minus_direct_ms": summary(_paired(p, d, "ttft_ms", "-")),
+        # same job, same run: client-seen TTFT minus the worker's own (execute -> 1st token)
+        "llorch_client_minus_engine_ttft_ms": summary([r.ttft_ms - r.engine_ttft_ms for r in o]),
+        "tps_llorch_over_direct": summary(_paired(o, d, "decode_tps", "/")),
+        "tps_llorch_over_peer": summary(_paired(o, p, "decode_tps", "/")),
+    }
+    return {
+        "config": {
+            "rounds": args.rounds, "warmup": args.warmup, "threads": args.threads,
+            "max_tokens": MAX_TOKENS, "seed": SEED, "n_ctx": N_CTX, "label": args.label,
+        },
+        "identical_text_rounds": same_text,
+        "paths": paths,
+        "paired": paired,
+    }  # fmt: skip
+
+
+def print_tables(res: dict) -> None:
+    rows = []
+    for name, r in res["paths"].items():
+        t, s, lg, tps = r["ttft_ms"], r["ttft_short_ms"], r["ttft_long_ms"], r["decode_tps"]
+        rows.append(
+            [name, t["p50"], t["p95"], t["p99"], s["p50"], lg["p50"], tps["p50"], tps["mean"]]
+        )
+    print(
+        f"identical text on all three paths: {res['identical_text_rounds']}"
+        f"/{res['config']['rounds']} rounds"
+    )
+    print(table(
+        ["path", "TTFT p50 ms", "p95", "p99", "short p50", "long p50", "tok/s p50", "tok/s mean"],
+        rows,
+    ))  # fmt: skip
+    print()
+    pr = [[k, v["p50"], v["p95"], v["p99"], v["mean"]] for k, v in res["paired"].items()]
+    print(table(["paired (per round)", "p50", "p95", "p99", "mean"], pr))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=40, help="measured rounds (one prompt each)")
+    ap.add_argument("--warmup", type=int, default=4, help="discarded rounds")
+    ap.add_argument("--threads", type=int, default=1, help="engine threads on every path")
+    ap.add_argument("--label", default="", help="stored with the results (e.g. before/after)")
+    ap.add_argument("--out", default="overhead", help="results file name under bench/results")
+    args = ap.parse_args()
+    use_uvloop()
+    res = asyncio.run(measure(args))
+    path = write_results(args.out, res)
+    print(f"results: {path}", file=sys.stderr)
+    print_tables(res)
+
+
+if __name__ == "__main__":
+    main()
