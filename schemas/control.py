@@ -112,3 +112,4 @@ class JobStatus(Message, tag="job_status"):
     tokens_in: int = 0
     tokens_out: int = 0
     code: ErrorCode | None = None  # when failed
+    ttft_ms: float | None = None  # on finished/failed: job start on the worker to first token
