@@ -12,10 +12,14 @@ import llama_cpp  # noqa: F401  (see the docstring: before nats)
 
 from llorch_worker.cli import parse_args
 from llorch_worker.service import Worker
+from schemas import observe
 
 
 def main() -> int:
-    return asyncio.run(Worker(parse_args()).run())
+    cfg = parse_args()
+    ids = {"llorch.worker.id": cfg.worker_id, "llorch.pool.id": cfg.pool_id}
+    observe.setup("llorch-worker", **ids)  # metrics: OTLP only (no port: workers come and go)
+    return asyncio.run(Worker(cfg).run())
 
 
 if __name__ == "__main__":

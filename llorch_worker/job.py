@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from nats.aio.client import Client
+from opentelemetry import trace
 
+from llorch_worker import telemetry
 from llorch_worker.engine import Engine, Failed, Finished, Item, Outcome
 from llorch_worker.jobstate import JobState
 from schemas import (
@@ -22,6 +24,7 @@ from schemas import (
     Subjects,
     Token,
     encode,
+    tracing,
 )
 
 StatusState = Literal["started", "progress", "finished", "failed"]
@@ -40,11 +43,14 @@ class JobContext:
 
 
 class Job:
-    def __init__(self, ctx: JobContext, execute: Execute, headers: dict[str, str] | None) -> None:
+    def __init__(self, ctx: JobContext, execute: Execute, span: trace.Span) -> None:
         self.ctx = ctx
         self.execute = execute
         self.job_id = execute.job_id
-        self._headers = headers or None  # trace context rides on every event of the job
+        self.span = span  # the job's `execute` span, ended with the job
+        # computed once: every event and status of the job carries the execute span's context
+        self.headers = tracing.inject(None, trace.set_span_in_context(span))
+        self._started_ns = time.time_ns()  # unix time of `started_at`, for span timestamps
         self._state = JobState(execute, ctx.progress_interval, started_at=time.monotonic())
         self._cancel = threading.Event()
         self._cancel_reason = ""
@@ -59,6 +65,14 @@ class Job:
             self._cancel.set()
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        except Exception as exc:
+            self.span.record_exception(exc)
+            self.span.end()
+            raise
+
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[Item] = asyncio.Queue()
 
@@ -104,6 +118,21 @@ class Job:
             await self._status("finished", seq, tokens_in)
         else:
             await self._status("failed", seq, tokens_in, code)
+        self._record(code, tokens_in)
+
+    def _first_token_ms(self) -> float | None:
+        s = self._state
+        return None if s.first_token_at is None else (s.first_token_at - s.started_at) * 1000.0
+
+    def _record(self, code: ErrorCode | None, tokens_in: int) -> None:
+        start, ttft_ms = self._started_ns, self._first_token_ms()
+        first = None if ttft_ms is None else start + int(ttft_ms * 1e6)
+        outcome = "finished" if code is None else "failed"
+        if code == ErrorCode.CANCELLED:
+            outcome = "cancelled"
+        times = (start, first, time.time_ns())
+        counts = (tokens_in, self._state.tokens_out)
+        telemetry.job_ended(self.span, self.execute.model, outcome, code, counts, times)
 
     def _terminal(self, outcome: Outcome, seq: int) -> tuple[End | Error, ErrorCode | None]:
         now = time.monotonic()
@@ -137,7 +166,7 @@ class Job:
             self.execute.stream,
             encode(event),
             reply=self._probe_reply if probe else "",
-            headers=self._headers,
+            headers=self.headers,
         )
 
     async def _status(
@@ -155,5 +184,6 @@ class Job:
             tokens_in=tokens_in,
             tokens_out=self._state.tokens_out,
             code=code,
+            ttft_ms=self._first_token_ms() if state in ("finished", "failed") else None,
         )
-        await self.ctx.nc.publish(self._status_subject, encode(status), headers=self._headers)
+        await self.ctx.nc.publish(self._status_subject, encode(status), headers=self.headers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import logging
 import os
 import signal
 import sys
@@ -14,8 +15,10 @@ from nats.aio.msg import Msg
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
+from opentelemetry import trace
+from opentelemetry.context import Context
 
-from llorch_worker import memory
+from llorch_worker import memory, telemetry
 from llorch_worker.cli import WorkerConfig
 from llorch_worker.engine import Engine, Loaded, LoadFailed
 from llorch_worker.inbound import parse_cancel, parse_execute
@@ -29,7 +32,10 @@ from schemas import (
     WorkerFailed,
     WorkerReady,
     encode,
+    tracing,
 )
+
+log = logging.getLogger("llorch.worker")
 
 EXIT_OK = 0
 EXIT_LOAD_FAILED = 3
@@ -53,6 +59,7 @@ class Worker:
         self._draining = False
         self._stopped = asyncio.Event()
         self._gpu_before = 0  # device memory in use before our load (GPU workers)
+        self._load_context = Context()  # the load span's, once loading began
 
     async def run(self) -> int:
         """Exit status of the process: 0 after a drain, 3 when the model could not be loaded."""
@@ -81,6 +88,17 @@ class Worker:
 
     async def _load(self, nc: Client) -> Loaded | None:
         cfg = self.cfg
+        span = telemetry.load_span(cfg.worker_id, cfg.model, cfg.device)
+        self._load_context = trace.set_span_in_context(span)  # `ready` carries it
+        with trace.use_span(span, end_on_exit=True):
+            loaded = await self._load_model(nc)
+            if loaded is not None:
+                telemetry.load.record(loaded.load_ms / 1000, {"model": cfg.model})
+                span.set_attribute("llorch.load_ms", loaded.load_ms)
+            return loaded
+
+    async def _load_model(self, nc: Client) -> Loaded | None:
+        cfg = self.cfg
         try:
             # What the device held before we came, for when NVML cannot see our pid.
             self._gpu_before = memory.gpu_used_bytes(cfg.device) if cfg.gpu else 0
@@ -97,7 +115,10 @@ class Worker:
                 message=repr(exc),
             )
         print(f"llorch-worker {cfg.worker_id}: {failed.code}: {failed.message}", file=sys.stderr)
-        await nc.publish(self.subjects.ready(cfg.worker_id), encode(failed))
+        trace.get_current_span().set_status(trace.StatusCode.ERROR, failed.code)
+        await nc.publish(
+            self.subjects.ready(cfg.worker_id), encode(failed), headers=tracing.inject()
+        )
         await nc.flush()
         return None
 
@@ -147,7 +168,8 @@ class Worker:
             layers_total=loaded.layers_total,
             load_ms=loaded.load_ms,
         )
-        await nc.publish(self.subjects.ready(cfg.worker_id), encode(ready))
+        headers = tracing.inject(None, self._load_context)
+        await nc.publish(self.subjects.ready(cfg.worker_id), encode(ready), headers=headers)
         await nc.flush()
 
     def _install_signals(self) -> None:
@@ -167,14 +189,24 @@ class Worker:
         except ProtocolError as exc:
             await req.respond(encode(Error(code=exc.code, message=exc.message)))
             return
+        cfg = self.cfg
+        span = telemetry.execute_span(
+            req.subject, req.headers, **{tracing.JOB_ID: execute.job_id, tracing.MODEL: cfg.model,
+            tracing.WORKER_ID: cfg.worker_id, tracing.POOL_ID: cfg.pool_id,
+            tracing.DEVICE: cfg.device, tracing.CONVERSATION_ID: execute.job_id},
+        )  # fmt: skip
         running = self._job
         if running is not None or self._draining:
             why = f"running job {running.job_id}" if running else "draining"
             busy = Error(code=ErrorCode.WORKER_BUSY, message=why, retriable=True)
-            await req.respond(encode(busy))
+            span.set_status(trace.StatusCode.ERROR, ErrorCode.WORKER_BUSY)
+            span.end()
+            await req.respond(
+                encode(busy), headers=tracing.inject(None, trace.set_span_in_context(span))
+            )
             return
-        job = self._job = Job(self._ctx, execute, req.headers)
-        await req.respond(encode(Ack()))
+        job = self._job = Job(self._ctx, execute, span)
+        await req.respond(encode(Ack()), headers=job.headers)
         self._job_task = asyncio.create_task(self._run_job(job))
 
     async def _run_job(self, job: Job) -> None:
@@ -182,24 +214,29 @@ class Worker:
             await job.run()
         except Exception as exc:  # e.g. the connection failed mid-stream: keep serving
             job.cancel(f"worker error: {exc!r}")  # free the engine for the next job
-            print(f"llorch-worker: job {job.job_id} failed: {exc!r}", file=sys.stderr)
+            log.warning("job %s failed: %r", job.job_id, exc, extra={"job_id": job.job_id})
         finally:
             self._job = None
             if self._draining:
                 self._stopped.set()
 
     async def _on_cancel(self, req: Request) -> None:
+        span = tracing.serving(
+            telemetry.tracer, req.subject, req.headers, worker=self.cfg.worker_id
+        )
+        with trace.use_span(span, end_on_exit=True):
+            await req.respond(encode(self._cancel(req.data)), headers=tracing.inject())
+
+    def _cancel(self, data: bytes) -> Ack | Error:
         try:
-            cancel = parse_cancel(req.data)
+            cancel = parse_cancel(data)
         except ProtocolError as exc:
-            await req.respond(encode(Error(code=exc.code, message=exc.message)))
-            return
+            return Error(code=exc.code, message=exc.message)
         job = self._job
         if job is None or job.job_id != cancel.job_id or job.ended:
-            await req.respond(encode(Ack(detail="not running")))
-            return
+            return Ack(detail="not running")
         job.cancel("cancelled by request")
-        await req.respond(encode(Ack(detail="cancelling")))
+        return Ack(detail="cancelling")
 
     async def _on_probe_reply(self, msg: Msg) -> None:
         """A no-responders status for a probe means the client's inbox has no subscriber."""
