@@ -23,8 +23,9 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.micro.request import Request
 from nats.micro.service import Service
+from opentelemetry import trace
 
-from llorch_pool import catalog, registry, spawn_checks, supervisor
+from llorch_pool import catalog, registry, spawn_checks, supervisor, telemetry
 from llorch_pool.inventory import Inventory
 from llorch_pool.registry import WorkerRecord
 from schemas import (
@@ -43,6 +44,7 @@ from schemas import (
     check_id,
     decoder,
     encode,
+    tracing,
 )
 from schemas.connect import Credentials
 
@@ -92,6 +94,9 @@ class PoolService:
         self._seq = 0
         self._service: Service | None = None
         self._snapshot_sub: Subscription | None = None
+        self._spawned_at: dict[str, float] = {}  # monotonic spawn time of workers not yet ready
+        self.last_beat: telemetry.Snapshot | None = None  # what the gauges report
+        telemetry.observe(lambda: self.last_beat)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -180,11 +185,21 @@ class PoolService:
             models=models,
         )
         await self.nc.publish(self.subjects.heartbeat(self.config.pool_id), encode(beat))
+        self.last_beat = (beat, registry.bytes_by_device(self.workers, loading_only=False))
         self.workers = registry.after_heartbeat(self.workers)
 
     # --- request endpoints -----------------------------------------------------------------
 
     async def _respond(self, request: Request, handle: Callable[[bytes], Awaitable[Ack]]) -> None:
+        span = tracing.serving(
+            telemetry.tracer, request.subject, request.headers, pool=self.config.pool_id
+        )
+        with trace.use_span(span, end_on_exit=True):  # the reply carries the span's context
+            await self._respond_in_span(request, handle)
+
+    async def _respond_in_span(
+        self, request: Request, handle: Callable[[bytes], Awaitable[Ack]]
+    ) -> None:
         """Every request gets exactly one reply: an Ack, or an Error with a stable code (also
         in the micro-service error headers, for stock NATS tooling)."""
         try:
@@ -195,9 +210,11 @@ class PoolService:
             log.exception("request on %s failed", request.subject)
             error = Error(code=ErrorCode.INTERNAL, message=repr(exc))
         else:
-            await request.respond(encode(reply))
+            await request.respond(encode(reply), headers=tracing.inject())
             return
-        await request.respond_error(str(error.code), error.message, data=encode(error))
+        trace.get_current_span().set_status(trace.StatusCode.ERROR, error.code)
+        headers = tracing.inject()
+        await request.respond_error(str(error.code), error.message, encode(error), headers)
 
     async def _handle_spawn(self, request: Request) -> None:
         await self._respond(request, self._spawn)
@@ -226,6 +243,8 @@ class PoolService:
             n_ctx=req.n_ctx,
             device=device.index,
             device_kind=device.kind,
+            # the worker's load span joins the trace of the spawn (and of the job behind it)
+            trace_env={k.upper(): v for k, v in (tracing.inject() or {}).items()},
         )
         return await self._launch(launch, model.size_bytes)
 
@@ -250,6 +269,7 @@ class PoolService:
         self._procs[worker_id] = proc
         self._ready_subs[worker_id] = sub
         self._reapers[worker_id] = asyncio.create_task(self._reap(worker_id, proc))
+        self._spawned_at[worker_id] = time.monotonic()
         log.info("spawned worker %s (pid %d) for %s", worker_id, proc.pid, launch.model)
         self._mark_changed()
         return Ack(detail=str(proc.pid))
@@ -287,6 +307,7 @@ class PoolService:
             updated = registry.on_failed(record, f"{event.code}: {event.message}")
         if updated != record:
             self.workers[worker_id] = updated
+            self._spawn_done(worker_id, updated.state)
             await self._drop_ready_sub(worker_id)
             self._mark_changed()
 
@@ -295,8 +316,15 @@ class PoolService:
         if sub is not None:
             await sub.unsubscribe()
 
+    def _spawn_done(self, worker_id: str, outcome: str) -> None:
+        started = self._spawned_at.pop(worker_id, None)
+        if started is not None:
+            labels = {"model": self.workers[worker_id].model, "outcome": outcome}
+            telemetry.spawn_duration.record(time.monotonic() - started, labels)
+
     async def _reap(self, worker_id: str, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
+        self._spawn_done(worker_id, "exited")  # died before it was ready
         del self._procs[worker_id]
         del self._reapers[worker_id]
         self.workers[worker_id] = registry.on_exit(self.workers[worker_id], code)

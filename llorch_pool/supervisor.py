@@ -17,6 +17,7 @@ from pathlib import Path
 
 from schemas.connect import without_credentials
 from schemas.control import DeviceKind
+from schemas.observe import METRICS_PORT_ENV
 
 _PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
@@ -44,6 +45,7 @@ class Launch:
     n_ctx: int
     device: int
     device_kind: DeviceKind
+    trace_env: Mapping[str, str] = field(default_factory=dict)  # TRACEPARENT of the spawn
 
 
 def worker_argv(settings: PoolSettings, launch: Launch, python: str = sys.executable) -> list[str]:
@@ -82,6 +84,8 @@ def worker_env(
     worker identity's credentials (env, never argv) and never inherits the pool's own."""
     env = without_credentials(base)
     env.update(credentials)
+    for name in (METRICS_PORT_ENV, "TRACEPARENT", "TRACESTATE"):  # the pool's, not the worker's
+        env.pop(name, None)
     env["CUDA_VISIBLE_DEVICES"] = str(index) if kind == "gpu" else ""
     return env
 
@@ -100,10 +104,12 @@ def _die_with_pool() -> None:
 async def start_worker(settings: PoolSettings, launch: Launch) -> asyncio.subprocess.Process:
     """Raises OSError when the process cannot be created."""
     settings.log_dir.mkdir(parents=True, exist_ok=True)
+    env = worker_env(os.environ, launch.device_kind, launch.device, settings.credentials_env)
+    env.update(launch.trace_env)
     with log_path(settings, launch.worker_id).open("ab") as log:
         return await asyncio.create_subprocess_exec(
             *worker_argv(settings, launch),
-            env=worker_env(os.environ, launch.device_kind, launch.device, settings.credentials_env),
+            env=env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=log,
             stderr=log,
