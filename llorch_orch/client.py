@@ -30,6 +30,7 @@ from schemas import (
     Subjects,
     decoder,
     encode,
+    tracing,
 )
 from schemas.connect import Credentials
 
@@ -60,6 +61,7 @@ async def stream(
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
     try:
+        headers = tracing.inject(headers)  # the caller's trace continues in the orchestrator
         await nc.publish(subjects.generate, encode(request), reply=inbox, headers=headers)
         last_seq = -1
         while True:

@@ -8,7 +8,7 @@ import signal
 
 import nats
 
-from schemas import Subjects
+from schemas import Subjects, observe
 from schemas.connect import Credentials
 
 from . import batch
@@ -24,8 +24,9 @@ async def serve(
     subjects: Subjects,
     batch_cfg: batch.BatchConfig | None = None,
     credentials: Credentials | None = None,
+    metrics_port: int | None = None,
 ) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    observe.setup("llorch-orchestrator", metrics_port)
     credentials = credentials or Credentials()
     log.info("connecting to %s as %s", nats_url, credentials.describe())
     nc = await nats.connect(

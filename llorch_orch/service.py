@@ -8,10 +8,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.micro import add_service
 from nats.micro.request import Request
+from opentelemetry import trace
+from opentelemetry.context import Context
 
 import schemas
 from schemas import (
@@ -30,11 +33,14 @@ from schemas import (
     WorkerReady,
     decoder,
     encode,
+    new_id,
+    tracing,
 )
 
 from .core import CancelOnWorker, Command, Core, Emit, SendExecute, Spawn, Stop
 from .core import events as ev
 from .core.report import cluster_state, models
+from .telemetry import Telemetry, tracer
 
 log = logging.getLogger("llorch.orch")
 
@@ -62,6 +68,7 @@ class OrchestratorService:
         self.core = core
         self.subjects = subjects or Subjects()
         self.clock = clock
+        self.telemetry = Telemetry(core)
         self._lock = asyncio.Lock()  # one handle+execute at a time keeps command order
         self._wake = asyncio.Event()
         self._inbox = f"{nc.new_inbox()}.exec"
@@ -87,7 +94,8 @@ class OrchestratorService:
             ("state", s.state, self._on_state),
             ("models", s.models, self._on_models),
         ):
-            await service.add_endpoint(name=name, subject=subject, handler=handler)
+            await service.add_endpoint(name=name, subject=subject, handler=_traced(handler))
+        self.telemetry.observe(asyncio.get_running_loop())
         self._timer = asyncio.create_task(self._timer_loop())
         await self.nc.publish(s.snapshot_request, encode(SnapshotRequest()))
 
@@ -100,36 +108,62 @@ class OrchestratorService:
     # ---- feeding the core ----------------------------------------------------------------
     async def _feed(self, event: ev.Event) -> None:
         async with self._lock:
-            commands = self.core.handle(event)
-            for command in commands:
-                await self._execute(command)
+            await self._carry_out(self.core.handle(event), event)
         self._wake.set()
+
+    async def _carry_out(self, commands: list[Command], event: ev.Event | None) -> None:
+        for command in commands:
+            await self._execute(command)
+        self.telemetry.carried_out(commands, event, self.clock())
 
     async def _execute(self, command: Command) -> None:
         match command:
-            case Emit(subject=subject, event=event):
-                await self.nc.publish(subject, encode(event))
-            case SendExecute(worker_id=worker_id, execute=execute, attempt=attempt, trace=trace):
+            case Emit(subject=subject, event=event, job_id=job_id):
+                headers = self.telemetry.headers(job_id)
+                await self.nc.publish(subject, encode(event), headers=headers)
+            case SendExecute(worker_id=worker_id, execute=execute, attempt=attempt):
                 reply = f"{self._inbox}.{execute.job_id}.{attempt}.{worker_id}"
                 subject = self.subjects.execute(worker_id)
-                await self.nc.publish(subject, encode(execute), reply=reply, headers=trace)
-            case Spawn(pool_id=pool_id, request=request):
-                self._background(self._spawn(pool_id, request))
+                headers = self.telemetry.dispatched(command, subject, self.clock())
+                await self.nc.publish(subject, encode(execute), reply=reply, headers=headers)
+            case Spawn(pool_id=pool_id, request=request, job_id=job_id):
+                self._background(self._spawn(pool_id, request, self.telemetry.context(job_id)))
             case Stop(pool_id=pool_id, request=request, reason=reason):
                 log.info("stopping worker %s (%s)", request.worker_id, reason)
-                self._background(self._request(self.subjects.stop(pool_id), request))
+                subject = self.subjects.stop(pool_id)
+                self._background(self._request(subject, request, Context(), pool=pool_id))
             case CancelOnWorker(worker_id=worker_id, job_id=job_id):
                 subject = self.subjects.worker_cancel(worker_id)
-                self._background(self._request(subject, CancelRequest(job_id=job_id)))
+                parent = self.telemetry.context(job_id)
+                cancel = CancelRequest(job_id=job_id)
+                self._background(self._request(subject, cancel, parent, worker=worker_id))
 
     def _background(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _request(self, subject: str, message: object) -> Ack | Error:
+    async def _request(
+        self, subject: str, message: object, parent: Context, **ids: str
+    ) -> Ack | Error:
+        """A control request in its CLIENT span (child of `parent`); `ids` name the subject's
+        id tokens for the span name."""
+        name = tracing.template(subject, **ids)
+        attrs = tracing.messaging("send", subject, name)
+        span = tracer.start_span(tracing.span_name("send", name), parent, tracing.CLIENT, attrs)
+        with trace.use_span(span, end_on_exit=True):
+            reply = await self._request_once(subject, message, tracing.inject())
+            if isinstance(reply, Error):
+                span.set_status(trace.StatusCode.ERROR, reply.code)
+        return reply
+
+    async def _request_once(
+        self, subject: str, message: object, headers: dict[str, str] | None
+    ) -> Ack | Error:
         try:
-            msg = await self.nc.request(subject, encode(message), timeout=CONTROL_TIMEOUT_S)
+            msg = await self.nc.request(
+                subject, encode(message), timeout=CONTROL_TIMEOUT_S, headers=headers
+            )
             reply: Ack | Error = _reply(msg.data)
         except ProtocolError as exc:
             return Error(code=exc.code, message=exc.message)
@@ -137,8 +171,9 @@ class OrchestratorService:
             return Error(code=ErrorCode.INTERNAL, message=f"{subject}: {exc!r}")
         return reply
 
-    async def _spawn(self, pool_id: str, request: schemas.SpawnRequest) -> None:
-        reply = await self._request(self.subjects.spawn(pool_id), request)
+    async def _spawn(self, pool_id: str, request: schemas.SpawnRequest, parent: Context) -> None:
+        subject = self.subjects.spawn(pool_id)
+        reply = await self._request(subject, request, parent, pool=pool_id)
         if isinstance(reply, Error):
             log.warning("spawn of %s on %s refused: %s", request.worker_id, pool_id, reply.message)
             refused = ev.SpawnRefused(self.clock(), request.worker_id, reply.code, reply.message)
@@ -169,10 +204,21 @@ class OrchestratorService:
         await self.submit(request, msg.reply, msg.headers)
 
     async def submit(
-        self, request: GenerateRequest, reply_to: str, trace: dict[str, str] | None = None
+        self,
+        request: GenerateRequest,
+        reply_to: str,
+        headers: dict[str, str] | None = None,
+        subject: str | None = None,
     ) -> None:
-        """Admit a job whose events go to `reply_to` (interactive clients and the batch runner)."""
-        await self._feed(ev.Submit(self.clock(), request, reply_to, trace))
+        """Admit a job whose events go to `reply_to` (interactive clients and the batch runner).
+
+        `headers` of the message that brought it carry the sender's trace context, `subject`
+        (default: the generate subject) names the job's span."""
+        if request.job_id is None:  # named here, so the shell can follow the job's span
+            request = msgspec.structs.replace(request, job_id=new_id("job"))
+        now = self.clock()
+        carried = self.telemetry.submitted(request, subject or self.subjects.generate, headers, now)
+        await self._feed(ev.Submit(now, request, reply_to, carried))
 
     async def _on_heartbeat(self, msg: Msg) -> None:
         await self._decode_and_feed(
@@ -194,9 +240,13 @@ class OrchestratorService:
         await self._decode_and_feed(
             msg,
             _status,
-            lambda s: ev.StatusSeen(self.clock(), s),
+            self._status_seen,
             lambda s: self.subjects.job_status(s.job_id),
         )
+
+    def _status_seen(self, status: JobStatus) -> ev.Event:
+        self.telemetry.status(status)  # its token counts, for the job's span and metrics
+        return ev.StatusSeen(self.clock(), status)
 
     async def _decode_and_feed(
         self,
@@ -239,26 +289,41 @@ class OrchestratorService:
         try:
             job_id = _cancel(req.data).job_id
         except ProtocolError as exc:
-            await req.respond(encode(Error(code=exc.code, message=exc.message)))
+            await _respond(req, Error(code=exc.code, message=exc.message))
             return
         async with self._lock:
             reply, commands = self.core.cancel(self.clock(), job_id)
-            for command in commands:
-                await self._execute(command)
-        await req.respond(encode(reply))
+            await self._carry_out(commands, None)
+        await _respond(req, reply)
 
     async def _on_job_get(self, req: Request) -> None:
         try:
             job_id = _job_get(req.data).job_id
         except ProtocolError as exc:
-            await req.respond(encode(Error(code=exc.code, message=exc.message)))
+            await _respond(req, Error(code=exc.code, message=exc.message))
             return
         info = self.core.job_info(job_id)
         reply = info or Error(code=ErrorCode.NOT_FOUND, message=f"no job {job_id}")
-        await req.respond(encode(reply))
+        await _respond(req, reply)
 
     async def _on_state(self, req: Request) -> None:
-        await req.respond(encode(cluster_state(self.core, self.clock())))
+        await _respond(req, cluster_state(self.core, self.clock()))
 
     async def _on_models(self, req: Request) -> None:
-        await req.respond(encode(models(self.core)))
+        await _respond(req, models(self.core))
+
+
+def _traced(handler: Callable[[Request], Awaitable[None]]) -> Callable[[Request], Awaitable[None]]:
+    """An API handler in a SERVER span, child of the request's trace context."""
+
+    async def serve(req: Request) -> None:
+        span = tracing.serving(tracer, req.subject, req.headers)
+        with trace.use_span(span, end_on_exit=True):
+            await handler(req)
+
+    return serve
+
+
+async def _respond(req: Request, message: object) -> None:
+    """Reply with the current span's context (a reply carries no headers of its own)."""
+    await req.respond(encode(message), headers=tracing.inject())
