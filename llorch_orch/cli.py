@@ -12,8 +12,20 @@ import time
 from pathlib import Path
 
 from nats.aio.client import Client
+from opentelemetry import trace
 
-from schemas import DEFAULT_PREFIX, End, Error, GenerateRequest, Queued, Started, Subjects, Token
+from schemas import (
+    DEFAULT_PREFIX,
+    End,
+    Error,
+    GenerateRequest,
+    Queued,
+    Started,
+    Subjects,
+    Token,
+    observe,
+    tracing,
+)
 from schemas.connect import Credentials, add_arguments
 
 from . import client, natsconf, settings
@@ -53,7 +65,16 @@ def _stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pool-id", default=default_pool_id())
     p.add_argument("--cpu", action="store_true", help="run workers on the CPU even with GPUs")
     p.add_argument("--cpu-memory-bytes", type=int, help="cap the CPU device's capacity")
+    _metrics_arg(p, "orchestrator on PORT, pool on PORT+1")
+    p.add_argument("--trace-console", action="store_true", help="print spans to the logs")
     settings.add_arguments(p)
+
+
+def _metrics_arg(p: argparse.ArgumentParser, where: str) -> None:
+    p.add_argument(
+        "--metrics-port", type=int, default=observe.metrics_port_default(),
+        help=f"Prometheus metrics on 127.0.0.1 ({where}; default ${observe.METRICS_PORT_ENV})",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch_cli.add_parser(sub, _common)
     orch = sub.add_parser("orch", help="run the orchestrator alone")
     _common(orch)
+    _metrics_arg(orch, "PORT")
     settings.add_arguments(orch)
     conf = sub.add_parser("nats-config", help="write a server config and seeds per role")
     conf.add_argument("--out", type=Path, required=True, help="dir for nats.conf and creds/")
@@ -103,6 +125,10 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:2] == ["models", "add"]:
         os.execv(sys.executable, [sys.executable, "-m", "llorch_pool", *argv])
     args = build_parser().parse_args(argv)
+    if getattr(args, "trace_console", False):  # children inherit it through the environment
+        os.environ["OTEL_TRACES_EXPORTER"] = "console"
+    if args.command in ("generate", "run"):
+        tracing.setup_tracing("llorch-cli")
     _use_uvloop()
     try:
         code = asyncio.run(_dispatch(args))
@@ -129,7 +155,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
 
         cfg, batch_cfg = settings.from_args(args), load_batch(args.config)
         creds = Credentials.from_args(args, os.environ)
-        await serve(args.nats_url, cfg, Subjects(args.prefix), batch_cfg, creds)
+        await serve(args.nats_url, cfg, Subjects(args.prefix), batch_cfg, creds, args.metrics_port)
         return 0
     if args.command == "nats-config":
         return _nats_config(args)
@@ -203,6 +229,9 @@ async def _up(args: argparse.Namespace) -> int:
         pool += stack.seed_args(f"pool-{args.pool_id}")
         pool += stack.seed_args(f"worker-{args.pool_id}", "--worker-nkey-seed")
         orch = ["llorch_orch", "orch", *settings.to_args(args), *stack.seed_args("orchestrator")]
+        port = args.metrics_port  # explicit to each child (0 = off): they must not share one
+        orch += ["--metrics-port", str(port or 0)]
+        pool += ["--metrics-port", str(port + 1 if port else 0)]
         stack.spawn("orchestrator", orch)
         stack.spawn("pool", pool)
         hb = await stack.wait_for_pool(args.pool_id)
@@ -232,6 +261,17 @@ async def _wait_for_signal() -> None:
 
 
 async def _generate(nc: Client, args: argparse.Namespace) -> int:
+    """One generation in the CLI's CLIENT span: the root of the request's trace."""
+    subject = Subjects(args.prefix).generate
+    attrs = tracing.messaging("send", subject, subject, **{tracing.MODEL: args.model})
+    span = tracing.tracer("llorch.cli").start_span(
+        tracing.span_name("send", subject), kind=tracing.CLIENT, attributes=attrs
+    )
+    with trace.use_span(span, end_on_exit=True):  # client.stream injects its context
+        return await _print_generation(nc, args)
+
+
+async def _print_generation(nc: Client, args: argparse.Namespace) -> int:
     request = GenerateRequest(
         model=args.model,
         prompt=args.prompt,

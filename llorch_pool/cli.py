@@ -18,7 +18,7 @@ from llorch_pool import catalog
 from llorch_pool.inventory import Inventory
 from llorch_pool.paths import default_data_dir, default_pool_id, model_dirs
 from llorch_pool.service import PoolConfig, PoolService
-from schemas import DEFAULT_PREFIX, ProtocolError, check_id, connect
+from schemas import DEFAULT_PREFIX, ProtocolError, check_id, connect, observe
 
 CONNECT_WAIT_S = 30.0  # give up starting when NATS is unreachable this long
 log = logging.getLogger("llorch_pool")
@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cpu", action="store_true", help="report the CPU device even with GPUs")
     serve.add_argument("--cpu-memory-bytes", type=_positive_int, default=None)
     serve.add_argument("--worker-threads", type=_positive_int, default=None)
+    serve.add_argument(
+        "--metrics-port", type=int, default=observe.metrics_port_default(),
+        help=f"serve Prometheus metrics on 127.0.0.1:PORT (default ${observe.METRICS_PORT_ENV})",
+    )  # fmt: skip
     serve.add_argument(
         "--allow-model-dir", type=Path, action="append", default=[], metavar="DIR",
         help="also load model files from DIR (besides <data-dir>/models and the bundled one)",
@@ -161,7 +165,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.command == "serve":
+        observe.setup("llorch-pool", args.metrics_port)
+    else:
+        observe.setup_logging("llorch-pool")
     try:
         return _run(args)
     except ProtocolError as exc:
