@@ -33,6 +33,7 @@ def load(path: Path | None, overrides: dict[str, Any] | None = None) -> OrchConf
             default[key] = value
         else:
             raw[key] = value
+    raw.pop("batch", None)  # the [batch] table is llorch_orch.batch's (it checks its keys)
     _check_keys(raw, OrchConfig, "")
     for name, table in raw.get("models", {}).items():
         _check_keys(table, ModelConfig, f"models.{name}.")

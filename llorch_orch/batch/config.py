@@ -3,6 +3,7 @@ make. Defaults and sizing advice: docs/batch.md."""
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,9 @@ def load(path: Path | None) -> BatchConfig:
             raw = tomllib.loads(path.read_text()).get("batch", {})
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise BatchConfigError(f"cannot read config {path}: {exc}") from None
+    unknown = set(raw) - {f.name for f in dataclasses.fields(BatchConfig)}
+    if unknown:  # a misspelt key is an error, not a silent default
+        raise BatchConfigError(f"unknown config key(s) batch.{', batch.'.join(sorted(unknown))}")
     try:
         return msgspec.convert(raw, BatchConfig, strict=False)
     except msgspec.ValidationError as exc:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from llorch_orch import settings
 from llorch_orch.batch.collect import Collector, has_room, retry_delay, to_request
 from llorch_orch.batch.config import BatchConfig, BatchConfigError, load
 from llorch_orch.batch.lines import LineError, parse_line
@@ -137,6 +138,8 @@ def test_config_from_toml_and_its_sanity_checks(tmp_path: Path) -> None:
     cfg = load(path)
     assert cfg.ack_wait_s == 6 and cfg.keepalive_s == 2 and cfg.backoff_s == (1, 2)
     assert load(None) == BatchConfig()
-    path.write_text("[batch]\nmax_attempts = 10\nmax_deliver = 10\n")
-    with pytest.raises(BatchConfigError):
-        load(path)
+    assert settings.load(path).queue_capacity == 5  # the orchestrator leaves [batch] to us
+    for bad in ("max_attempts = 10\nmax_deliver = 10", "ack_wiat_s = 5"):
+        path.write_text(f"[batch]\n{bad}\n")
+        with pytest.raises(BatchConfigError):
+            load(path)
