@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if getattr(args, "trace_console", False):  # children inherit it through the environment
         os.environ["OTEL_TRACES_EXPORTER"] = "console"
-    if args.command in ("generate", "run"):
+    if args.command in ("generate", "run", "batch"):
         tracing.setup_tracing("llorch-cli")
     _use_uvloop()
     try:

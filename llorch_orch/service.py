@@ -209,15 +209,18 @@ class OrchestratorService:
         reply_to: str,
         headers: dict[str, str] | None = None,
         subject: str | None = None,
+        **ids: str,
     ) -> None:
         """Admit a job whose events go to `reply_to` (interactive clients and the batch runner).
 
         `headers` of the message that brought it carry the sender's trace context, `subject`
-        (default: the generate subject) names the job's span."""
+        (default: the generate subject) names the job's span, with its `ids` (`batch=...`)
+        templated out."""
         if request.job_id is None:  # named here, so the shell can follow the job's span
             request = msgspec.structs.replace(request, job_id=new_id("job"))
         now = self.clock()
-        carried = self.telemetry.submitted(request, subject or self.subjects.generate, headers, now)
+        subject = subject or self.subjects.generate
+        carried = self.telemetry.submitted(request, subject, headers, now, ids)
         await self._feed(ev.Submit(now, request, reply_to, carried))
 
     async def _on_heartbeat(self, msg: Msg) -> None:

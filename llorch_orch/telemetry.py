@@ -78,19 +78,25 @@ class Telemetry:
 
     # ---- jobs ----------------------------------------------------------------------------
     def submitted(
-        self, request: GenerateRequest, subject: str, headers: dict[str, str] | None, now: float
+        self,
+        request: GenerateRequest,
+        subject: str,
+        headers: dict[str, str] | None,
+        now: float,
+        ids: dict[str, str],
     ) -> dict[str, str] | None:
         """Start the job's span (child of the sender's context); returns the trace headers to
         carry onward. `request.job_id` is set. A duplicate id keeps the first job's record."""
         job_id = request.job_id
         assert job_id is not None
         labels = {"model": request.model, "priority": request.priority}
+        name = tracing.template(subject, **ids)
         span = tracer.start_span(
-            tracing.span_name("process", subject),
+            tracing.span_name("process", name),
             tracing.extract(headers),
             kind=tracing.CONSUMER,
             attributes=tracing.messaging(
-                "process", subject, subject,
+                "process", subject, name,
                 **{tracing.JOB_ID: job_id, tracing.CONVERSATION_ID: job_id,
                    tracing.MODEL: request.model, tracing.PRIORITY: request.priority},
             ),

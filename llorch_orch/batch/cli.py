@@ -12,6 +12,7 @@ from pathlib import Path
 from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import NoStreamResponseError
+from opentelemetry import trace
 
 from schemas import (
     BatchCancelReply,
@@ -23,6 +24,7 @@ from schemas import (
     decoder,
     encode,
     new_id,
+    tracing,
 )
 
 from .lines import LineError, parse_line
@@ -81,7 +83,9 @@ async def submit(nc: Client, subjects: Subjects, path: Path, batch: str | None, 
             if not text.strip():
                 continue
             job = parse_line(text, number, model)
-            headers = {"Nats-Msg-Id": msg_id(batch, job.custom_id)}
+            span = _send_span(subject, batch)  # each job's trace starts at its publish
+            context = trace.set_span_in_context(span)
+            headers = tracing.inject({"Nats-Msg-Id": msg_id(batch, job.custom_id)}, context)
             if isinstance(job, LineError):
                 print(job.message, file=sys.stderr)
                 bad += 1
@@ -89,6 +93,7 @@ async def submit(nc: Client, subjects: Subjects, path: Path, batch: str | None, 
                 ack = await js.publish(subject, text.encode()[:4096], headers=headers)
             else:
                 ack = await js.publish(subject, encode(job), headers=headers)
+            span.end()
             dupes += ack.duplicate or 0
             new += not ack.duplicate
     except NoStreamResponseError:
@@ -159,3 +164,11 @@ async def _cancel_cmd(nc: Client, subjects: Subjects, batch: str) -> int:
         return 1
     print(f"batch {batch} cancelled ({reply.running_cancelled} running jobs stopped)")
     return 0
+
+
+def _send_span(subject: str, batch: str) -> trace.Span:
+    name = tracing.template(subject, batch=batch)
+    attrs = tracing.messaging("send", subject, name)
+    return tracing.tracer("llorch.cli").start_span(
+        tracing.span_name("send", name), kind=tracing.PRODUCER, attributes=attrs
+    )

@@ -161,7 +161,14 @@ class BatchRunner:
         flight = Flight(msg, batch, custom_id, job_id, delivered, Collector(now), kept_alive=now)
         self.flights[job_id] = flight
         log.info("batch %s job %s -> %s (delivery %d)", batch, custom_id, job_id, delivered)
-        await self.service.submit(to_request(job, job_id), f"{self._inbox}.{job_id}")
+        # the job's trace continues the producer's (its context rides in the message headers)
+        await self.service.submit(
+            to_request(job, job_id),
+            f"{self._inbox}.{job_id}",
+            msg.headers,
+            msg.subject,
+            batch=batch,
+        )
 
     def _running(self, batch: str, custom_id: str) -> Flight | None:
         for flight in self.flights.values():
