@@ -272,6 +272,7 @@ def report(runs: dict[str, list[Run]], kinds: list[str], args: argparse.Namespac
             "max_tokens": MAX_TOKENS, "seed": SEED, "n_ctx": N_CTX, "label": args.label,
         },
         "identical_text_rounds": same_text,
+        "kinds": kinds,
         "paths": paths,
         "paired": paired,
     }  # fmt: skip
@@ -297,6 +298,28 @@ def print_tables(res: dict) -> None:
     print(table(["paired (per round)", "p50", "p95", "p99", "mean"], pr))
 
 
+def plot(res: dict, path: Path) -> None:
+    """TTFT distribution per path, short and long prompts side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = res["kinds"]
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), dpi=100)
+    for ax, kind in zip(axes, ("short", "long"), strict=True):
+        data = [
+            [t for t, k in zip(r["ttft_samples_ms"], kinds, strict=True) if k == kind]
+            for r in res["paths"].values()
+        ]
+        ax.boxplot(data, tick_labels=list(res["paths"]), showfliers=True)
+        ax.set_title(f"{kind} prompts")
+        ax.set_ylabel("TTFT, ms")
+    fig.suptitle(f"time to first token, {res['config']['threads']} engine thread(s)")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=40, help="measured rounds (one prompt each)")
@@ -308,6 +331,7 @@ def main() -> None:
     use_uvloop()
     res = asyncio.run(measure(args))
     path = write_results(args.out, res)
+    plot(res, Path(__file__).parent.parent / "docs" / "img" / "ttft_overhead.png")
     print(f"results: {path}", file=sys.stderr)
     print_tables(res)
 
