@@ -303,8 +303,11 @@ class BatchRunner:
         await self.js.publish(self.subjects.batch_cancelled(batch), marker, headers=headers)
         self._cancelled.add(batch)
         running = [f for f in self.flights.values() if f.batch_id == batch and not f.settling]
-        for flight in running:
-            await client.cancel(self.nc, flight.job_id, self.subjects)
+        for flight in running:  # through the public API, as any client would cancel a job
+            try:
+                await client.cancel(self.nc, flight.job_id, self.subjects)
+            except Exception as exc:  # it runs to its end; its result is stored as usual
+                log.warning("cancel of %s failed: %r", flight.job_id, exc)
         self._changed.set()
         await msg.respond(encode(BatchCancelReply(batch_id=batch, running_cancelled=len(running))))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -196,3 +197,20 @@ async def test_interactive_job_starts_before_queued_batch_jobs(
         await next_status()
     assert all(started.index(interactive) < started.index(j) for j in waiting)
     await wait_settled(cluster.nc, "prio", 8)
+
+
+async def test_cancel_stops_the_batch_and_every_job_gets_one_result(
+    make_cluster: ClusterFactory, tmp_path: Path
+) -> None:
+    cluster = await make_cluster()
+    statuses = await cluster.nc.subscribe(cluster.subjects.job_status_all)
+    await submit_file(cluster, jobs_file(tmp_path, 6, max_tokens=200), "cx")
+    while _status((await statuses.next_msg(timeout=120)).data).state != "started":
+        pass
+    out = await asyncio.to_thread(_cli, cluster, "cancel", "cx")
+    assert "running jobs stopped" in out.stdout
+    status = await wait_settled(cluster.nc, "cx", 6)
+    assert status.cancelled and status.failed >= 5  # the running one might just have ended
+    results = await stored(cluster.nc, "cx")
+    assert sorted(r.custom_id for r in results) == [f"j{i}" for i in range(6)]
+    assert {r.error.code for r in results if r.error} == {"CANCELLED"}
