@@ -19,6 +19,7 @@ from opentelemetry.context import Context
 import schemas
 from schemas import (
     Ack,
+    CancelReply,
     CancelRequest,
     Error,
     ErrorCode,
@@ -294,10 +295,14 @@ class OrchestratorService:
         except ProtocolError as exc:
             await _respond(req, Error(code=exc.code, message=exc.message))
             return
+        await _respond(req, await self.cancel(job_id))
+
+    async def cancel(self, job_id: str) -> CancelReply | Error:
+        """Cancel a job (the API endpoint and the in-process batch runner)."""
         async with self._lock:
             reply, commands = self.core.cancel(self.clock(), job_id)
             await self._carry_out(commands, None)
-        await _respond(req, reply)
+        return reply
 
     async def _on_job_get(self, req: Request) -> None:
         try:

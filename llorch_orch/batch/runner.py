@@ -32,7 +32,6 @@ from schemas import (
     new_id,
 )
 
-from .. import client
 from ..service import OrchestratorService
 from . import store
 from .collect import Collector, failed, has_room, retry_delay, to_request
@@ -303,11 +302,8 @@ class BatchRunner:
         await self.js.publish(self.subjects.batch_cancelled(batch), marker, headers=headers)
         self._cancelled.add(batch)
         running = [f for f in self.flights.values() if f.batch_id == batch and not f.settling]
-        for flight in running:  # through the public API, as any client would cancel a job
-            try:
-                await client.cancel(self.nc, flight.job_id, self.subjects)
-            except Exception as exc:  # it runs to its end; its result is stored as usual
-                log.warning("cancel of %s failed: %r", flight.job_id, exc)
+        for flight in running:  # in process: the orchestrator's role needs no api.cancel right
+            await self.service.cancel(flight.job_id)
         self._changed.set()
         await msg.respond(encode(BatchCancelReply(batch_id=batch, running_cancelled=len(running))))
 
