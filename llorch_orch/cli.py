@@ -65,6 +65,7 @@ def _stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pool-id", default=default_pool_id())
     p.add_argument("--cpu", action="store_true", help="run workers on the CPU even with GPUs")
     p.add_argument("--cpu-memory-bytes", type=int, help="cap the CPU device's capacity")
+    p.add_argument("--device-memory-limit", type=int, help="cap each GPU's capacity (bytes)")
     _metrics_arg(p, "orchestrator on PORT, pool on PORT+1")
     p.add_argument("--trace-console", action="store_true", help="print spans to the logs")
     settings.add_arguments(p)
@@ -226,6 +227,8 @@ async def _up(args: argparse.Namespace) -> int:
             pool.append("--cpu")
         if args.cpu_memory_bytes:
             pool += ["--cpu-memory-bytes", str(args.cpu_memory_bytes)]
+        if args.device_memory_limit:
+            pool += ["--device-memory-limit", str(args.device_memory_limit)]
         pool += stack.seed_args(f"pool-{args.pool_id}")
         pool += stack.seed_args(f"worker-{args.pool_id}", "--worker-nkey-seed")
         orch = ["llorch_orch", "orch", *settings.to_args(args), *stack.seed_args("orchestrator")]

@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--heartbeat-interval", type=_positive_float, default=2.0)
     serve.add_argument("--cpu", action="store_true", help="report the CPU device even with GPUs")
     serve.add_argument("--cpu-memory-bytes", type=_positive_int, default=None)
+    serve.add_argument(
+        "--device-memory-limit", type=_positive_int, default=None, metavar="BYTES",
+        help="report each GPU as at most BYTES big; free = min(NVML free, BYTES - what this "
+        "pool's workers hold there) (to share a card, or to test eviction on a big one)",
+    )  # fmt: skip
     serve.add_argument("--worker-threads", type=_positive_int, default=None)
     serve.add_argument(
         "--metrics-port", type=int, default=observe.metrics_port_default(),
@@ -104,9 +109,10 @@ async def serve(
     force_cpu: bool,
     cpu_memory_bytes: int | None,
     credentials: connect.Credentials,
+    device_memory_limit: int | None = None,
 ) -> int:
     await asyncio.to_thread(catalog.ensure_default, config.data_dir)
-    inventory = Inventory.probe(config.pool_id, force_cpu, cpu_memory_bytes)
+    inventory = Inventory.probe(config.pool_id, force_cpu, cpu_memory_bytes, device_memory_limit)
     log.info("connecting as %s; workers get %s", credentials.describe(),
              config.worker_credentials.describe())  # fmt: skip
     nc = await asyncio.wait_for(
@@ -160,7 +166,9 @@ def _run(args: argparse.Namespace) -> int:
         worker_credentials=workers,
         model_dirs=model_dirs(data_dir, args.allow_model_dir),
     )
-    return asyncio.run(serve(config, args.cpu, args.cpu_memory_bytes, credentials))
+    return asyncio.run(
+        serve(config, args.cpu, args.cpu_memory_bytes, credentials, args.device_memory_limit)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,24 +27,40 @@ def gpu_device(
     free: int,
     used: int,
     pending: int = 0,
+    limit: int | None = None,
+    reserved: int = 0,
 ) -> Device:
     """Pure: one NVML GPU as a `Device`. `pending` is memory promised to workers still loading
-    (not yet visible to NVML), so two quick spawns do not both count the same free bytes."""
+    (not yet visible to NVML), so two quick spawns do not both count the same free bytes.
+    `limit` (`--device-memory-limit`) caps the card like `--cpu-memory-bytes` caps the CPU
+    device: total = min(total, limit), free also bounded by limit - `reserved` (this pool's
+    workers on the card)."""
+    total, free, used = int(total), max(0, int(free) - pending), int(used)
+    if limit is not None:
+        total = min(total, limit)
+        free = bounded_free(total, free, reserved)
+        used = total - free
     return Device(
         index=index,
         uuid=_text(uuid),
         name=_text(name),
         kind="gpu",
-        total_bytes=int(total),
-        free_bytes=max(0, int(free) - pending),
-        used_bytes=int(used),
+        total_bytes=total,
+        free_bytes=free,
+        used_bytes=used,
     )
+
+
+def bounded_free(capacity: int, available: int, reserved: int) -> int:
+    """Pure: what the device says is free, but never more than a configured capacity leaves
+    after this pool's workers (`reserved`: what they hold or will hold)."""
+    return max(0, min(available, capacity - reserved))
 
 
 def cpu_device(pool_id: str, name: str, capacity: int, available: int, reserved: int) -> Device:
     """Pure: the CPU device. `reserved` is what this pool's live workers hold or will hold;
     a configured capacity below RAM (`--cpu-memory-bytes`) therefore bounds what is free."""
-    free = max(0, min(available, capacity - reserved))
+    free = bounded_free(capacity, available, reserved)
     return Device(
         index=0,
         uuid=f"cpu-{pool_id}",
@@ -100,6 +116,19 @@ def load_nvml() -> Any | None:
     return None
 
 
+def memory_info(nvml: Any, handle: Any) -> Any:
+    """NVML memory info, v2 when the driver and pynvml have it: v1 counts the driver's reserved
+    memory as used (615 MiB on an idle H200 that nvidia-smi shows as 0 used). Same total and
+    free either way."""
+    version = getattr(nvml, "nvmlMemory_v2", None)
+    if version is not None:
+        try:
+            return nvml.nvmlDeviceGetMemoryInfo(handle, version=version)
+        except (nvml.NVMLError, TypeError):  # old driver (no _v2 symbol) or old pynvml
+            pass
+    return nvml.nvmlDeviceGetMemoryInfo(handle)
+
+
 @dataclass
 class Inventory:
     """Probed once at start; `snapshot` reads live memory each call."""
@@ -107,10 +136,13 @@ class Inventory:
     pool_id: str
     nvml: Any | None  # initialised pynvml, or None = CPU mode
     cpu_capacity: int | None = None  # --cpu-memory-bytes; None = RAM total
+    gpu_limit: int | None = None  # --device-memory-limit: per-GPU capacity cap; None = none
 
     @classmethod
-    def probe(cls, pool_id: str, force_cpu: bool, cpu_capacity: int | None) -> Inventory:
-        return cls(pool_id, None if force_cpu else load_nvml(), cpu_capacity)
+    def probe(
+        cls, pool_id: str, force_cpu: bool, cpu_capacity: int | None, gpu_limit: int | None = None
+    ) -> Inventory:
+        return cls(pool_id, None if force_cpu else load_nvml(), cpu_capacity, gpu_limit)
 
     @property
     def kind(self) -> str:
@@ -125,7 +157,7 @@ class Inventory:
         devices = []
         for index in range(nvml.nvmlDeviceGetCount()):
             handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            mem = nvml.nvmlDeviceGetMemoryInfo(handle)
+            mem = memory_info(nvml, handle)
             devices.append(
                 gpu_device(
                     index,
@@ -135,6 +167,8 @@ class Inventory:
                     mem.free,
                     mem.used,
                     pending.get(index, 0),
+                    self.gpu_limit,
+                    reserved.get(index, 0),
                 )
             )
         return devices

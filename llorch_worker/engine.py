@@ -139,14 +139,29 @@ class Engine:
         load_ms = (time.perf_counter() - started) * 1000.0
         total = llama_cpp.llama_model_n_layer(self._llm.model) + 1
         if not self._gpu:
+            self._warm_up()
             return Loaded(layers_offloaded=0, layers_total=total, load_ms=load_ms)
         placed = placement(lines)
+        sys.stderr.writelines(line for line in lines if "offloaded" in line)  # the worker's log
         if not placed.full or placed.total != total:
             raise LoadFailed(
                 ErrorCode.INSUFFICIENT_VRAM,
                 f"only {placed.offloaded}/{total} layers were placed on the GPU",
             )
+        self._warm_up()
         return Loaded(layers_offloaded=placed.offloaded, layers_total=total, load_ms=load_ms)
+
+    def _warm_up(self) -> None:
+        """A short prompt and two tokens before the worker measures its memory: the first
+        prompt and decode allocate workspaces (~165 MiB per process on an H200) that would
+        otherwise appear only after `ready`, and the orchestrator learns the footprint there."""
+        llm = self._llm
+        assert llm is not None
+        tokens = llm.tokenize(b"Hello, world. How are you today?", add_bos=True)
+        for n, _ in enumerate(llm.generate(tokens, temp=0.0), start=1):
+            if n >= 2:
+                break
+        llm.reset()
 
     def _run(self, job: Execute, cancel: threading.Event, deliver: Callable[[Item], None]) -> None:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 
 def rss_bytes(statm: str | None = None) -> int:
@@ -12,13 +13,25 @@ def rss_bytes(statm: str | None = None) -> int:
     return int(text.split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def memory_info(nvml: Any, handle: Any) -> Any:
+    """NVML memory info, v2 when the driver and pynvml have it (v1 `used` also counts the
+    driver's reserved memory), else v1. The pool has the same reader: packages share no code."""
+    version = getattr(nvml, "nvmlMemory_v2", None)
+    if version is not None:
+        try:
+            return nvml.nvmlDeviceGetMemoryInfo(handle, version=version)
+        except (nvml.NVMLError, TypeError):  # old driver (no _v2 symbol) or old pynvml
+            pass
+    return nvml.nvmlDeviceGetMemoryInfo(handle)
+
+
 def gpu_used_bytes(index: int) -> int:
     """Device memory in use on NVML device `index` (all processes)."""
     import pynvml  # only GPU workers need NVML
 
     pynvml.nvmlInit()
     try:
-        return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index)).used)
+        return int(memory_info(pynvml, pynvml.nvmlDeviceGetHandleByIndex(index)).used)
     finally:
         pynvml.nvmlShutdown()
 
@@ -38,6 +51,6 @@ def gpu_process_bytes(index: int, pid: int, used_before: int) -> int:
         for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
             if proc.pid == pid and proc.usedGpuMemory:
                 return int(proc.usedGpuMemory)
-        return max(int(pynvml.nvmlDeviceGetMemoryInfo(handle).used) - used_before, 0)
+        return max(int(memory_info(pynvml, handle).used) - used_before, 0)
     finally:
         pynvml.nvmlShutdown()

@@ -53,3 +53,13 @@ def test_errors_exit_2_with_their_code(tmp_path: Path) -> None:
     assert (missing.returncode, "MODEL_NOT_FOUND" in missing.stderr) == (2, True)
     bad_id = run("serve", "--pool-id", "a.b", "--data-dir", data)
     assert (bad_id.returncode, "INVALID_ID" in bad_id.stderr) == (2, True)
+
+
+def test_device_memory_limit_is_a_positive_byte_count() -> None:
+    from llorch_pool.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--device-memory-limit", str(12 * 2**30)])
+    assert args.device_memory_limit == 12 * 2**30
+    assert build_parser().parse_args(["serve"]).device_memory_limit is None
+    refused = run("serve", "--device-memory-limit", "0")
+    assert refused.returncode == 2 and "must be >= 1" in refused.stderr

@@ -1,4 +1,5 @@
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -7,6 +8,7 @@ from llorch_pool.inventory import (
     cpu_device,
     gpu_device,
     load_nvml,
+    memory_info,
     parse_cpu_name,
     parse_meminfo,
 )
@@ -77,3 +79,79 @@ def test_forced_cpu_with_capacity_counts_this_pools_workers() -> None:
     assert inventory.kind == "cpu"
     [device] = inventory.snapshot(pending={0: 4 * 10**5}, reserved={0: 4 * 10**5})
     assert (device.total_bytes, device.free_bytes) == (10**6, 6 * 10**5)
+
+
+def test_device_memory_limit_caps_a_gpu_like_the_cpu_capacity() -> None:
+    gib = 2**30
+    # 141 GiB card, 140 free; limit 12 GiB, this pool's workers hold 9 on it: 3 GiB free
+    capped = gpu_device(0, "u", "n", 141 * gib, 140 * gib, gib, limit=12 * gib, reserved=9 * gib)
+    assert (capped.total_bytes, capped.free_bytes, capped.used_bytes) == (
+        12 * gib,
+        3 * gib,
+        9 * gib,
+    )
+    # NVML's free (less the loading workers) still bounds it when the card is really full
+    tight = gpu_device(0, "u", "n", 141 * gib, 2 * gib, 0, pending=gib, limit=12 * gib)
+    assert (tight.total_bytes, tight.free_bytes) == (12 * gib, gib)
+    # a limit above the card changes nothing but `used`'s meaning (total - free)
+    big = gpu_device(0, "u", "n", 80 * gib, 70 * gib, 10 * gib, limit=200 * gib)
+    assert (big.total_bytes, big.free_bytes, big.used_bytes) == (80 * gib, 70 * gib, 10 * gib)
+    assert gpu_device(0, "u", "n", 100, 100, 0, limit=50, reserved=80).free_bytes == 0
+
+
+class FakeNvml:
+    """pynvml's surface that the inventory uses: two cards, v2 memory info optional."""
+
+    class NVMLError(Exception):
+        pass
+
+    nvmlMemory_v2 = 0x2000028
+
+    def __init__(self, has_v2: bool) -> None:
+        self.has_v2 = has_v2
+        self.versions: list[int | None] = []
+
+    def nvmlDeviceGetCount(self) -> int:
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        return index
+
+    def nvmlDeviceGetUUID(self, handle: int) -> str:
+        return f"GPU-{handle}"
+
+    def nvmlDeviceGetName(self, handle: int) -> bytes:
+        return b"NVIDIA H200"
+
+    def nvmlDeviceGetMemoryInfo(self, handle: int, version: int | None = None) -> SimpleNamespace:
+        self.versions.append(version)
+        if version is None:  # v1: the driver's reserved 615 MiB counted as used
+            return SimpleNamespace(total=1000, free=900, used=100)
+        if not self.has_v2:
+            raise self.NVMLError("Function Not Found")
+        return SimpleNamespace(total=1000, free=900, used=0, reserved=100)
+
+    def nvmlShutdown(self) -> None:
+        pass
+
+
+def test_memory_info_prefers_v2_and_falls_back_to_v1() -> None:
+    assert memory_info(FakeNvml(has_v2=True), 0).used == 0
+    old_driver = FakeNvml(has_v2=False)
+    assert memory_info(old_driver, 0).used == 100
+    assert old_driver.versions == [FakeNvml.nvmlMemory_v2, None]
+
+
+def test_gpu_snapshot_applies_the_device_memory_limit_per_card() -> None:
+    inventory = Inventory("p", FakeNvml(has_v2=True), gpu_limit=500)
+    cards = inventory.snapshot(pending={1: 50}, reserved={0: 200, 1: 50})
+    assert [(d.index, d.uuid, d.name, d.kind) for d in cards] == [
+        (0, "GPU-0", "NVIDIA H200", "gpu"),
+        (1, "GPU-1", "NVIDIA H200", "gpu"),
+    ]
+    assert [(d.total_bytes, d.free_bytes, d.used_bytes) for d in cards] == [
+        (500, 300, 200),
+        (500, 450, 50),
+    ]
+    unlimited = Inventory("p", FakeNvml(has_v2=True)).snapshot(pending={}, reserved={0: 200})
+    assert [(d.total_bytes, d.free_bytes, d.used_bytes) for d in unlimited] == [(1000, 900, 0)] * 2
