@@ -294,6 +294,8 @@ class Llorch:
 
         await self.nc.subscribe(self.subjects.heartbeat(POOL), cb=on_hb)
         await self.nc.subscribe(self.subjects.ready_all, cb=on_ready)
+        for folder in sorted({str(Path(p).resolve().parent) for p in self.paths.values()}):
+            pool_args = [*pool_args, "--allow-model-dir", folder]  # the pool refuses others
         self.stack.spawn(f"orch-{self.name}", ["llorch_orch", "orch", *orch_args])
         self.stack.spawn(
             f"pool-{self.name}",
