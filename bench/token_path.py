@@ -10,6 +10,7 @@ by every process, so the same script measures the traced path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -19,6 +20,7 @@ from pathlib import Path
 import nats
 
 from llorch_orch import client
+from llorch_orch.natsserver import NatsServer
 from llorch_orch.stack import Stack
 from schemas import End, GenerateRequest, Subjects, Token
 
@@ -26,7 +28,9 @@ from schemas import End, GenerateRequest, Subjects, Token
 async def main(n: int, max_tokens: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
-        stack = Stack.start_server(data, None, Subjects().prefix)
+        (data / "logs").mkdir()
+        server = NatsServer.start(data / "jetstream")  # no auth: the same on every version
+        stack = Stack(data_dir=data, nats_url=server.url, prefix=Subjects().prefix)
         try:
             stack.spawn("orchestrator", ["llorch_orch", "orch"])
             stack.spawn("pool", ["llorch_pool", "serve", "--pool-id", "p1", "--data-dir", tmp,
@@ -46,6 +50,7 @@ async def main(n: int, max_tokens: int) -> None:
             await nc.close()
         finally:
             stack.stop()
+            server.stop()
     q = statistics.quantiles(firsts, n=10)
     print(f"n={n} max_tokens={max_tokens}")
     print(f"first event ms: p50 {statistics.median(firsts) * 1e3:.2f} p90 {q[8] * 1e3:.2f}")
@@ -56,13 +61,14 @@ async def main(n: int, max_tokens: int) -> None:
 async def _one(nc: nats.NATS, req: GenerateRequest) -> tuple[float, float, End, float]:
     t0 = time.perf_counter()
     first = first_token = None
-    async for event in client.stream(nc, req, Subjects()):
-        now = time.perf_counter() - t0
-        first = first if first is not None else now
-        if isinstance(event, Token) and first_token is None:
-            first_token = now
-        if isinstance(event, End):
-            return first, first_token or now, event, now  # type: ignore[return-value]
+    async with contextlib.aclosing(client.stream(nc, req, Subjects())) as events:
+        async for event in events:
+            now = time.perf_counter() - t0
+            first = first if first is not None else now
+            if isinstance(event, Token) and first_token is None:
+                first_token = now
+            if isinstance(event, End):
+                return first, first_token or now, event, now  # type: ignore[return-value]
     raise RuntimeError(f"job ended with {event!r}")
 
 
