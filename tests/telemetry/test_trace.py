@@ -7,7 +7,7 @@ import json
 import secrets
 from collections.abc import Callable
 
-from schemas import End, Event, GenerateRequest, Subjects, decoder, encode
+from schemas import BatchJob, End, Event, GenerateRequest, Subjects, decoder, encode
 from tests.e2e.conftest import MODEL
 from tests.telemetry.conftest import Traced
 from tests.telemetry.otlp import Span
@@ -114,3 +114,22 @@ async def test_a_request_without_traceparent_starts_a_new_root(traced: Traced) -
     execute = next(s for s in spans if s.name == EXECUTE and s.attrs["llorch.job.id"] == job_id)
     assert generate.parent_id == ""
     assert execute.trace_id == generate.trace_id
+
+
+async def test_a_batch_job_continues_the_trace_of_its_publish(traced: Traced) -> None:
+    trace_id, producer_span = secrets.token_hex(16), secrets.token_hex(8)
+    job = BatchJob(model=MODEL, prompt="Once", max_tokens=4, seed=1, custom_id="c1")
+    headers = {"Nats-Msg-Id": "b1.c1", "traceparent": f"00-{trace_id}-{producer_span}-01"}
+    await traced.cluster.nc.jetstream().publish(
+        Subjects().batch_submit("b1"), encode(job), headers=headers
+    )
+    batch_span = "process llorch.v1.batch.submit.{batch}"
+
+    def done(spans: list[Span]) -> bool:
+        return {batch_span, EXECUTE} <= {s.name for s in spans if s.trace_id == trace_id}
+
+    spans = await asyncio.to_thread(traced.receiver.wait_for, done)
+    mine = {s.name: s for s in spans if s.trace_id == trace_id}
+    assert mine[batch_span].parent_id == producer_span
+    assert mine[batch_span].attrs["llorch.priority"] == "batch"
+    assert mine[batch_span].attrs["messaging.destination.name"] == "llorch.v1.batch.submit.b1"
