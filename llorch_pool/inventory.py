@@ -6,12 +6,13 @@ figures are bytes already, like every size on the wire.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from schemas import Device
+from schemas.footprint import memory_info, process_bytes, rss_from_statm
 
 
 def _text(value: str | bytes) -> str:
@@ -116,17 +117,11 @@ def load_nvml() -> Any | None:
     return None
 
 
-def memory_info(nvml: Any, handle: Any) -> Any:
-    """NVML memory info, v2 when the driver and pynvml have it: v1 counts the driver's reserved
-    memory as used (615 MiB on an idle H200 that nvidia-smi shows as 0 used). Same total and
-    free either way."""
-    version = getattr(nvml, "nvmlMemory_v2", None)
-    if version is not None:
-        try:
-            return nvml.nvmlDeviceGetMemoryInfo(handle, version=version)
-        except (nvml.NVMLError, TypeError):  # old driver (no _v2 symbol) or old pynvml
-            pass
-    return nvml.nvmlDeviceGetMemoryInfo(handle)
+def _rss(pid: int) -> int | None:
+    try:
+        return rss_from_statm(Path(f"/proc/{pid}/statm").read_text())
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 @dataclass
@@ -172,6 +167,18 @@ class Inventory:
                 )
             )
         return devices
+
+    def worker_memory(self, pids: Iterable[int]) -> dict[int, int]:
+        """Memory each worker process holds now, by pid: its NVML figure on a GPU, its RSS on
+        the CPU. Pids NVML cannot see (or that just exited) are left out."""
+        wanted = set(pids)
+        if self.nvml is None:
+            return {pid: rss for pid in wanted if (rss := _rss(pid)) is not None}
+        found: dict[int, int] = {}
+        for index in range(self.nvml.nvmlDeviceGetCount()):
+            handle = self.nvml.nvmlDeviceGetHandleByIndex(index)
+            found.update(process_bytes(self.nvml, handle))
+        return {pid: used for pid, used in found.items() if pid in wanted}
 
     def _cpu(self, reserved: int) -> Device:
         total, available = parse_meminfo(_read("/proc/meminfo"))

@@ -112,6 +112,19 @@ def check_new_id(records: Mapping[str, WorkerRecord], worker_id: str) -> None:
         )
 
 
+def with_measured(
+    records: Mapping[str, WorkerRecord], by_pid: Mapping[int, int]
+) -> dict[str, WorkerRecord]:
+    """Raise each loaded worker's memory to what it holds now: a worker grows after its first
+    jobs (CUDA graphs, buffers), and the high-water mark is the honest budget for the next."""
+    out = dict(records)
+    for worker_id, record in records.items():
+        now = by_pid.get(record.pid) if record.pid is not None else None
+        if now is not None and record.memory_bytes is not None and now > record.memory_bytes:
+            out[worker_id] = replace(record, memory_bytes=now)
+    return out
+
+
 def after_heartbeat(records: Mapping[str, WorkerRecord]) -> dict[str, WorkerRecord]:
     """Count one report against each reaped record; drop those reported enough."""
     kept = {}

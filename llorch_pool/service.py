@@ -173,6 +173,11 @@ class PoolService:
             return []
 
     async def publish_heartbeat(self) -> None:
+        loaded = [r.pid for r in self.workers.values() if r.pid and r.memory_bytes is not None]
+        if loaded:
+            self.workers = registry.with_measured(
+                self.workers, self.inventory.worker_memory(loaded)
+            )
         devices, models = self.devices(), self._models()
         self._seq += 1
         beat = Heartbeat(

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any
+
+from schemas.footprint import memory_info, process_bytes, rss_from_statm
 
 
-def rss_bytes(statm: str | None = None) -> int:
-    """Resident set size of this process (CPU workers), from /proc/self/statm."""
-    text = statm if statm is not None else Path("/proc/self/statm").read_text()
-    return int(text.split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def memory_info(nvml: Any, handle: Any) -> Any:
-    """NVML memory info, v2 when the driver and pynvml have it (v1 `used` also counts the
-    driver's reserved memory), else v1. The pool has the same reader: packages share no code."""
-    version = getattr(nvml, "nvmlMemory_v2", None)
-    if version is not None:
-        try:
-            return nvml.nvmlDeviceGetMemoryInfo(handle, version=version)
-        except (nvml.NVMLError, TypeError):  # old driver (no _v2 symbol) or old pynvml
-            pass
-    return nvml.nvmlDeviceGetMemoryInfo(handle)
+def rss_bytes() -> int:
+    """Resident set size of this process (CPU workers)."""
+    return rss_from_statm(Path("/proc/self/statm").read_text())
 
 
 def gpu_used_bytes(index: int) -> int:
@@ -48,9 +35,9 @@ def gpu_process_bytes(index: int, pid: int, used_before: int) -> int:
     pynvml.nvmlInit()
     try:
         handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-            if proc.pid == pid and proc.usedGpuMemory:
-                return int(proc.usedGpuMemory)
+        own = process_bytes(pynvml, handle).get(pid)
+        if own is not None:
+            return own
         return max(int(memory_info(pynvml, handle).used) - used_before, 0)
     finally:
         pynvml.nvmlShutdown()

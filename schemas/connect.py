@@ -60,11 +60,11 @@ def fingerprint(secret: str | bytes) -> str:
 
 def nkey_public(seed_file: Path) -> str:
     """The public key (`U…`) of the nkey seed in `seed_file`."""
-    import nkeys  # only identities that use nkeys need the package loaded
+    import nkeys  # type: ignore[import-untyped]  # only identities with nkeys need it
 
     seed = _read_seed(seed_file)
     try:
-        return nkeys.from_seed(seed).public_key.decode()
+        return str(nkeys.from_seed(seed).public_key.decode())
     except Exception:
         raise ProtocolError(ErrorCode.INVALID_PARAMS, f"{seed_file}: not an nkey seed") from None
 

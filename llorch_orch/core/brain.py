@@ -336,10 +336,12 @@ class Core(RecoveryMixin):
                 continue  # a worker we gave up on (and asked to stop): not ours any more
             if info.state in ("ready", "busy", "draining"):
                 phase: WorkerPhase = "draining" if info.state == "draining" else "idle"
-                self.view.workers[info.worker_id] = WorkerRec(
-                    info.worker_id, hb.pool_id, info.model, info.device, phase,
-                    info.memory_bytes or 0, info.memory_bytes, last_used=now, seen=True,
+                adopted = self.view.workers[info.worker_id] = WorkerRec(
+                    info.worker_id, hb.pool_id, info.model, info.device, phase, 0,
+                    last_used=now, seen=True,
                 )  # fmt: skip
+                if info.memory_bytes:
+                    self._learn(adopted, info.memory_bytes)
 
     def _reconcile(self, now: float, worker: WorkerRec, info: WorkerInfo | None) -> None:
         """One worker we track against what its pool's heartbeat says about it."""
@@ -352,6 +354,8 @@ class Core(RecoveryMixin):
         worker.seen = True
         if info.state == "ready" and worker.phase == "starting":
             self._became_ready(now, worker, info.memory_bytes)
+        elif info.memory_bytes and info.memory_bytes > (worker.memory_bytes or 0):
+            self._learn(worker, info.memory_bytes)  # the pool re-measures loaded workers
         elif info.state == "ready" and worker.phase == "busy" and worker.job_id is None:
             worker.phase, worker.last_used = "idle", now  # the unknown job it refused for ended
 
@@ -365,11 +369,17 @@ class Core(RecoveryMixin):
         worker.phase, worker.spawn_deadline, worker.last_used = "idle", None, now
         worker.seen = True
         if memory:
-            worker.memory_bytes = memory
-            pool = self.view.pools.get(worker.pool_id)
-            device = pool.devices.get(worker.device) if pool else None
-            if device is not None:
-                self.view.measured[(worker.model, device.kind)] = memory
+            self._learn(worker, memory)
+
+    def _learn(self, worker: WorkerRec, memory: int) -> None:
+        """A worker's measured footprint: its own reservation, and the budget of the next worker
+        of its model on that kind of device (the largest seen: workers grow after loading)."""
+        worker.memory_bytes = memory
+        pool = self.view.pools.get(worker.pool_id)
+        device = pool.devices.get(worker.device) if pool else None
+        if device is not None:
+            key = (worker.model, device.kind)
+            self.view.measured[key] = max(memory, self.view.measured.get(key, 0))
 
     def _status(self, now: float, status: JobStatus) -> None:
         job = self.jobs.get(status.job_id)

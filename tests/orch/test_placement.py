@@ -211,3 +211,21 @@ def test_other_models_do_not_block() -> None:
     sa = only_spawn(core.handle(submit("ja", model_name="a")))
     sb = only_spawn(core.handle(submit("jb", model_name="b")))
     assert sa.request.model == "a" and sb.request.model == "b"
+
+
+def test_heartbeats_raise_the_learned_footprint_as_workers_grow() -> None:
+    core = make_core()
+    w = only_spawn(core.handle(submit("j1"))).request.worker_id
+    core.handle(ready(w, memory=500 * MiB))
+    core.handle(heartbeat(now=T0 + 1, workers=[winfo(w, memory=600 * MiB)]))
+    assert core.view.workers[w].memory_bytes == 600 * MiB
+    assert core.view.estimate("m", "gpu") == 600 * MiB
+    core.handle(heartbeat(now=T0 + 2, workers=[winfo(w, memory=550 * MiB)]))
+    assert core.view.estimate("m", "gpu") == 600 * MiB  # the largest seen stays the budget
+
+
+def test_adopted_workers_teach_their_footprint() -> None:
+    core = make_core()
+    core.handle(heartbeat(now=T0 + 1, workers=[winfo("stranger", memory=700 * MiB)]))
+    assert core.view.workers["stranger"].memory_bytes == 700 * MiB
+    assert core.view.estimate("m", "gpu") == 700 * MiB

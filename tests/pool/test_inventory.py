@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -8,7 +9,6 @@ from llorch_pool.inventory import (
     cpu_device,
     gpu_device,
     load_nvml,
-    memory_info,
     parse_cpu_name,
     parse_meminfo,
 )
@@ -110,6 +110,10 @@ class FakeNvml:
     def __init__(self, has_v2: bool) -> None:
         self.has_v2 = has_v2
         self.versions: list[int | None] = []
+        self.processes: dict[int, list[SimpleNamespace]] = {}
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list[SimpleNamespace]:
+        return self.processes.get(handle, [])
 
     def nvmlDeviceGetCount(self) -> int:
         return 2
@@ -135,13 +139,6 @@ class FakeNvml:
         pass
 
 
-def test_memory_info_prefers_v2_and_falls_back_to_v1() -> None:
-    assert memory_info(FakeNvml(has_v2=True), 0).used == 0
-    old_driver = FakeNvml(has_v2=False)
-    assert memory_info(old_driver, 0).used == 100
-    assert old_driver.versions == [FakeNvml.nvmlMemory_v2, None]
-
-
 def test_gpu_snapshot_applies_the_device_memory_limit_per_card() -> None:
     inventory = Inventory("p", FakeNvml(has_v2=True), gpu_limit=500)
     cards = inventory.snapshot(pending={1: 50}, reserved={0: 200, 1: 50})
@@ -155,3 +152,19 @@ def test_gpu_snapshot_applies_the_device_memory_limit_per_card() -> None:
     ]
     unlimited = Inventory("p", FakeNvml(has_v2=True)).snapshot(pending={}, reserved={0: 200})
     assert [(d.total_bytes, d.free_bytes, d.used_bytes) for d in unlimited] == [(1000, 900, 0)] * 2
+
+
+def test_worker_memory_on_the_cpu_is_each_pids_resident_set() -> None:
+    inventory = Inventory("p", None)
+    found = inventory.worker_memory([os.getpid(), 2**22 + 1])  # the second pid does not exist
+    assert list(found) == [os.getpid()] and found[os.getpid()] > 10 * 2**20
+
+
+def test_worker_memory_on_gpus_keeps_only_the_asked_pids() -> None:
+    nvml = FakeNvml(has_v2=True)
+    seen = SimpleNamespace
+    nvml.processes = {
+        0: [seen(pid=7, usedGpuMemory=5), seen(pid=8, usedGpuMemory=6)],
+        1: [seen(pid=9, usedGpuMemory=None)],  # NVML reports None without permission
+    }
+    assert Inventory("p", nvml).worker_memory([7, 9]) == {7: 5}

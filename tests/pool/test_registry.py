@@ -92,3 +92,13 @@ def test_to_wire() -> None:
         exit_code=-15,
         message="killed by SIGTERM",
     )
+
+
+def test_measured_memory_only_grows_and_only_for_loaded_workers() -> None:
+    loaded = registry.with_pid(registry.on_ready(started(), 500), 11)
+    loading = registry.with_pid(registry.starting("w2", "m", 0, 900), 12)
+    records = {"w1": loaded, "w2": loading}
+    grown = registry.with_measured(records, {11: 600, 12: 50})
+    assert grown["w1"].memory_bytes == 600
+    assert grown["w2"].memory_bytes is None  # still loading: its estimate stands
+    assert registry.with_measured(grown, {11: 550})["w1"].memory_bytes == 600  # high-water mark
