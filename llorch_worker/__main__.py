@@ -7,6 +7,7 @@ tests/worker/test_import_order.py holds it.
 """
 
 import asyncio
+from collections.abc import Coroutine
 
 import llama_cpp  # noqa: F401  (see the docstring: before nats)
 
@@ -19,7 +20,16 @@ def main() -> int:
     cfg = parse_args()
     ids = {"llorch.worker.id": cfg.worker_id, "llorch.pool.id": cfg.pool_id}
     observe.setup("llorch-worker", **ids)  # metrics: OTLP only (no port: workers come and go)
-    return asyncio.run(Worker(cfg).run())
+    return _run(Worker(cfg).run())
+
+
+def _run(main: Coroutine[None, None, int]) -> int:
+    """uvloop where installed: every hop of the token path passes through this loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
@@ -42,6 +43,39 @@ class JobContext:
     probe_prefix: str  # private inbox prefix; the job's probe replies go to `<prefix>.<job_id>`
 
 
+class EngineInbox:
+    """Engine thread -> event loop: items wait in a deque and the loop is woken at most once
+    per batch. When the loop keeps up each token goes out alone, as soon as it is made; when
+    it falls behind (a fast GPU), the tokens that piled up leave as one event, so publishing
+    never holds the GIL once per token against the engine."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._items: deque[Item] = deque()
+        self._wake = asyncio.Event()
+        self._scheduled = False  # a wake-up is on its way (set by the engine, reset by the loop)
+
+    def put(self, item: Item) -> None:
+        """Engine thread."""
+        self._items.append(item)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def take(self) -> tuple[list[str], Outcome | None]:
+        """Event loop: the texts delivered so far, and the outcome once the engine is done."""
+        await self._wake.wait()
+        self._wake.clear()
+        self._scheduled = False  # before draining: an item put from now on wakes us again
+        texts: list[str] = []
+        while self._items:
+            item = self._items.popleft()
+            if not isinstance(item, str):
+                return texts, item  # the outcome is always the engine's last item
+            texts.append(item)
+        return texts, None
+
+
 class Job:
     def __init__(self, ctx: JobContext, execute: Execute, span: trace.Span) -> None:
         self.ctx = ctx
@@ -73,13 +107,8 @@ class Job:
             raise
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        items: asyncio.Queue[Item] = asyncio.Queue()
-
-        def deliver(item: Item) -> None:  # engine thread -> event loop, one hop per item
-            loop.call_soon_threadsafe(items.put_nowait, item)
-
-        self.ctx.engine.start(self.execute, self._cancel, deliver)
+        inbox = EngineInbox(asyncio.get_running_loop())
+        self.ctx.engine.start(self.execute, self._cancel, inbox.put)
         e = self.execute
         seq, visible = self._state.take_seq()
         if visible:
@@ -88,14 +117,21 @@ class Job:
             )
             await self._publish(started)
         await self._status("started", seq)
-        while isinstance(item := await items.get(), str):
-            await self._on_token(item)
+        while True:
+            texts, outcome = await inbox.take()
+            if texts:
+                await self._on_tokens(texts)
+            if outcome is not None:
+                break
         self.ended = True
-        await self._finish(item)
+        await self._finish(outcome)
 
-    async def _on_token(self, text: str) -> None:
+    async def _on_tokens(self, texts: list[str]) -> None:
+        """Tokens the engine made since the last wake-up, sent as one `token` event."""
         now = time.monotonic()
-        self._state.token_generated(now)
+        for _ in texts:
+            self._state.token_generated(now)
+        text = "".join(texts)  # "" while text is held back (partial UTF-8 or stop match)
         if text and not self._cancel.is_set():  # once cancelled, only the terminal event goes out
             seq, visible = self._state.take_seq()
             if visible:

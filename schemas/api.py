@@ -52,7 +52,7 @@ class Started(Message, tag="started"):
 
 class Token(Message, tag="token"):
     seq: int
-    text: str  # whole UTF-8 characters only
+    text: str  # whole UTF-8 characters; one or more model tokens' worth (or less)
 
 
 class End(Message, tag="end"):
