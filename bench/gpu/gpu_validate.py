@@ -451,13 +451,33 @@ async def placement(c: Checks, nvml: Nvml, run: Llorch, strategy: str) -> dict[s
         cards[0] != cards[1] if strategy == "spread" else cards[0] == cards[1]
     )
     c.check(f"{strategy}: small and big-a on {want}", ok, f"devices {cards}")
-    for wid, w in workers.items():  # the learned footprint after the warm-up vs NVML after jobs
+    for wid, w in workers.items():  # the orchestrator's footprint (re-measured by the pool
+        # before each heartbeat) vs NVML after jobs: the next worker is budgeted from it
+        learned = await _learned_mib(run, wid, w["nvml_now_mib"] - 64)
+        w["learned_mib"] = learned
         c.check(
-            f"{strategy}: {wid} ready memory honest (within 64 MiB of NVML after jobs)",
-            abs(w["ready_memory_mib"] - w["nvml_now_mib"]) <= 64,
-            f"ready {w['ready_memory_mib']:.0f} MiB, NVML now {w['nvml_now_mib']:.0f} MiB",
+            f"{strategy}: {wid} learned memory honest (within 64 MiB of NVML after jobs)",
+            abs(learned - w["nvml_now_mib"]) <= 64,
+            f"ready {w['ready_memory_mib']:.0f} MiB, learned {learned:.0f} MiB, "
+            f"NVML now {w['nvml_now_mib']:.0f} MiB",
         )
     return workers
+
+
+async def _learned_mib(run: Llorch, worker_id: str, at_least_mib: float) -> float:
+    """The worker's memory in the orchestrator's view once it reaches `at_least_mib`, or what
+    it is after 10 s (a heartbeat every 0.5 s re-measures it)."""
+
+    def mib(state: Any) -> float:
+        found = [
+            w.memory_bytes or 0 for p in state.pools for w in p.workers if w.worker_id == worker_id
+        ]
+        return found[0] / MiB if found else 0.0
+
+    try:
+        return mib(await run.until(lambda s: mib(s) >= at_least_mib, timeout=10))
+    except TimeoutError:
+        return mib(await run.state())
 
 
 def _p50(rows: list[dict[str, float]], key: str) -> float:
