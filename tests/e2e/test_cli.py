@@ -45,6 +45,8 @@ def test_up_serves_client_commands_and_stops_everything_on_ctrl_c(tmp_path: Path
         assert state.returncode == 0 and "smollm2-135m" in state.stdout and "ready" in state.stdout
         models = _llorch("models", *url)
         assert models.returncode == 0 and "measured" in models.stdout, models.stdout
+        readme = _readme_client(tmp_path / "creds" / "client-cli.nk", port)
+        assert readme.returncode == 0 and "'type': 'end'" in readme.stdout, readme.stderr
         pids = _worker_pids(tmp_path)
         assert pids
         up.send_signal(signal.SIGINT)
@@ -63,6 +65,15 @@ def test_client_command_without_server_says_what_to_do() -> None:
     done = _llorch("state", "--nats-url", f"nats://127.0.0.1:{free_port()}")
     assert done.returncode == 1
     assert "is `llorch up` running?" in done.stderr
+
+
+def _readme_client(seed: Path, port: int) -> subprocess.CompletedProcess[str]:
+    """The README's raw nats-py client, pointed at this stack's seed and port."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    code = code.replace("~/.local/share/llorch/creds/client-cli.nk", str(seed))
+    code = code.replace("nats://127.0.0.1:4222", f"nats://127.0.0.1:{port}")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
 
 
 def _llorch(*args: str) -> subprocess.CompletedProcess[str]:
