@@ -228,7 +228,7 @@ class BatchRunner:
         the redelivered job finds its result and is acked unrun."""
         while True:
             try:
-                await store.store(self.js, self.subjects, result)
+                await store.store(self.js, self.subjects, result, msg.headers)
                 await msg.ack_sync()
                 break
             except Exception as exc:

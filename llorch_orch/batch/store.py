@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError, NotFoundError
 
-from schemas import BatchResult, Subjects, decoder, encode
+from schemas import BatchResult, Subjects, decoder, encode, tracing
 
 from .config import BATCH_STREAM, RESULTS_STREAM, BatchConfig, batch_stream, results_stream
 
@@ -48,11 +48,18 @@ async def is_cancelled(js: JetStreamContext, subjects: Subjects, batch: str) -> 
     return True
 
 
-async def store(js: JetStreamContext, subjects: Subjects, result: BatchResult) -> None:
+async def store(
+    js: JetStreamContext,
+    subjects: Subjects,
+    result: BatchResult,
+    job_headers: Mapping[str, str] | None = None,
+) -> None:
     """Publish and await the PubAck: only then is the result durable (and the job ackable).
-    The Nats-Msg-Id makes a second store after a crash-before-ack a no-op."""
+    The Nats-Msg-Id makes a second store after a crash-before-ack a no-op. The result carries
+    the trace context of its job's message, so the job's trace runs from publish to result."""
     subject = subjects.batch_result(result.batch_id, result.custom_id)
     headers = {"Nats-Msg-Id": msg_id(result.batch_id, result.custom_id), OUTCOME: result.outcome}
+    headers = tracing.inject(headers, tracing.extract(job_headers)) or headers
     await js.publish(subject, encode(result), headers=headers)
 
 

@@ -133,3 +133,10 @@ async def test_a_batch_job_continues_the_trace_of_its_publish(traced: Traced) ->
     assert mine[batch_span].parent_id == producer_span
     assert mine[batch_span].attrs["llorch.priority"] == "batch"
     assert mine[batch_span].attrs["messaging.destination.name"] == "llorch.v1.batch.submit.b1"
+    # ... and the stored result carries the same trace: a consumer of results can join it
+    js = traced.cluster.nc.jetstream()
+    sub = await js.subscribe(Subjects().batch_result("b1", "c1"), ordered_consumer=True)
+    result = await sub.next_msg(timeout=60)  # delivered whether stored before or after this
+    await sub.unsubscribe()
+    assert result.headers is not None
+    assert result.headers["traceparent"].split("-")[1] == trace_id
