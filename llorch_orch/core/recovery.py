@@ -13,6 +13,7 @@ from .placement import best_slot, slots
 from .queue import AdmissionQueue
 from .view import ClusterView, WorkerRec
 
+KEEPALIVES_PER_TICK = 1024  # a huge queue's keep-alives go out in slices, other events between
 FORGET_LOST = 4096  # ids of workers given up on, remembered so heartbeats do not re-adopt them
 
 
@@ -100,8 +101,9 @@ class RecoveryMixin:
     def _keep_waiting_clients(self, now: float) -> None:
         """Re-send `queued` to jobs that heard nothing for the keep-alive: a waiting job is
         never mistaken for a lost one by a client's stall rule."""
-        keep = self.cfg.queued_keepalive_s
-        while self._keepalive and self._keepalive[0][0] + keep <= now:
+        keep, budget = self.cfg.queued_keepalive_s, KEEPALIVES_PER_TICK
+        while self._keepalive and self._keepalive[0][0] + keep <= now and budget > 0:
+            budget -= 1  # the rest are still due: next_wake asks for another tick at once
             sent_at, job_id = self._keepalive.popleft()
             if self._awaits_keepalive(sent_at, job_id):
                 job = self.jobs[job_id]

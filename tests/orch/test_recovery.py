@@ -339,3 +339,19 @@ def test_waiting_job_hears_queued_again_at_the_keepalive() -> None:
     (again,) = queued(core.handle(tick(T0 + 16)))
     assert again.job_id == "j2" and again.position == first.position
     assert again.seq == first.seq + 1
+
+
+def test_keepalives_of_a_huge_queue_go_out_in_slices() -> None:
+    from llorch_orch.core.recovery import KEEPALIVES_PER_TICK
+
+    core = make_core(queued_keepalive_s=15, pool_lost_after=1000, queue_capacity=10_000)
+    w = running_worker(core)
+    core.handle(status("j1", w, "started", seq=1, now=T0 + 1))
+    waiting = KEEPALIVES_PER_TICK + 10
+    for i in range(waiting):
+        core.handle(submit(f"q{i}", T0 + 1))
+    first = queued(core.handle(tick(T0 + 16)))
+    assert KEEPALIVES_PER_TICK - 1 <= len(first) <= KEEPALIVES_PER_TICK  # j1's entry is stale
+    assert core.next_wake() == T0 + 16  # the rest are due now: wake again at once
+    rest = queued(core.handle(tick(T0 + 16)))
+    assert sorted(e.job_id for e in first + rest) == sorted(f"q{i}" for i in range(waiting))
