@@ -200,7 +200,7 @@ class Core(RecoveryMixin):
 
     def _match(self, model: str) -> tuple[Job, WorkerRec] | None:
         """First waiting job (within the head) that an idle worker of its model can take."""
-        idle = self.view.idle_workers(model)  # one pass over the workers, not one per job
+        idle = self.view.in_phase(model, "idle")
         if not idle:
             return None
         for _, job_id in self.queue.head(model, self.cfg.queued_update_top):
@@ -219,7 +219,8 @@ class Core(RecoveryMixin):
         job.attempts += 1
         job.ack_deadline = now + self.cfg.execute_ack_timeout_s
         job.last_activity = now
-        worker.phase, worker.job_id = "busy", job.job_id
+        self.view.set_phase(worker, "busy")
+        worker.job_id = job.job_id
         execute = Execute(
             job_id=job.job_id,
             model=req.model,
@@ -236,12 +237,12 @@ class Core(RecoveryMixin):
         )
         self._out.append(SendExecute(worker.worker_id, execute, job.attempts, job.trace))
 
-    def _unserved(self, model: str, workers: list[WorkerRec]) -> Job | None:
+    def _unserved(self, model: str) -> Job | None:
         """First waiting job (within the head) that no starting worker is on its way to serve.
 
         Pins matter: a worker starting on device 0 does not serve a job pinned to device 1.
         """
-        starting = [w for w in workers if w.phase == "starting"]
+        starting = self.view.in_phase(model, "starting")
         for _, job_id in self.queue.head(model, self.cfg.queued_update_top):
             job = self.jobs[job_id]
             pool, device = job.request.pool, job.request.device
@@ -252,12 +253,12 @@ class Core(RecoveryMixin):
         return None
 
     def _ensure_capacity(self, now: float, model: str) -> None:
-        workers = self.view.workers_of(model)  # one pass, shared with _unserved
-        job = self._unserved(model, workers)
+        job = self._unserved(model)
         if job is None:
             return
-        if len(workers) >= self.cfg.model(model).max_workers:
-            job.reasons = [f"{model} has {len(workers)} of max_workers workers, all busy"]
+        live = self.view.live_count(model)
+        if live >= self.cfg.model(model).max_workers:
+            job.reasons = [f"{model} has {live} of max_workers workers, all busy"]
             return
         candidates, reasons = slots(self.view, model, job.request.pool, job.request.device)
         slot, unfit = best_slot(candidates, self.cfg.placement)
@@ -285,11 +286,11 @@ class Core(RecoveryMixin):
         job_id: str | None = None,
     ) -> None:
         worker_id = new_id("w")
-        self.view.workers[worker_id] = WorkerRec(
+        self.view.add(WorkerRec(
             worker_id, pool_id, model, device, "starting", need,
             spawn_deadline=now + self.cfg.spawn_timeout_s, spawn_attempt=attempt,
             pin_pool=pin[0], pin_device=pin[1],
-        )  # fmt: skip
+        ))  # fmt: skip
         request = SpawnRequest(
             worker_id=worker_id, model=model, device=device, n_ctx=self.view.n_ctx(model)
         )
@@ -297,7 +298,7 @@ class Core(RecoveryMixin):
 
     def _stop(self, worker_id: str, drain: bool, reason: str) -> None:
         worker = self.view.workers[worker_id]
-        worker.phase = "draining"
+        self.view.set_phase(worker, "draining")
         request = StopRequest(worker_id=worker_id, drain=drain)
         self._out.append(Stop(worker.pool_id, request, reason))
 
@@ -336,10 +337,10 @@ class Core(RecoveryMixin):
                 continue  # a worker we gave up on (and asked to stop): not ours any more
             if info.state in ("ready", "busy", "draining"):
                 phase: WorkerPhase = "draining" if info.state == "draining" else "idle"
-                adopted = self.view.workers[info.worker_id] = WorkerRec(
+                adopted = self.view.add(WorkerRec(
                     info.worker_id, hb.pool_id, info.model, info.device, phase, 0,
                     last_used=now, seen=True,
-                )  # fmt: skip
+                ))  # fmt: skip
                 if info.memory_bytes:
                     self._learn(adopted, info.memory_bytes)
 
@@ -357,7 +358,8 @@ class Core(RecoveryMixin):
         elif info.memory_bytes and info.memory_bytes > (worker.memory_bytes or 0):
             self._learn(worker, info.memory_bytes)  # the pool re-measures loaded workers
         elif info.state == "ready" and worker.phase == "busy" and worker.job_id is None:
-            worker.phase, worker.last_used = "idle", now  # the unknown job it refused for ended
+            self.view.set_phase(worker, "idle")  # the unknown job it refused for ended
+            worker.last_used = now
 
     def _ready(self, now: float, ready: WorkerReady) -> None:
         worker = self.view.workers.get(ready.worker_id)
@@ -366,7 +368,8 @@ class Core(RecoveryMixin):
         self._became_ready(now, worker, ready.memory_bytes)
 
     def _became_ready(self, now: float, worker: WorkerRec, memory: int | None) -> None:
-        worker.phase, worker.spawn_deadline, worker.last_used = "idle", None, now
+        self.view.set_phase(worker, "idle")
+        worker.spawn_deadline, worker.last_used = None, now
         worker.seen = True
         if memory:
             self._learn(worker, memory)
@@ -395,7 +398,8 @@ class Core(RecoveryMixin):
             # a job we do not track (adopted worker after a restart): its end frees the worker
             frees = worker is not None and job is None and ended and worker.phase == "busy"
             if frees and worker is not None and worker.job_id in (None, status.job_id):
-                worker.phase, worker.job_id, worker.last_used = "idle", None, now
+                self.view.set_phase(worker, "idle")
+                worker.job_id, worker.last_used = None, now
             return
         job.last_activity = now
         job.last_seq = max(job.last_seq, status.seq)
@@ -407,7 +411,8 @@ class Core(RecoveryMixin):
             outcome = "cancelled"
         self._finish(now, job, outcome, status.code)
         if worker is not None and worker.phase == "busy":
-            worker.phase, worker.job_id, worker.last_used = "idle", None, now
+            self.view.set_phase(worker, "idle")
+            worker.job_id, worker.last_used = None, now
 
     def _accepted(self, job_id: str, worker_id: str) -> None:
         job = self.jobs.get(job_id)

@@ -171,7 +171,7 @@ class RecoveryMixin:
         if worker.phase == "starting":
             self._spawn_failed(now, worker_id, reason, kill=kill)
             return
-        del self.view.workers[worker_id]
+        self.view.remove(worker_id)
         if kill:
             self._send_stop(worker, drain=False, reason="lost")
         job = self.jobs.get(worker.job_id) if worker.job_id else None
@@ -212,7 +212,7 @@ class RecoveryMixin:
         if worker.phase != "starting":  # a loaded worker failed: that is a loss, not a spawn
             self._worker_gone(now, worker_id, message)
             return
-        del self.view.workers[worker_id]
+        self.view.remove(worker_id)
         if kill:
             self._send_stop(worker, drain=False, reason="spawn-timeout")
         if worker.spawn_attempt < 2:

@@ -277,6 +277,14 @@ def check_view(core: Core) -> None:
         assert prios == sorted(prios)
     wake = core.next_wake()
     assert wake is None or isinstance(wake, float)
+    for w in core.view.workers.values():  # the phase index agrees with every worker
+        assert core.view.in_phase(w.model, w.phase).count(w) == 1
+    indexed = sum(
+        len(core.view.in_phase(m, p))
+        for m in {w.model for w in core.view.workers.values()}
+        for p in ("starting", "idle", "busy", "draining")
+    )
+    assert indexed == len(core.view.workers)
 
 
 def check_dispatch_order(core: Core, before: dict, out: list[Command]) -> None:
