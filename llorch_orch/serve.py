@@ -9,7 +9,7 @@ import signal
 import nats
 
 from schemas import Subjects, observe
-from schemas.connect import Credentials
+from schemas.connect import DRAIN_TIMEOUT_S, Credentials
 
 from . import batch
 from .core import Core, OrchConfig
@@ -33,6 +33,7 @@ async def serve(
         nats_url,
         name="llorch-orchestrator",
         max_reconnect_attempts=-1,
+        drain_timeout=DRAIN_TIMEOUT_S,  # shutdown flushes what is in flight, never hangs
         **credentials.connect_options(),
     )
     service = OrchestratorService(nc, Core(cfg), subjects)

@@ -19,6 +19,7 @@ from llorch_pool.inventory import Inventory
 from llorch_pool.paths import default_data_dir, default_pool_id, model_dirs
 from llorch_pool.service import PoolConfig, PoolService
 from schemas import DEFAULT_PREFIX, ProtocolError, check_id, connect, observe
+from schemas.connect import DRAIN_TIMEOUT_S
 
 CONNECT_WAIT_S = 30.0  # give up starting when NATS is unreachable this long
 log = logging.getLogger("llorch_pool")
@@ -120,6 +121,7 @@ async def serve(
             config.nats_url,
             name=f"llorch-pool-{config.pool_id}",
             max_reconnect_attempts=-1,
+            drain_timeout=DRAIN_TIMEOUT_S,  # shutdown flushes what is in flight, never hangs
             error_cb=_log_nats_error,
             **credentials.connect_options(),
         ),

@@ -34,6 +34,7 @@ from schemas import (
     encode,
     tracing,
 )
+from schemas.connect import DRAIN_TIMEOUT_S
 
 log = logging.getLogger("llorch.worker")
 
@@ -69,6 +70,7 @@ class Worker:
             self.cfg.nats_url,
             name=f"llorch-worker-{self.cfg.worker_id}",
             max_reconnect_attempts=-1,  # ride out a NATS restart: the job stream resumes after
+            drain_timeout=DRAIN_TIMEOUT_S,  # shutdown flushes what is in flight, never hangs
             **self.cfg.credentials.connect_options(),
         )
         try:

@@ -35,6 +35,7 @@ from schemas.ids import check_id
 ENV_PREFIX = "LLORCH_NATS_"
 WORKER_ENV_PREFIX = "LLORCH_WORKER_NATS_"  # a pool's credentials for the workers it spawns
 DEFAULT_INBOX = "_INBOX"
+DRAIN_TIMEOUT_S = 3  # a stopping component drains in-flight messages this long at most
 
 # field name -> (flag suffix or None for env-only secrets, env suffix)
 _SOURCES: dict[str, tuple[str | None, str]] = {
