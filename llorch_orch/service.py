@@ -37,6 +37,7 @@ from schemas import (
     new_id,
     tracing,
 )
+from schemas.aio import wait_event
 
 from .core import CancelOnWorker, Command, Core, Emit, SendExecute, Spawn, Stop
 from .core import events as ev
@@ -186,8 +187,7 @@ class OrchestratorService:
             delay = MAX_TICK_S if wake is None else min(MAX_TICK_S, wake - self.clock())
             self._wake.clear()
             if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                await wait_event(self._wake, delay)
                 continue
             await self._feed(ev.Tick(self.clock()))
 

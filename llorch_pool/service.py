@@ -46,6 +46,7 @@ from schemas import (
     encode,
     tracing,
 )
+from schemas.aio import wait_event
 from schemas.connect import Credentials
 
 log = logging.getLogger("llorch_pool")
@@ -123,8 +124,7 @@ class PoolService:
     async def run_heartbeats(self) -> None:
         """Every interval, and at once after any change (changes in a burst coalesce)."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), self.config.heartbeat_interval)
+            await wait_event(self._changed, self.config.heartbeat_interval)
             self._changed.clear()
             try:
                 await self.publish_heartbeat()

@@ -31,6 +31,7 @@ from schemas import (
     is_valid_id,
     new_id,
 )
+from schemas.aio import wait_event
 
 from ..service import OrchestratorService
 from . import store
@@ -131,8 +132,7 @@ class BatchRunner:
             if has_room(core.queue.count("batch"), len(self.flights), pools, self.cfg):
                 return
             self._changed.clear()
-            with contextlib.suppress(TimeoutError):  # core changes we hear of wake us earlier
-                await asyncio.wait_for(self._changed.wait(), TICK_S)
+            await wait_event(self._changed, TICK_S)  # core changes we hear of wake us earlier
 
     async def _take(self, msg: Msg) -> None:
         batch = msg.subject.rsplit(".", 1)[1]
