@@ -29,12 +29,12 @@ from schemas import (
     tracing,
 )
 from schemas.connect import Credentials, add_arguments
+from schemas.local import default_data_dir, default_pool_id
 
 from . import client, natsconf, settings
 from .batch import cli as batch_cli
 from .batch import load as load_batch
-from .paths import default_data_dir
-from .stack import Stack, StackError, default_pool_id
+from .stack import Stack, StackError
 from .table import models_table, state_table
 
 T = TypeVar("T")

@@ -26,11 +26,6 @@ class StackError(RuntimeError):
     pass
 
 
-def default_pool_id() -> str:
-    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())
-    return (name or "local")[:64]
-
-
 @dataclass
 class Stack:
     data_dir: Path

@@ -16,10 +16,11 @@ import nats
 
 from llorch_pool import catalog
 from llorch_pool.inventory import Inventory
-from llorch_pool.paths import default_data_dir, default_pool_id, model_dirs
+from llorch_pool.paths import model_dirs
 from llorch_pool.service import PoolConfig, PoolService
 from schemas import DEFAULT_PREFIX, ProtocolError, check_id, connect, observe
 from schemas.connect import DRAIN_TIMEOUT_S
+from schemas.local import default_data_dir, default_pool_id
 
 CONNECT_WAIT_S = 30.0  # give up starting when NATS is unreachable this long
 log = logging.getLogger("llorch_pool")

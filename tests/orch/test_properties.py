@@ -277,7 +277,12 @@ def check_view(core: Core) -> None:
         assert prios == sorted(prios)
     wake = core.next_wake()
     assert wake is None or isinstance(wake, float)
-    for w in core.view.workers.values():  # the phase index agrees with every worker
+    check_index(core)
+
+
+def check_index(core: Core) -> None:
+    """The model/phase index agrees with every worker, and holds no other."""
+    for w in core.view.workers.values():
         assert core.view.in_phase(w.model, w.phase).count(w) == 1
     indexed = sum(
         len(core.view.in_phase(m, p))
