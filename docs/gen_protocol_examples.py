@@ -117,6 +117,19 @@ _queued_info = JobInfo(
 _running_info = JobInfo(
     job_id=JOB, state="running", model=MODEL, priority="interactive", worker_id=WORKER
 )
+EXECUTE = Execute(
+    job_id=JOB,
+    model=MODEL,
+    prompt="The capital of France is",
+    max_tokens=32,
+    temperature=0.0,
+    top_p=0.95,
+    top_k=40,
+    seed=42,
+    stream=INBOX,
+    stop=["\n"],
+    seq=2,
+)
 
 # (name, message): the name is the marker in protocol.md; order is the order of generation.
 EXAMPLES: list[tuple[str, msgspec.Struct]] = [
@@ -312,39 +325,8 @@ EXAMPLES: list[tuple[str, msgspec.Struct]] = [
             message="only 30/31 layers were placed on the GPU",
         ),
     ),
-    (
-        "execute",
-        Execute(
-            job_id=JOB,
-            model=MODEL,
-            prompt="The capital of France is",
-            max_tokens=32,
-            temperature=0.0,
-            top_p=0.95,
-            top_k=40,
-            seed=42,
-            stream=INBOX,
-            stop=["\n"],
-            seq=2,
-        ),
-    ),
-    (
-        "execute-retry",
-        Execute(
-            job_id=JOB,
-            model=MODEL,
-            prompt="The capital of France is",
-            max_tokens=32,
-            temperature=0.0,
-            top_p=0.95,
-            top_k=40,
-            seed=42,
-            stream=INBOX,
-            stop=["\n"],
-            seq=2,
-            resume_after=3,
-        ),
-    ),
+    ("execute", EXECUTE),
+    ("execute-retry", msgspec.structs.replace(EXECUTE, resume_after=3)),
     (
         "execute-busy",
         Error(code=ErrorCode.WORKER_BUSY, message="running job job-1", retriable=True),
