@@ -20,24 +20,10 @@ from llorch_pool.paths import model_dirs
 from llorch_pool.service import PoolConfig, PoolService
 from schemas import DEFAULT_PREFIX, ProtocolError, check_id, connect, observe
 from schemas.connect import DRAIN_TIMEOUT_S
-from schemas.local import default_data_dir, default_pool_id
+from schemas.local import default_data_dir, default_pool_id, positive_float, positive_int
 
 CONNECT_WAIT_S = 30.0  # give up starting when NATS is unreachable this long
 log = logging.getLogger("llorch_pool")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,15 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--nats-url", default="nats://127.0.0.1:4222")
     serve.add_argument("--pool-id", default=None, help="default: the hostname, sanitised")
     serve.add_argument("--prefix", default=DEFAULT_PREFIX)
-    serve.add_argument("--heartbeat-interval", type=_positive_float, default=2.0)
+    serve.add_argument("--heartbeat-interval", type=positive_float, default=2.0)
     serve.add_argument("--cpu", action="store_true", help="report the CPU device even with GPUs")
-    serve.add_argument("--cpu-memory-bytes", type=_positive_int, default=None)
+    serve.add_argument("--cpu-memory-bytes", type=positive_int, default=None)
     serve.add_argument(
-        "--device-memory-limit", type=_positive_int, default=None, metavar="BYTES",
+        "--device-memory-limit", type=positive_int, default=None, metavar="BYTES",
         help="report each GPU as at most BYTES big; free = min(NVML free, BYTES - what this "
         "pool's workers hold there) (to share a card, or to test eviction on a big one)",
     )  # fmt: skip
-    serve.add_argument("--worker-threads", type=_positive_int, default=None)
+    serve.add_argument("--worker-threads", type=positive_int, default=None)
     serve.add_argument(
         "--metrics-port", type=int, default=observe.metrics_port_default(),
         help=f"serve Prometheus metrics on 127.0.0.1:PORT (default ${observe.METRICS_PORT_ENV})",

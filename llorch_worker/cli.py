@@ -10,6 +10,7 @@ from typing import Literal
 
 from schemas import DEFAULT_PREFIX, ProtocolError, check_id
 from schemas.connect import Credentials, add_arguments
+from schemas.local import nonnegative_int, positive_float, positive_int
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,27 +33,6 @@ class WorkerConfig:
         return self.device_kind == "gpu"
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
-    return value
-
-
 def _id(text: str) -> str:
     try:
         return check_id(text, "id")
@@ -67,12 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pool-id", required=True, type=_id)
     p.add_argument("--model", required=True)
     p.add_argument("--model-path", required=True, type=Path)
-    p.add_argument("--n-ctx", required=True, type=_positive_int)
-    p.add_argument("--device", required=True, type=_nonnegative_int)
+    p.add_argument("--n-ctx", required=True, type=positive_int)
+    p.add_argument("--device", required=True, type=nonnegative_int)
     p.add_argument("--device-kind", required=True, choices=["gpu", "cpu"])
     p.add_argument("--prefix", default=DEFAULT_PREFIX)
-    p.add_argument("--threads", type=_positive_int, default=None)
-    p.add_argument("--progress-interval", type=_positive_float, default=0.25)
+    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--progress-interval", type=positive_float, default=0.25)
     add_arguments(p)
     return p
 

@@ -6,23 +6,14 @@ import msgspec
 import pytest
 
 from llorch_worker.inbound import parse_cancel, parse_execute
-from schemas import ErrorCode, Execute, ProtocolError, encode
+from schemas import ErrorCode, ProtocolError, encode
+from tests.worker.conftest import MODEL, make_execute
 
-GOOD = Execute(
-    job_id="job-1",
-    model="smol",
-    prompt="hi",
-    max_tokens=8,
-    temperature=0.5,
-    top_p=0.9,
-    top_k=40,
-    seed=7,
-    stream="_INBOX.abc.def",
-)
+GOOD = make_execute("job-1", "_INBOX.abc.def", temperature=0.5, top_p=0.9, seed=7)
 
 
 def test_a_good_execute_decodes() -> None:
-    assert parse_execute(encode(GOOD), "smol") == GOOD
+    assert parse_execute(encode(GOOD), MODEL) == GOOD
 
 
 @pytest.mark.parametrize(
@@ -45,7 +36,7 @@ def test_a_good_execute_decodes() -> None:
 )
 def test_bad_fields_are_rejected_with_a_code(change: dict[str, object], code: ErrorCode) -> None:
     with pytest.raises(ProtocolError) as info:
-        parse_execute(encode(msgspec.structs.replace(GOOD, **change)), "smol")
+        parse_execute(encode(msgspec.structs.replace(GOOD, **change)), MODEL)
     assert info.value.code == code
 
 
@@ -54,7 +45,7 @@ def test_bad_fields_are_rejected_with_a_code(change: dict[str, object], code: Er
 )
 def test_malformed_execute_is_invalid_params(data: bytes) -> None:
     with pytest.raises(ProtocolError) as info:
-        parse_execute(data, "smol")
+        parse_execute(data, MODEL)
     assert info.value.code == ErrorCode.INVALID_PARAMS
 
 

@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 from llorch_worker.jobstate import PROBE_INTERVAL_S, JobState
-from schemas import Execute
+from tests.worker.conftest import make_execute
 
 
 def make_state(seq: int = 0, resume_after: int = -1, progress: float = 0.25) -> JobState:
-    execute = Execute(
-        job_id="j1",
-        model="m",
-        prompt="p",
-        max_tokens=4,
-        temperature=0.0,
-        top_p=1.0,
-        top_k=0,
-        seed=1,
-        stream="_INBOX.x",
-        seq=seq,
-        resume_after=resume_after,
-    )
+    execute = make_execute("j1", "_INBOX.x", seq=seq, resume_after=resume_after)
     return JobState(execute, progress, started_at=100.0)
 
 
