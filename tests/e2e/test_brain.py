@@ -24,6 +24,7 @@ class Job:
     def __init__(self, cluster: Cluster, order: list[str] | None = None, **fields: object) -> None:
         fields.setdefault("model", MODEL)
         fields.setdefault("max_tokens", 4)
+        fields.setdefault("temperature", 0.0)  # the same text every run: no early stop by chance
         self.request = GenerateRequest(prompt=fields.pop("prompt", "Hello"), **fields)  # type: ignore[arg-type]
         self.events: list[Event] = []
         self.started = asyncio.Event()
@@ -43,6 +44,14 @@ class Job:
                 self.started.set()
             elif isinstance(event, Token):
                 self.tokens.set()
+
+    async def reached(self, milestone: asyncio.Event) -> None:
+        """Until `milestone` (queued, started, first token); fails at once, with the events,
+        if the job ends without reaching it."""
+        waiting = asyncio.ensure_future(milestone.wait())
+        await asyncio.wait({waiting, self.task}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        assert milestone.is_set(), self.events
 
     @property
     def job_id(self) -> str:
@@ -76,12 +85,12 @@ async def test_queue_forms_behind_one_worker_and_drains_in_order(
 ) -> None:
     cluster = await make_cluster()
     first = Job(cluster, **LONG)
-    await first.tokens.wait()
+    await first.reached(first.tokens)
     order: list[str] = []
     waiting = []
     for i in range(3):
         job = Job(cluster, order, job_id=f"q{i}")
-        await job.queued.wait()  # submitted in this order
+        await job.reached(job.queued)  # submitted in this order
         waiting.append(job)
     positions = [next(e.position for e in j.events if isinstance(e, Queued)) for j in waiting]
     assert positions == [1, 2, 3]
@@ -96,9 +105,9 @@ async def test_queue_forms_behind_one_worker_and_drains_in_order(
 async def test_queue_full_is_refused_with_retry_after(make_cluster: ClusterFactory) -> None:
     cluster = await make_cluster("queue_capacity = 1\n")
     running = Job(cluster, **LONG)
-    await running.tokens.wait()
+    await running.reached(running.tokens)
     queued = Job(cluster)
-    await queued.queued.wait()
+    await queued.reached(queued.queued)
     refused = await Job(cluster).result()
     assert isinstance(refused, Error) and refused.code == ErrorCode.QUEUE_FULL
     assert refused.retriable and refused.retry_after_ms and refused.retry_after_ms > 0
@@ -109,7 +118,7 @@ async def test_queue_full_is_refused_with_retry_after(make_cluster: ClusterFacto
 async def test_deadline_ends_a_job_still_queued(make_cluster: ClusterFactory) -> None:
     cluster = await make_cluster()
     running = Job(cluster, **LONG)
-    await running.tokens.wait()
+    await running.reached(running.tokens)
     late = await Job(cluster, deadline_ms=300).result()
     assert isinstance(late, Error) and late.code == ErrorCode.DEADLINE_EXCEEDED
     await client.cancel(cluster.nc, running.job_id)
@@ -118,9 +127,9 @@ async def test_deadline_ends_a_job_still_queued(make_cluster: ClusterFactory) ->
 async def test_cancel_queued_and_running_jobs(make_cluster: ClusterFactory) -> None:
     cluster = await make_cluster()
     running = Job(cluster, **LONG)
-    await running.tokens.wait()
+    await running.reached(running.tokens)
     queued = Job(cluster)
-    await queued.queued.wait()
+    await queued.reached(queued.queued)
     reply = await client.cancel(cluster.nc, queued.job_id)
     assert not isinstance(reply, Error) and reply.outcome == "cancelled"
     end = await queued.result()
@@ -144,7 +153,7 @@ async def test_two_models_run_at_once(
     await cluster.wait_for_pools("p1")
     a = Job(cluster, **LONG)
     b = Job(cluster, model=MODEL_B, **LONG)
-    await asyncio.gather(a.tokens.wait(), b.tokens.wait())  # both stream at the same time
+    await asyncio.gather(a.reached(a.tokens), b.reached(b.tokens))  # both stream at the same time
     state = await cluster.state()
     assert sorted(w.model for w in state.pools[0].workers) == [MODEL, MODEL_B]
     for job in (a, b):
@@ -179,7 +188,7 @@ async def test_killed_worker_is_retried_transparently(make_cluster: ClusterFacto
               "temperature": 0.7}  # fmt: skip
     reference = await cluster.run(**fields)
     job = Job(cluster, **fields)
-    await job.tokens.wait()
+    await job.reached(job.tokens)
     started = next(e for e in job.events if isinstance(e, Started))
     os.kill(await worker_pid(cluster, started.worker_id), signal.SIGKILL)
     end = await job.result()
@@ -200,7 +209,7 @@ async def test_killed_pool_is_marked_lost(make_cluster: ClusterFactory) -> None:
 async def test_orchestrator_restart_keeps_workers_and_streams(make_cluster: ClusterFactory) -> None:
     cluster = await make_cluster()
     job = Job(cluster, prompt="Tell me a story:", max_tokens=60)
-    await job.tokens.wait()
+    await job.reached(job.tokens)
     worker_id = next(e.worker_id for e in job.events if isinstance(e, Started))
     (orch,) = [p for name, p in cluster.stack.children if name == "orchestrator"]
     orch.send_signal(signal.SIGKILL)

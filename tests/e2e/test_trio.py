@@ -46,7 +46,9 @@ async def test_same_seed_at_temperature_zero_gives_same_text(make_cluster: Clust
 
 async def test_cancel_mid_stream_ends_with_cancelled(make_cluster: ClusterFactory) -> None:
     cluster = await make_cluster()
-    request = GenerateRequest(model=MODEL, prompt="Count to one thousand:", max_tokens=400)
+    request = GenerateRequest(
+        model=MODEL, prompt="Count to one thousand:", max_tokens=400, temperature=0
+    )
     events: list[Event] = []
     async for event in client.stream(cluster.nc, request):
         events.append(event)
@@ -101,7 +103,9 @@ async def test_raw_json_client_needs_nothing_of_ours(make_cluster: ClusterFactor
 
 async def test_killed_worker_gives_worker_lost_without_retry(make_cluster: ClusterFactory) -> None:
     cluster = await make_cluster("max_job_attempts = 1\n")
-    request = GenerateRequest(model=MODEL, prompt="Write a long story:", max_tokens=500)
+    request = GenerateRequest(
+        model=MODEL, prompt="Write a long story:", max_tokens=500, temperature=0
+    )
     events: list[Event] = []
     async for event in client.stream(cluster.nc, request, stall_s=60):
         events.append(event)
