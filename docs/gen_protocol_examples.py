@@ -29,6 +29,7 @@ from schemas import (
     CancelReply,
     CancelRequest,
     CatalogEntry,
+    ChatMessage,
     ClusterState,
     Device,
     End,
@@ -74,6 +75,7 @@ _model = ModelInfo(
     n_ctx_train=8192,
     n_layers=30,
     kv_bytes_per_token=23040,
+    has_chat_template=True,
 )
 _gpu = Device(
     index=0,
@@ -143,6 +145,18 @@ EXAMPLES: list[tuple[str, msgspec.Struct]] = [
             temperature=0.0,
             seed=42,
             stop=["\n"],
+        ),
+    ),
+    (
+        "generate-chat",
+        GenerateRequest(
+            model=MODEL,
+            messages=[
+                ChatMessage(role="system", content="Answer in one sentence."),
+                ChatMessage(role="user", content="Why is the sky blue?"),
+            ],
+            max_tokens=64,
+            seed=42,
         ),
     ),
     (
@@ -326,6 +340,15 @@ EXAMPLES: list[tuple[str, msgspec.Struct]] = [
         ),
     ),
     ("execute", EXECUTE),
+    (
+        "execute-chat",
+        msgspec.structs.replace(
+            EXECUTE,
+            prompt=None,
+            messages=[ChatMessage(role="user", content="What is the capital of France?")],
+            stop=[],
+        ),
+    ),
     ("execute-retry", msgspec.structs.replace(EXECUTE, resume_after=3)),
     (
         "execute-busy",

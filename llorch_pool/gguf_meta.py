@@ -41,6 +41,7 @@ class GgufMeta:
     n_ctx_train: int  # `<arch>.context_length`
     n_layers: int  # `<arch>.block_count`
     kv_bytes_per_token: int  # f16 K+V bytes per context position, all layers
+    has_chat_template: bool  # `tokenizer.chat_template` is set: the model can serve chat
 
 
 class _Reader:
@@ -122,6 +123,7 @@ def meta_from_kv(meta: dict[str, Any]) -> GgufMeta:
         n_ctx_train=int(meta[f"{arch}.context_length"]),
         n_layers=n_layers,
         kv_bytes_per_token=kv_heads * (k_len + v_len) * _F16_BYTES,
+        has_chat_template=bool(meta.get("tokenizer.chat_template")),
     )
 
 

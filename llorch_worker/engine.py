@@ -20,9 +20,10 @@ from typing import Literal
 
 import llama_cpp
 
+from llorch_worker.chat import TEMPLATE_KEY, ChatTemplate
 from llorch_worker.loadlog import load_failure_code, placement
 from llorch_worker.textstream import TextStream
-from schemas import ErrorCode, Execute
+from schemas import ErrorCode, Execute, ProtocolError
 
 _GGML_WARN = 3  # ggml_log_level: WARN = 3, ERROR = 4
 _GGML_ERROR = 4
@@ -94,6 +95,7 @@ class Engine:
         self._threads = threads
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._llm: llama_cpp.Llama | None = None
+        self._chat: ChatTemplate | None = None  # None: the model has no template, no chat
         self._log: _LoadLog | None = None
 
     async def load(self) -> Loaded:
@@ -137,6 +139,7 @@ class Engine:
         finally:
             lines, log.lines = log.lines, None
         load_ms = (time.perf_counter() - started) * 1000.0
+        self._chat = _chat_template(self._llm)
         total = llama_cpp.llama_model_n_layer(self._llm.model) + 1
         if not self._gpu:
             self._warm_up()
@@ -175,8 +178,9 @@ class Engine:
     ) -> Outcome:
         llm = self._llm
         assert llm is not None, "generate before load"
-        # special=True: a raw prompt may carry the model's chat-template control tokens.
-        prompt = llm.tokenize(job.prompt.encode("utf-8"), add_bos=True, special=True)
+        prompt = self._prompt_tokens(job)
+        if isinstance(prompt, Failed):
+            return prompt
         n_in = len(prompt)
         if n_in == 0:
             return Failed(ErrorCode.INVALID_PARAMS, "empty prompt")
@@ -208,7 +212,36 @@ class Engine:
                 break
         return self._finish("length", n_in, text)
 
+    def _prompt_tokens(self, job: Execute) -> list[int] | Failed:
+        """The raw prompt as is, or the chat rendered with the model's template. special=True:
+        control tokens in the text (`<|im_start|>`...) become the model's special tokens."""
+        llm = self._llm
+        assert llm is not None
+        if job.messages is None:
+            return llm.tokenize((job.prompt or "").encode("utf-8"), add_bos=True, special=True)
+        if self._chat is None:
+            return Failed(ErrorCode.NO_CHAT_TEMPLATE, "this model has no chat template")
+        try:
+            text = self._chat.render(job.messages)
+        except ProtocolError as exc:
+            return Failed(exc.code, exc.message)
+        # a template that writes BOS itself must not get a second one from the tokenizer
+        add_bos = not (self._chat.bos_token and text.startswith(self._chat.bos_token))
+        return llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
     @staticmethod
     def _finish(reason: Literal["stop", "length"], n_in: int, text: TextStream) -> Finished:
         last = text.finish()
         return Finished("stop" if last.stopped else reason, n_in, last.text)
+
+
+def _chat_template(llm: llama_cpp.Llama) -> ChatTemplate | None:
+    source = llm.metadata.get(TEMPLATE_KEY)
+    if not source:
+        return None
+    bos, eos = _token_text(llm, llm.token_bos()), _token_text(llm, llm.token_eos())
+    return ChatTemplate(source, bos, eos)
+
+
+def _token_text(llm: llama_cpp.Llama, token: int) -> str:
+    return "" if token < 0 else llm.detokenize([token], special=True).decode("utf-8", "replace")

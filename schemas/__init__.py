@@ -3,6 +3,7 @@
 from schemas.api import (
     CancelReply,
     CancelRequest,
+    ChatMessage,
     End,
     Error,
     Event,
@@ -59,6 +60,7 @@ __all__ = [
     "CancelReply",
     "CancelRequest",
     "CatalogEntry",
+    "ChatMessage",
     "ClusterState",
     "Device",
     "End",

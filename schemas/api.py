@@ -2,6 +2,7 @@
 
 from typing import Annotated, Literal
 
+import msgspec
 from msgspec import Meta
 
 from schemas.base import Message
@@ -9,6 +10,7 @@ from schemas.codes import ErrorCode
 
 Priority = Literal["interactive", "batch"]
 FinishReason = Literal["stop", "length"]
+Role = Literal["system", "user", "assistant"]
 JobState = Literal["queued", "running", "finished", "failed", "cancelled"]
 
 # Type-level bounds; deployment limits (prompt size, max_tokens cap) are the orchestrator's.
@@ -20,9 +22,25 @@ Seed = Annotated[int, Meta(ge=0, le=2**32 - 1)]
 DeviceIndex = Annotated[int, Meta(ge=0)]
 
 
+class ChatMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """One turn of a conversation, rendered with the model's own chat template."""
+
+    role: Role
+    content: str
+
+
+def check_prompt_or_messages(prompt: str | None, messages: list[ChatMessage] | None) -> None:
+    """Exactly one form: a raw `prompt`, or chat `messages` (at least one)."""
+    if (prompt is None) == (messages is None):
+        raise ValueError("send exactly one of `prompt` (raw text) or `messages` (chat)")
+    if messages is not None and not messages:
+        raise ValueError("`messages` must hold at least one message (or send a raw `prompt`)")
+
+
 class GenerateRequest(Message, tag="generate"):
     model: str  # catalog name
-    prompt: str  # raw prompt text (no chat template applied)
+    prompt: str | None = None  # raw completion: the text as is, no chat template
+    messages: list[ChatMessage] | None = None  # chat: rendered with the model's template
     max_tokens: MaxTokens = 128  # tokens to generate at most
     temperature: Temperature = 0.8  # 0 = greedy
     top_p: TopP = 0.95  # nucleus sampling mass
@@ -34,6 +52,9 @@ class GenerateRequest(Message, tag="generate"):
     pool: str | None = None  # pin to a pool (no fallback)
     device: DeviceIndex | None = None  # pin to a device index (no fallback)
     job_id: str | None = None  # client-chosen id; assigned when absent
+
+    def __post_init__(self) -> None:
+        check_prompt_or_messages(self.prompt, self.messages)
 
 
 class Queued(Message, tag="queued"):

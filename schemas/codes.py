@@ -10,6 +10,7 @@ class ErrorCode(StrEnum):
     CONTEXT_OVERFLOW = "CONTEXT_OVERFLOW"  # prompt tokens + max_tokens exceed the model's context
     QUEUE_FULL = "QUEUE_FULL"  # admission queue at capacity
     MODEL_NOT_FOUND = "MODEL_NOT_FOUND"  # model not in any catalog
+    NO_CHAT_TEMPLATE = "NO_CHAT_TEMPLATE"  # chat `messages` sent to a model without a template
     NO_CAPACITY = "NO_CAPACITY"  # no device can ever hold the model (or the pin cannot be served)
     INSUFFICIENT_VRAM = "INSUFFICIENT_VRAM"  # a worker could not fit its model on its device
     MODEL_LOAD_FAILED = "MODEL_LOAD_FAILED"  # the engine failed to load the file
@@ -21,6 +22,7 @@ class ErrorCode(StrEnum):
     CANCELLED = "CANCELLED"  # job cancelled by its client or because its client left
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"  # job still queued at its deadline
     NOT_FOUND = "NOT_FOUND"  # unknown job / worker id
+    UNAVAILABLE = "UNAVAILABLE"  # no orchestrator answers (a client's own verdict: no responders)
     INTERNAL = "INTERNAL"  # a bug: reported, never crashes the service
 
 

@@ -2,6 +2,7 @@
 
 from typing import Literal
 
+from schemas.api import ChatMessage, check_prompt_or_messages
 from schemas.base import Message
 from schemas.codes import ErrorCode
 
@@ -37,6 +38,7 @@ class ModelInfo(Message, tag="model"):
     n_ctx_train: int  # context length the model was trained for (GGUF metadata)
     n_layers: int
     kv_bytes_per_token: int  # f16 K+V bytes per context position (GGUF metadata)
+    has_chat_template: bool = False  # the GGUF carries `tokenizer.chat_template`: chat works
 
 
 class Heartbeat(Message, tag="heartbeat"):
@@ -89,10 +91,11 @@ class WorkerFailed(Message, tag="worker_failed"):
     message: str
 
 
-class Execute(Message, tag="execute"):
+class Execute(Message, tag="execute", kw_only=True):
     job_id: str
     model: str
-    prompt: str
+    prompt: str | None = None  # raw completion, or:
+    messages: list[ChatMessage] | None = None  # chat, rendered with the model's template
     max_tokens: int
     temperature: float
     top_p: float
@@ -102,6 +105,9 @@ class Execute(Message, tag="execute"):
     stop: list[str] = []
     seq: int = 0  # seq of the first event this worker sends
     resume_after: int = -1  # retry: suppress events with seq <= this (the client has them)
+
+    def __post_init__(self) -> None:
+        check_prompt_or_messages(self.prompt, self.messages)
 
 
 class JobStatus(Message, tag="job_status"):

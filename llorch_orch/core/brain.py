@@ -225,6 +225,7 @@ class Core(RecoveryMixin):
             job_id=job.job_id,
             model=req.model,
             prompt=req.prompt,
+            messages=req.messages,
             max_tokens=req.max_tokens,
             temperature=req.temperature,
             top_p=req.top_p,

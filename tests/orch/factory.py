@@ -36,10 +36,12 @@ T0 = 1_000_000.0
 C = TypeVar("C")
 
 
-def model(name: str = "m", size: int = 100 * MiB, n_ctx_train: int = 8192) -> ModelInfo:
+def model(
+    name: str = "m", size: int = 100 * MiB, n_ctx_train: int = 8192, chat: bool = True
+) -> ModelInfo:
     return ModelInfo(
         name=name, sha256="0" * 64, size_bytes=size, n_ctx_train=n_ctx_train, n_layers=30,
-        kv_bytes_per_token=1024,
+        kv_bytes_per_token=1024, has_chat_template=chat,
     )  # fmt: skip
 
 
@@ -92,7 +94,9 @@ def heartbeat(
 
 def request(model_name: str = "m", **kw: object) -> GenerateRequest:
     kw.setdefault("max_tokens", 8)
-    return GenerateRequest(model=model_name, prompt=str(kw.pop("prompt", "hi")), **kw)  # type: ignore[arg-type]
+    if "messages" not in kw:
+        kw["prompt"] = str(kw.get("prompt", "hi"))
+    return GenerateRequest(model=model_name, **kw)  # type: ignore[arg-type]
 
 
 def submit(job_id: str, now: float = T0, **kw: object) -> ev.Submit:

@@ -5,7 +5,7 @@ import pytest
 
 from llorch_orch.core import Core, Emit, ModelConfig, OrchConfig
 from llorch_orch.core.config import Limits
-from schemas import Error, Queued
+from schemas import ChatMessage, Error, Queued
 from schemas.codes import ErrorCode
 
 from .factory import (
@@ -18,6 +18,7 @@ from .factory import (
     heartbeat,
     make_core,
     model,
+    only_execute,
     only_spawn,
     queued,
     ready,
@@ -63,6 +64,34 @@ def test_prompt_too_large() -> None:
         ErrorCode.PAYLOAD_TOO_LARGE
     )
     assert not errors(core.handle(submit("j3", prompt="x" * 10)))
+
+
+CHAT = [ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="Hi")]
+
+
+def test_chat_goes_to_the_worker_as_messages() -> None:
+    core = make_core()
+    out = core.handle(submit("j1", messages=CHAT))
+    assert not errors(out)
+    out = core.handle(ready(only_spawn(out).request.worker_id))
+    execute = only_execute(out).execute
+    assert execute.messages == CHAT and execute.prompt is None
+
+
+def test_chat_to_a_model_without_a_template_is_refused() -> None:
+    core = Core(OrchConfig())
+    core.handle(heartbeat(models=[model(chat=False)]))
+    err = one_error(core.handle(submit("j1", messages=CHAT)))
+    assert err.code == ErrorCode.NO_CHAT_TEMPLATE and "raw `prompt`" in err.message
+    assert not errors(core.handle(submit("j2", prompt="raw text works")))
+
+
+def test_chat_content_counts_toward_the_prompt_limit() -> None:
+    core = make_core(limits=Limits(max_prompt_bytes=10))
+    long = [ChatMessage(role="system", content="x" * 6), ChatMessage(role="user", content="y" * 5)]
+    err = one_error(core.handle(submit("j1", messages=long)))
+    assert err.code == ErrorCode.PAYLOAD_TOO_LARGE and "messages" in err.message
+    assert not errors(core.handle(submit("j2", messages=long[1:])))
 
 
 @pytest.mark.parametrize(
