@@ -136,7 +136,7 @@ async def full_stack(reps: int, tmp: Path) -> dict[str, object]:
     s = Subjects()
     res: dict[str, list[float]] = {"orch": [], "pool": [], "first_token": []}
     try:
-        await stack.wait_for_pool(POOL_ID)
+        await stack.wait_ready(POOL_ID)
         tap = await nats.connect(stack.nats_url, **stack.credentials("admin").connect_options())
         nc = await connect(stack)
         spawns, readies, beats = Tap(), Tap(), Tap()

@@ -209,7 +209,7 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
     peer = Peer(path, args.threads, tmp / "logs" / "peer.log")
     direct = Direct(path, args.threads)
     try:
-        await stack.wait_for_pool(POOL_ID)
+        await stack.wait_ready(POOL_ID)
         nc = await connect(stack)
         await peer.wait_ready()
         paths: dict[str, Path_] = {"direct": direct, "peer": peer, "llorch": Llorch(nc)}

@@ -35,7 +35,7 @@ async def main(n: int, max_tokens: int) -> None:
             stack.spawn("orchestrator", ["llorch_orch", "orch"])
             stack.spawn("pool", ["llorch_pool", "serve", "--pool-id", "p1", "--data-dir", tmp,
                                  "--cpu"])  # fmt: skip
-            await stack.wait_for_pool("p1")
+            await stack.wait_ready("p1")
             nc = await nats.connect(stack.nats_url)
             req = GenerateRequest(model="smollm2-135m", prompt="Once upon a time",
                                   max_tokens=max_tokens, seed=1, temperature=0.0)  # fmt: skip

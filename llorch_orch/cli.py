@@ -13,25 +13,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import nats
 from nats.aio.client import Client
 from opentelemetry import trace
 
 from schemas import (
     DEFAULT_PREFIX,
+    ChatMessage,
     End,
     Error,
+    Event,
     GenerateRequest,
+    ProtocolError,
     Queued,
-    Started,
     Subjects,
     Token,
     observe,
     tracing,
 )
 from schemas.connect import Credentials, add_arguments
-from schemas.local import default_data_dir, default_pool_id
+from schemas.local import DATA_DIR_ENV, default_data_dir, default_pool_id
 
-from . import client, natsconf, settings
+from . import client, natsconf, running, settings
 from .batch import cli as batch_cli
 from .batch import load as load_batch
 from .stack import Stack, StackError
@@ -41,18 +44,33 @@ T = TypeVar("T")
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_URL = "nats://127.0.0.1:4222"
+URL_ENV = "LLORCH_NATS_URL"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--nats-url", default=os.environ.get("LLORCH_NATS_URL", DEFAULT_URL))
+    p.add_argument(
+        "--nats-url", default=os.environ.get(URL_ENV),
+        help=f"default ${URL_ENV}, else the URL `llorch up` recorded in --data-dir, else "
+        f"{DEFAULT_URL}",
+    )  # fmt: skip
+    p.add_argument(
+        "--data-dir", type=Path, default=default_data_dir(),
+        help=f"the stack's data dir: its URL and credentials (default ${DATA_DIR_ENV}, "
+        "else ~/.local/share/llorch)",
+    )  # fmt: skip
     p.add_argument("--prefix", default=DEFAULT_PREFIX, help="subject prefix")
     add_arguments(p)
 
 
 def _generate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("prompt")
+    p.add_argument("prompt", help="the user's message (with --raw: the prompt text as is)")
     p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--system", help="a system message before the prompt (chat)")
+    p.add_argument(
+        "--raw", action="store_true",
+        help="send the prompt as raw text, without the model's chat template",
+    )  # fmt: skip
+    p.add_argument("--max-tokens", type=int, default=512)
     p.add_argument("--seed", type=int)
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-p", type=float, default=0.95)
@@ -65,12 +83,19 @@ def _stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nats-url", help="use this NATS server instead of starting one")
     p.add_argument("--creds-dir", type=Path, help="with --nats-url: seeds from `nats-config`")
     p.add_argument("--listen", default="127.0.0.1", help="embedded server's bind address")
-    p.add_argument("--port", type=int, help="port of the embedded nats-server (default 4222)")
+    p.add_argument(
+        "--port", type=int,
+        help="port of the embedded nats-server (default: 4222 for up, a free one for run)",
+    )  # fmt: skip
     p.add_argument("--prefix", default=DEFAULT_PREFIX, help="subject prefix")
     p.add_argument("--pool-id", default=default_pool_id())
     p.add_argument("--cpu", action="store_true", help="run workers on the CPU even with GPUs")
     p.add_argument("--cpu-memory-bytes", type=int, help="cap the CPU device's capacity")
     p.add_argument("--device-memory-limit", type=int, help="cap each GPU's capacity (bytes)")
+    p.add_argument(
+        "--allow-model-dir", type=Path, action="append", default=[], metavar="DIR",
+        help="the pool also loads model files from DIR, in place (repeatable)",
+    )  # fmt: skip
     _metrics_arg(p, "orchestrator on PORT, pool on PORT+1")
     p.add_argument("--trace-console", action="store_true", help="print spans to the logs")
     settings.add_arguments(p)
@@ -140,10 +165,31 @@ def main(argv: list[str] | None = None) -> None:
         code = asyncio.run(_dispatch(args))
     except KeyboardInterrupt:
         code = 130
-    except (StackError, settings.ConfigError) as exc:
-        print(f"llorch: {exc}", file=sys.stderr)
+    except _EXPECTED as exc:  # one line, never a traceback: the message says what to do
+        print(f"llorch: {_one_line(exc)}", file=sys.stderr)
         code = 1
     sys.exit(code)
+
+
+# Failures a user can meet on a healthy install: wrong URL or credentials, a stack that went
+# away, a coded refusal. Anything else is a bug and keeps its traceback.
+_EXPECTED = (
+    StackError,
+    settings.ConfigError,
+    client.Failed,
+    ProtocolError,
+    nats.errors.Error,
+    OSError,
+)
+
+
+def _one_line(exc: BaseException) -> str:
+    match exc:
+        case nats.errors.TimeoutError():
+            return "no reply from the orchestrator in time; is `llorch up` still running?"
+        case nats.errors.ConnectionClosedError() | nats.errors.UnexpectedEOF():
+            return "the connection to NATS closed; is `llorch up` still running?"
+    return str(exc) or type(exc).__name__
 
 
 def _use_uvloop() -> None:
@@ -165,7 +211,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "nats-config":
         return _nats_config(args)
-    nc = await _connect(args.nats_url, _client_credentials(args))
+    nc = await _connect(*_client_endpoint(args))
     try:
         if args.command == "batch":
             return await batch_cli.run(nc, args)
@@ -176,20 +222,25 @@ async def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "models":
             return _print_table(await client.models(nc, Subjects(args.prefix)), models_table)
         reply = await client.cancel(nc, args.job_id, Subjects(args.prefix))
-        print(f"{reply.code}: {reply.message}" if isinstance(reply, Error) else reply.outcome)
-        return 1 if isinstance(reply, Error) else 0
+        print(_ok(reply).outcome)
+        return 0
     finally:
         await nc.close()
 
 
-def _client_credentials(args: argparse.Namespace) -> Credentials:
-    """Flags/env, else the identity `llorch up` made for this host's CLI (if there is one)."""
+def _client_endpoint(args: argparse.Namespace) -> tuple[str, Credentials]:
+    """Where and as whom a client command connects: flags and env first, else what
+    `llorch up` recorded in the data dir (its URL, the identity it made for this host's CLI),
+    else the defaults."""
+    stack = running.read(args.data_dir)
+    url = args.nats_url or (stack.nats_url if stack else DEFAULT_URL)
     creds = Credentials.from_args(args, os.environ)
     if not creds.empty:
-        return creds
+        return url, creds
+    creds_dir = Path(stack.creds_dir) if stack and stack.creds_dir else args.data_dir / "creds"
     name = "producer-cli" if args.command == "batch" else "client-cli"
-    seed = natsconf.seed_file(default_data_dir() / "creds", name)
-    return Credentials(nkey_seed_file=seed) if seed.is_file() else creds
+    seed = natsconf.seed_file(creds_dir, name)
+    return url, Credentials(nkey_seed_file=seed) if seed.is_file() else creds
 
 
 def _nats_config(args: argparse.Namespace) -> int:
@@ -202,18 +253,33 @@ def _nats_config(args: argparse.Namespace) -> int:
 
 
 async def _connect(url: str, credentials: Credentials) -> Client:
+    """A connection, or a StackError that says in one line why there is none."""
+    errors: list[Exception] = []
+
+    async def keep(exc: Exception) -> None:  # reported once, below, not as tracebacks
+        errors.append(exc)
+
     try:
         # nats-py retries forever with 0 attempts; 1 gives one retry, then NoServersError
         return await client.connect(
             url, credentials, connect_timeout=3, max_reconnect_attempts=1,
-            reconnect_time_wait=0.2, error_cb=_quiet,
+            reconnect_time_wait=0.2, error_cb=keep,
         )  # fmt: skip
+    except ProtocolError as exc:  # our side: a seed or creds file that cannot be used
+        raise StackError(exc.message) from None
     except Exception as exc:
-        raise StackError(f"cannot reach NATS at {url} ({exc}); is `llorch up` running?") from None
+        errors.append(exc)
+    if any(_is_auth_error(e) for e in errors):
+        raise StackError(
+            f"NATS at {url} refused the credentials ({credentials.describe()}): authentication "
+            f"failed; pass the identity of that server (--nkey-seed/--creds, or --data-dir of "
+            f"the `llorch up` that runs it)"
+        )
+    raise StackError(f"cannot reach NATS at {url} ({errors[-1]}); is `llorch up` running?")
 
 
-async def _quiet(_: Exception) -> None:
-    """Connection errors surface as one clear message from _connect, not as tracebacks."""
+def _is_auth_error(exc: Exception) -> bool:
+    return isinstance(exc, nats.errors.AuthorizationError) or "authorization" in str(exc).lower()
 
 
 async def _up(args: argparse.Namespace) -> int:
@@ -234,6 +300,8 @@ async def _up(args: argparse.Namespace) -> int:
             pool += ["--cpu-memory-bytes", str(args.cpu_memory_bytes)]
         if args.device_memory_limit:
             pool += ["--device-memory-limit", str(args.device_memory_limit)]
+        for model_dir in args.allow_model_dir:  # resolved: the pool may run in another cwd
+            pool += ["--allow-model-dir", str(model_dir.resolve())]
         pool += stack.seed_args(f"pool-{args.pool_id}")
         pool += stack.seed_args(f"worker-{args.pool_id}", "--worker-nkey-seed")
         orch = ["llorch_orch", "orch", *settings.to_args(args), *stack.seed_args("orchestrator")]
@@ -242,7 +310,9 @@ async def _up(args: argparse.Namespace) -> int:
         pool += ["--metrics-port", str(port + 1 if port else 0)]
         stack.spawn("orchestrator", orch)
         stack.spawn("pool", pool)
-        hb = await stack.wait_for_pool(args.pool_id)
+        hb = await stack.wait_ready(args.pool_id)
+        if args.command == "up":  # `run` is gone before anyone could use the record
+            running.write(data_dir, stack.nats_url, stack.creds_dir)
         devices = ", ".join(f"{d.name} ({d.total_bytes >> 20} MiB)" for d in hb.devices)
         print(
             f"llorch is up on {stack.nats_url}: pool {hb.pool_id} with {devices}", file=sys.stderr
@@ -257,6 +327,7 @@ async def _up(args: argparse.Namespace) -> int:
         await _wait_for_signal()
         return 0
     finally:
+        running.remove(data_dir)
         stack.stop()
 
 
@@ -279,10 +350,30 @@ async def _generate(nc: Client, args: argparse.Namespace) -> int:
         return await _print_generation(nc, args)
 
 
+async def _chat_or_raw(
+    nc: Client, args: argparse.Namespace
+) -> tuple[str | None, list[ChatMessage] | None]:
+    """(prompt, messages): chat when the model has a chat template (or --system asks for it),
+    the raw prompt with --raw or when the model has none."""
+    if args.raw:
+        return args.prompt, None
+    messages = [ChatMessage(role="user", content=args.prompt)]
+    if args.system is not None:
+        return None, [ChatMessage(role="system", content=args.system), *messages]
+    catalog = _ok(await client.models(nc, Subjects(args.prefix)))
+    entry = next((e for e in catalog.models if e.model.name == args.model), None)
+    if entry is not None and not entry.model.has_chat_template:
+        print(f"[{args.model} has no chat template: sent as a raw prompt]", file=sys.stderr)
+        return args.prompt, None
+    return None, messages  # an unknown model: the orchestrator names the ones it knows
+
+
 async def _print_generation(nc: Client, args: argparse.Namespace) -> int:
+    prompt, messages = await _chat_or_raw(nc, args)
     request = GenerateRequest(
         model=args.model,
-        prompt=args.prompt,
+        prompt=prompt,
+        messages=messages,
         max_tokens=args.max_tokens,
         seed=args.seed,
         temperature=args.temperature,
@@ -292,33 +383,46 @@ async def _print_generation(nc: Client, args: argparse.Namespace) -> int:
     )
     start = time.perf_counter()
     first: float | None = None
-    async for event in client.stream(nc, request, Subjects(args.prefix)):
-        match event:
-            case Queued(position=position):
-                print(f"[queued at position {position}]", file=sys.stderr)
-            case Started():
-                pass
-            case Token(text=text):
+    # aclosing: the stream unsubscribes now, not when collected after the connection closed
+    events = contextlib.aclosing(client.stream(nc, request, Subjects(args.prefix)))
+    async with events as stream:
+        async for event in stream:
+            if _show(event, start, first):
                 first = first or time.perf_counter()
-                print(text, end="", flush=True)
-            case End():
-                print()
-                ttft = ((first or time.perf_counter()) - start) * 1000
-                rate = event.tokens_out / max(event.total_ms - event.ttft_ms, 1e-6) * 1000
-                print(
-                    f"-- {event.tokens_out} tokens, finish {event.finish_reason}, "
-                    f"first token {ttft:.1f} ms, {rate:.1f} tokens/s",
-                    file=sys.stderr,
-                )
-            case Error():
-                print(f"\nllorch: {event.code}: {event.message}", file=sys.stderr)
-                return 1
+            if isinstance(event, Error):
+                if first is not None:
+                    print()  # end the partial answer's line
+                raise client.Failed(event)
     return 0
+
+
+def _show(event: Event, start: float, first: float | None) -> bool:
+    """Print one event of a generation; whether it was text."""
+    match event:
+        case Queued(position=position):
+            print(f"[queued at position {position}]", file=sys.stderr)
+        case Token(text=text):
+            print(text, end="", flush=True)
+            return True
+        case End():
+            print()
+            ttft = ((first or time.perf_counter()) - start) * 1000
+            rate = event.tokens_out / max(event.total_ms - event.ttft_ms, 1e-6) * 1000
+            print(
+                f"-- {event.tokens_out} tokens, finish {event.finish_reason}, "
+                f"first token {ttft:.1f} ms, {rate:.1f} tokens/s",
+                file=sys.stderr,
+            )
+    return False
 
 
 def _print_table(reply: T | Error, table: Callable[[T], str]) -> int:
-    if isinstance(reply, Error):
-        print(f"{reply.code}: {reply.message}", file=sys.stderr)
-        return 1
-    print(table(reply))
+    print(table(_ok(reply)))
     return 0
+
+
+def _ok(reply: T | Error) -> T:
+    """The reply, or client.Failed: main prints a coded refusal as one line."""
+    if isinstance(reply, Error):
+        raise client.Failed(reply)
+    return reply

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import nats
 
-from schemas import Heartbeat, Subjects, decoder
+from schemas import ClusterState, Error, Heartbeat, StateRequest, Subjects, decoder, encode
 from schemas.connect import Credentials, without_credentials
 
 from . import natsconf
@@ -20,6 +21,7 @@ from .natsserver import NatsServer, free_port
 
 READY_TIMEOUT_S = 60.0
 _heartbeat = decoder(Heartbeat)
+_state = decoder(ClusterState | Error)
 
 
 class StackError(RuntimeError):
@@ -81,20 +83,24 @@ class Stack:
         log.close()
         self.children.append((name, proc))
 
-    async def wait_for_pool(self, pool_id: str) -> Heartbeat:
-        """Until the pool's first heartbeat; a child that dies first is reported with its log."""
+    async def wait_ready(self, pool_id: str) -> Heartbeat:
+        """Until the orchestrator answers and counts the pool as alive: from then on a request
+        is served. Woken by the pool's heartbeats; a child that dies first is reported with
+        its log. Returns the pool's latest heartbeat."""
+        subjects = Subjects(self.prefix)
         nc = await nats.connect(self.nats_url, **self.credentials("admin").connect_options())
         try:
-            sub = await nc.subscribe(Subjects(self.prefix).heartbeat(pool_id))
+            sub = await nc.subscribe(subjects.heartbeat(pool_id))
             deadline = asyncio.get_running_loop().time() + READY_TIMEOUT_S
+            heartbeat: Heartbeat | None = None
             while asyncio.get_running_loop().time() < deadline:
                 self._check_children()
-                try:
-                    msg = await sub.next_msg(timeout=0.5)
-                except nats.errors.TimeoutError:
-                    continue
-                return _heartbeat(msg.data)
-            raise StackError(f"pool {pool_id} sent no heartbeat in {READY_TIMEOUT_S}s")
+                if heartbeat is not None and await _orchestrator_sees(nc, subjects, pool_id):
+                    return heartbeat
+                with contextlib.suppress(nats.errors.TimeoutError):
+                    heartbeat = _heartbeat((await sub.next_msg(timeout=0.5)).data)
+            waiting_for = "the orchestrator" if heartbeat else f"pool {pool_id}'s heartbeat"
+            raise StackError(f"not ready in {READY_TIMEOUT_S}s: no answer from {waiting_for}")
         finally:
             await nc.close()
 
@@ -118,6 +124,18 @@ class Stack:
                 proc.wait()
         if self.server is not None:
             self.server.stop()
+
+
+async def _orchestrator_sees(nc: nats.NATS, subjects: Subjects, pool_id: str) -> bool:
+    """Whether the orchestrator answers `api.state` and lists the pool as alive."""
+    try:
+        msg = await nc.request(subjects.state, encode(StateRequest()), timeout=1.0)
+    except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+        return False  # still starting
+    state = _state(msg.data)
+    return isinstance(state, ClusterState) and any(
+        p.pool_id == pool_id and p.alive for p in state.pools
+    )
 
 
 def _port_free(host: str, port: int) -> bool:

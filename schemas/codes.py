@@ -22,7 +22,7 @@ class ErrorCode(StrEnum):
     CANCELLED = "CANCELLED"  # job cancelled by its client or because its client left
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"  # job still queued at its deadline
     NOT_FOUND = "NOT_FOUND"  # unknown job / worker id
-    UNAVAILABLE = "UNAVAILABLE"  # no orchestrator answers (a client's own verdict: no responders)
+    UNAVAILABLE = "UNAVAILABLE"  # nothing to serve yet: no pool reported, or no orchestrator
     INTERNAL = "INTERNAL"  # a bug: reported, never crashes the service
 
 

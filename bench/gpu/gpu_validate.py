@@ -311,7 +311,7 @@ class Llorch:
                 *pool_args,
             ],
         )
-        await self.stack.wait_for_pool(POOL)
+        await self.stack.wait_ready(POOL)
         await self.until(lambda s: any(p.pool_id == POOL and p.alive for p in s.pools))
 
     async def state(self) -> Any:

@@ -9,6 +9,9 @@ from .placement import can_ever_fit, slots
 from .view import ClusterView
 
 
+NO_POOL_RETRY_MS = 500  # a pool's first heartbeat is at most one interval away (2 s by default)
+
+
 def _reject(code: ErrorCode, message: str) -> Error:
     return Error(code=code, message=message, retriable=False)
 
@@ -51,6 +54,13 @@ def check_model(req: GenerateRequest, view: ClusterView) -> Error | None:
     if cfg.model(req.model).retired:
         return _reject(ErrorCode.MODEL_NOT_FOUND, f"model {req.model!r} is retired")
     info = view.model_info(req.model)
+    if info is None and not view.pools:
+        return Error(
+            code=ErrorCode.UNAVAILABLE,
+            message="no pool has reported to the orchestrator yet (starting?)",
+            retriable=True,
+            retry_after_ms=NO_POOL_RETRY_MS,
+        )
     if info is None:
         known = ", ".join(sorted(view.catalog())) or "none"
         return _reject(

@@ -43,6 +43,14 @@ def test_unknown_model() -> None:
     assert core.job_info("j1") is None
 
 
+def test_before_any_pool_reported_a_request_is_unavailable_and_retriable() -> None:
+    core = Core(OrchConfig())
+    err = one_error(core.handle(submit("j1")))
+    assert err.code == ErrorCode.UNAVAILABLE and err.retriable and err.retry_after_ms
+    core.handle(heartbeat())
+    assert not errors(core.handle(submit("j2")))
+
+
 def test_retired_model() -> None:
     core = make_core(models={"m": ModelConfig(retired=True)})
     assert one_error(core.handle(submit("j1"))).code == ErrorCode.MODEL_NOT_FOUND
