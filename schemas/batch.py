@@ -19,16 +19,22 @@ class BatchJob(GenerateRequest, tag="batch_job", kw_only=True):
     custom_id: str  # unique within its batch, [A-Za-z0-9_-]{1,64} (it is a subject token)
 
 
-class BatchResult(Message, tag="batch_result"):
-    """The one stored result of a job, on `<prefix>.batch.result.<batch>.<custom_id>`."""
+class BatchResult(Message, tag="batch_result", omit_defaults=False):
+    """The one stored result of a job, on `<prefix>.batch.result.<batch>.<custom_id>`.
+
+    Every field is written, defaults and nulls included: a result line always shows its
+    `text`, `finish_reason` and `tokens_out`, so an empty text is never mistaken for a
+    missing one (and JSONL consumers see one shape for every line).
+    """
 
     batch_id: str
     custom_id: str
     outcome: BatchOutcome
     text: str = ""  # the whole generated text
-    finish_reason: FinishReason | None = None
+    finish_reason: FinishReason | None = None  # set when outcome is "ok"
     tokens_in: int = 0
-    tokens_out: int = 0
+    tokens_out: int = 0  # tokens generated (the end-of-generation token not counted)
+    note: str | None = None  # set when an ok result's text is empty: why
     ttft_ms: float | None = None  # job start on the worker to first token
     total_ms: float | None = None  # job start on the worker to end
     queue_ms: float | None = None  # admission in the orchestrator to start on a worker
@@ -41,6 +47,8 @@ class BatchResult(Message, tag="batch_result"):
 
 
 class BatchStatusRequest(Message, tag="batch_status_request"):
+    """Answered with BatchStatus, or Error NOT_FOUND for a batch the streams hold nothing of."""
+
     batch_id: str
 
 
@@ -54,9 +62,12 @@ class BatchStatus(Message, tag="batch_status"):
     in_flight: int  # pulled by the orchestrator, not yet stored
     queued: int  # still waiting in the work-queue stream
     cancelled: bool = False
+    empty: int = 0  # of `done`: ok results whose text is empty (each result's `note` says why)
 
 
 class BatchCancelRequest(Message, tag="batch_cancel"):
+    """Answered with BatchCancelReply, or Error NOT_FOUND (as a status request)."""
+
     batch_id: str
 
 

@@ -20,6 +20,7 @@ from schemas import (
     BatchStatus,
     BatchStatusRequest,
     Error,
+    ErrorCode,
     Subjects,
     decoder,
     encode,
@@ -29,7 +30,7 @@ from schemas import (
 
 from .lines import LineError, parse_line
 from .runner import CUSTOM_ID, REJECTED
-from .store import msg_id, results
+from .store import UNKNOWN, known, msg_id, results
 
 DEFAULT_MODEL = "smollm2-135m"
 WATCH_REFRESH_S = 2.0  # --watch also refreshes this often when no job settles
@@ -77,7 +78,7 @@ async def submit(nc: Client, subjects: Subjects, path: Path, batch: str | None, 
     batch = batch or new_id("batch")
     subject = subjects.batch_submit(batch)
     js = nc.jetstream()
-    new = dupes = bad = 0
+    new = dupes = bad = 0  # jobs published: new + dupes; bad of them are malformed lines
     try:
         for number, text in enumerate(path.read_text().splitlines(), start=1):
             if not text.strip():
@@ -100,8 +101,21 @@ async def submit(nc: Client, subjects: Subjects, path: Path, batch: str | None, 
         print("llorch: no LLORCH_BATCH stream: is the orchestrator running?", file=sys.stderr)
         return 1
     print(batch)
-    print(f"{new} new jobs, {dupes} duplicates, {bad} malformed lines", file=sys.stderr)
+    print(submit_summary(new, dupes, bad), file=sys.stderr)
     return 0
+
+
+def submit_summary(new: int, dupes: int, bad: int) -> str:
+    """Counts jobs: every non-blank line is one job (a malformed one too: it is published as
+    a rejected job and gets a failed result), new to the stream or dropped as a duplicate."""
+    jobs = _count(new + dupes, "job")
+    if bad:
+        jobs += f" ({bad} of them {'a malformed line' if bad == 1 else 'malformed lines'})"
+    return f"{jobs}: {new} new, {_count(dupes, 'duplicate')}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 async def request_status(nc: Client, subjects: Subjects, batch: str) -> BatchStatus | Error:
@@ -120,9 +134,10 @@ def progress_line(s: BatchStatus) -> str:
     settled = s.done + s.failed
     filled = BAR * settled // s.total if s.total else 0
     bar = "#" * filled + "." * (BAR - filled)
+    empty = f" ({s.empty} with empty text: see their note)" if s.empty else ""
     flag = " CANCELLED" if s.cancelled else ""
     return (
-        f"[{bar}] {settled}/{s.total} done {s.done} failed {s.failed} "
+        f"[{bar}] {settled}/{s.total} done {s.done}{empty} failed {s.failed} "
         f"running {s.in_flight} queued {s.queued}{flag}"
     )
 
@@ -132,8 +147,7 @@ async def _status_cmd(nc: Client, subjects: Subjects, batch: str, watch: bool) -
     while True:
         status = await request_status(nc, subjects, batch)
         if isinstance(status, Error):
-            print(f"llorch: {status.code}: {status.message}", file=sys.stderr)
-            return 1
+            return _failed(batch, status)
         if events is None or finished(status):
             break
         print(f"\r{progress_line(status)}", end="", file=sys.stderr, flush=True)
@@ -146,13 +160,19 @@ async def _status_cmd(nc: Client, subjects: Subjects, batch: str, watch: bool) -
 
 
 async def _results_cmd(nc: Client, subjects: Subjects, batch: str, output: Path | None) -> int:
-    found = await results(nc.jetstream(), subjects, batch)
+    subjects.batch_submit(batch)  # validates the id (ProtocolError INVALID_ID)
+    js = nc.jetstream()
+    found = await results(js, subjects, batch)
+    if not found and not await known(js, subjects, batch):  # the orchestrator's rule for status
+        return _failed(batch, Error(code=ErrorCode.NOT_FOUND, message=UNKNOWN))
     lines = "".join(encode(r).decode() + "\n" for r in found)
     if output is None:
         sys.stdout.write(lines)
     else:
         await asyncio.to_thread(output.write_text, lines)
-        print(f"{len(found)} results written to {output}", file=sys.stderr)
+        empty = sum(r.outcome == "ok" and not r.text for r in found)
+        note = f" ({empty} ok with empty text: see their note)" if empty else ""
+        print(f"{len(found)} results written to {output}{note}", file=sys.stderr)
     return 0
 
 
@@ -160,10 +180,14 @@ async def _cancel_cmd(nc: Client, subjects: Subjects, batch: str) -> int:
     message = encode(BatchCancelRequest(batch_id=batch))
     reply = _cancel((await nc.request(subjects.batch_cancel, message, timeout=10)).data)
     if isinstance(reply, Error):
-        print(f"llorch: {reply.code}: {reply.message}", file=sys.stderr)
-        return 1
+        return _failed(batch, reply)
     print(f"batch {batch} cancelled ({reply.running_cancelled} running jobs stopped)")
     return 0
+
+
+def _failed(batch: str, error: Error) -> int:
+    print(f"llorch: batch {batch}: {error.code}: {error.message}", file=sys.stderr)
+    return 1
 
 
 def _send_span(subject: str, batch: str) -> trace.Span:

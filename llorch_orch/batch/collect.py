@@ -24,13 +24,10 @@ BATCH_RETRIABLE = frozenset({ErrorCode.MODEL_NOT_FOUND})
 
 
 def to_request(job: BatchJob, job_id: str) -> GenerateRequest:
-    """The job as the core sees it: always batch priority, the runner's job id."""
-    return GenerateRequest(
-        model=job.model, prompt=job.prompt, max_tokens=job.max_tokens,
-        temperature=job.temperature, top_p=job.top_p, top_k=job.top_k, seed=job.seed,
-        stop=job.stop, deadline_ms=job.deadline_ms, pool=job.pool, device=job.device,
-        priority="batch", job_id=job_id,
-    )  # fmt: skip
+    """The job as the core sees it: every request field of the job (so a field added to
+    GenerateRequest is never dropped here), always batch priority, the runner's job id."""
+    fields = {name: getattr(job, name) for name in GenerateRequest.__struct_fields__}
+    return GenerateRequest(**(fields | {"priority": "batch", "job_id": job_id}))
 
 
 @dataclass(slots=True)
@@ -38,6 +35,8 @@ class Collector:
     """One attempt's events, in seq order; tokens replayed after a core retry are skipped."""
 
     submitted_at: float  # unix s when handed to the core
+    has_stop: bool = False  # the job has stop sequences (one may match before any text)
+    chat: bool = False  # the job sent chat `messages` (else a raw `prompt`)
     text: list[str] = field(default_factory=list)
     started: Started | None = None
     started_at: float | None = None
@@ -75,11 +74,26 @@ class Collector:
                 result.outcome, result.finish_reason = "ok", end.finish_reason
                 result.tokens_in, result.tokens_out = end.tokens_in, end.tokens_out
                 result.ttft_ms, result.total_ms = end.ttft_ms, end.total_ms
+                result.note = None if result.text else why_empty(end, self.has_stop, self.chat)
             case Error() as error:
                 result.error = Error(code=error.code, message=error.message)
             case None:
                 result.error = Error(code=ErrorCode.INTERNAL, message="no terminal event")
         return result
+
+
+def why_empty(end: End, has_stop: bool, chat: bool) -> str:
+    """Why a job that ended well has no text: the result says so rather than look broken."""
+    if end.tokens_out == 0:
+        why = "the model ended its turn at once (end-of-generation token first, 0 tokens)"
+        if chat:
+            return why
+        # typical of an instruct model given a raw prompt: its chat template was not applied
+        return f"{why}; chat models often do on a raw `prompt`: send `messages` instead"
+    causes = ["they are special tokens, which have no text"]
+    if has_stop and end.finish_reason == "stop":
+        causes.insert(0, "a stop sequence matched first (the match is cut from the text)")
+    return f"the {end.tokens_out} generated tokens left no text: {', or '.join(causes)}"
 
 
 def failed(batch_id: str, custom_id: str, attempts: int, now: float, error: Error) -> BatchResult:

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 from schemas import BatchJob, ProtocolError, check_id, decoder, encode
+from schemas.api import Role
 
 _job = decoder(BatchJob)
 # body fields of an OpenAI request that map onto ours; others (n, logprobs, ...) are ignored
-_OPENAI_FIELDS = ("model", "max_tokens", "temperature", "top_p", "seed", "stop")
+_OPENAI_FIELDS = ("model", "max_tokens", "temperature", "top_p", "seed", "stop", "prompt")
+# newer OpenAI names of our fields (chat completions deprecated `max_tokens` for this one)
+_OPENAI_ALIASES = {"max_completion_tokens": "max_tokens"}
+_ROLES: tuple[str, ...] = get_args(Role)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,32 +52,49 @@ def parse_line(text: str, line: int, default_model: str) -> BatchJob | LineError
 
 
 def _openai_fields(raw: dict[str, Any]) -> dict[str, Any]:
-    """`{"custom_id", "method", "url", "body": {...}}`: completions or chat completions."""
+    """`{"custom_id", "method", "url", "body": {...}}`: completions (`body.prompt`, raw text)
+    or chat completions (`body.messages`, rendered by the worker with the model's template).
+    A body with both or neither is left for BatchJob's own check to refuse."""
     body = raw["body"]
     if not isinstance(body, dict):
         raise ValueError("body must be a JSON object")
-    fields = {k: body[k] for k in _OPENAI_FIELDS if body.get(k) is not None}
+    renamed = {_OPENAI_ALIASES.get(k, k): v for k, v in body.items() if v is not None}
+    fields = {k: renamed[k] for k in _OPENAI_FIELDS if k in renamed}
     if isinstance(fields.get("stop"), str):
         fields["stop"] = [fields["stop"]]
-    if "prompt" in body:
-        fields["prompt"] = body["prompt"]
-    elif "messages" in body:
-        fields["prompt"] = _concat_messages(body["messages"])
-    else:
-        raise ValueError("body needs `prompt` or `messages`")
+    if "messages" in renamed:
+        fields["messages"] = _chat_messages(renamed["messages"])
     return fields
 
 
-def _concat_messages(messages: Any) -> str:
-    """Chat messages joined as plain text: the worker applies no chat template."""
+def _chat_messages(messages: Any) -> list[dict[str, str]]:
+    """OpenAI chat messages as ours: `{role, content}` with the content as one string."""
     if not isinstance(messages, list) or not messages:
         raise ValueError("messages must be a non-empty list")
-    parts = []
-    for m in messages:
-        content = m.get("content") if isinstance(m, dict) else None
-        if isinstance(content, list):  # content parts: keep the text ones
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        if not isinstance(content, str):
-            raise ValueError("each message needs a string `content`")
-        parts.append(content)
-    return "\n".join(parts)
+    return [_chat_message(n, m) for n, m in enumerate(messages, start=1)]
+
+
+def _chat_message(n: int, message: Any) -> dict[str, str]:
+    if not isinstance(message, dict):
+        raise ValueError(f"message {n}: expected a JSON object")
+    role = message.get("role")
+    if role not in _ROLES:
+        raise ValueError(f"message {n}: role {role!r} is not supported (use {', '.join(_ROLES)})")
+    return {"role": role, "content": _text_content(n, message.get("content"))}
+
+
+def _text_content(n: int, content: Any) -> str:
+    """A string, or a list of text parts joined as they are (OpenAI splits text that way).
+    Other parts (images, audio) are refused: dropping them would answer another question."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise ValueError(f"message {n}: content must be a string or a list of text parts")
+    texts = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind != "text" or not isinstance(part.get("text"), str):
+            unsupported = f"content part of type {kind!r} is not supported (text parts only)"
+            raise ValueError(f"message {n}: {unsupported}")
+        texts.append(part["text"])
+    return "".join(texts)

@@ -157,7 +157,8 @@ class BatchRunner:
             return
         job_id = new_id("bj")
         now = time.time()
-        flight = Flight(msg, batch, custom_id, job_id, delivered, Collector(now), kept_alive=now)
+        collector = Collector(now, has_stop=bool(job.stop), chat=job.messages is not None)
+        flight = Flight(msg, batch, custom_id, job_id, delivered, collector, kept_alive=now)
         self.flights[job_id] = flight
         log.info("batch %s job %s -> %s (delivery %d)", batch, custom_id, job_id, delivered)
         # the job's trace continues the producer's (its context rides in the message headers)
@@ -280,20 +281,27 @@ class BatchRunner:
         await msg.respond(encode(reply))
 
     async def status(self, batch: str) -> BatchStatus:
-        self.subjects.batch_submit(batch)  # validates the id
+        await self._check_known(batch)
         waiting = await store.waiting(self.js, self.subjects, batch)
-        done, failed_ = await store.outcomes(self.js, self.subjects, batch)
+        done, failed_, empty = await store.outcomes(self.js, self.subjects, batch)
         in_flight = sum(f.batch_id == batch for f in self.flights.values())
         return BatchStatus(
             batch_id=batch, total=done + failed_ + waiting, done=done, failed=failed_,
-            in_flight=in_flight, queued=max(0, waiting - in_flight),
+            empty=empty, in_flight=in_flight, queued=max(0, waiting - in_flight),
             cancelled=await self._is_cancelled(batch),
         )  # fmt: skip
+
+    async def _check_known(self, batch: str) -> None:
+        """A valid id of a batch the streams hold something of; else a coded error, so a
+        typo is never answered with an empty batch (status) or a marker for nothing (cancel)."""
+        self.subjects.batch_submit(batch)  # validates the id
+        if not await store.known(self.js, self.subjects, batch):
+            raise ProtocolError(ErrorCode.NOT_FOUND, store.UNKNOWN)
 
     async def _on_cancel(self, msg: Msg) -> None:
         try:
             batch = _cancel_req(msg.data).batch_id
-            self.subjects.batch_cancelled(batch)  # validates the id
+            await self._check_known(batch)
         except ProtocolError as exc:
             await msg.respond(encode(Error(code=exc.code, message=exc.message)))
             return

@@ -16,6 +16,11 @@ from .config import BATCH_STREAM, RESULTS_STREAM, BatchConfig, batch_stream, res
 log = logging.getLogger("llorch.batch")
 
 OUTCOME = "Llorch-Outcome"  # header on results: a status scan reads headers only
+EMPTY = "Llorch-Empty-Text"  # header on ok results without text (counted by a status scan)
+UNKNOWN = (  # the message of NOT_FOUND for a batch the streams hold nothing of (see known())
+    "no such batch: no job of it is queued and no result is stored "
+    "(never submitted, or its results expired)"
+)
 _result = decoder(BatchResult)
 
 
@@ -59,6 +64,8 @@ async def store(
     the trace context of its job's message, so the job's trace runs from publish to result."""
     subject = subjects.batch_result(result.batch_id, result.custom_id)
     headers = {"Nats-Msg-Id": msg_id(result.batch_id, result.custom_id), OUTCOME: result.outcome}
+    if result.outcome == "ok" and not result.text:
+        headers[EMPTY] = "1"
     headers = tracing.inject(headers, tracing.extract(job_headers)) or headers
     await js.publish(subject, encode(result), headers=headers)
 
@@ -68,6 +75,21 @@ async def waiting(js: JetStreamContext, subjects: Subjects, batch: str) -> int:
     subject = subjects.batch_submit(batch)
     info = await js.stream_info(BATCH_STREAM, subjects_filter=subject)
     return (info.state.subjects or {}).get(subject, 0)
+
+
+async def result_count(js: JetStreamContext, subjects: Subjects, batch: str) -> int:
+    """Results of the batch in the results stream (one per settled job)."""
+    info = await js.stream_info(RESULTS_STREAM, subjects_filter=subjects.batch_result(batch))
+    return sum((info.state.subjects or {}).values())
+
+
+async def known(js: JetStreamContext, subjects: Subjects, batch: str) -> bool:
+    """Whether the streams hold anything of the batch: a job still in the work queue (queued
+    or running: a running job is acked only after its result is stored), a result, or its
+    cancel marker. A batch whose results all expired is unknown again."""
+    if await waiting(js, subjects, batch) or await result_count(js, subjects, batch):
+        return True
+    return await is_cancelled(js, subjects, batch)
 
 
 async def scan(
@@ -81,12 +103,12 @@ async def scan(
         headers_only=headers_only,
         inactive_threshold=30.0,
     )
-    subject = subjects.batch_result(batch)
-    info = await js.stream_info(RESULTS_STREAM, subjects_filter=subject)
-    left = sum((info.state.subjects or {}).values())
+    left = await result_count(js, subjects, batch)
     if left == 0:
         return
-    sub = await js.pull_subscribe(subject, stream=RESULTS_STREAM, config=config)
+    sub = await js.pull_subscribe(
+        subjects.batch_result(batch), stream=RESULTS_STREAM, config=config
+    )
     try:
         while left > 0:
             for msg in await sub.fetch(min(left, 256), timeout=10):
@@ -100,12 +122,14 @@ async def results(js: JetStreamContext, subjects: Subjects, batch: str) -> list[
     return [_result(data) async for _, data, _ in scan(js, subjects, batch)]
 
 
-async def outcomes(js: JetStreamContext, subjects: Subjects, batch: str) -> tuple[int, int]:
-    """(done, failed) of a batch, reading result headers only."""
-    done = failed = 0
+async def outcomes(js: JetStreamContext, subjects: Subjects, batch: str) -> tuple[int, int, int]:
+    """(done, failed, empty) of a batch, reading result headers only; `empty` counts the
+    done ones without text."""
+    done = failed = empty = 0
     async for _, _, headers in scan(js, subjects, batch, headers_only=True):
         if headers.get(OUTCOME) == "ok":
             done += 1
+            empty += EMPTY in headers
         else:
             failed += 1
-    return done, failed
+    return done, failed, empty

@@ -9,11 +9,24 @@ import sys
 from pathlib import Path
 
 from llorch_orch import client
-from schemas import BatchJob, GenerateRequest, JobStatus, Queued, Started, decoder, encode
+from llorch_orch.batch.store import UNKNOWN
+from schemas import (
+    BatchJob,
+    BatchStatus,
+    BatchStatusRequest,
+    Error,
+    GenerateRequest,
+    JobStatus,
+    Queued,
+    Started,
+    decoder,
+    encode,
+)
 
 from .conftest import (
     FAST,
     MODEL,
+    Cluster,
     ClusterFactory,
     jobs_file,
     kill_worker,
@@ -24,6 +37,7 @@ from .conftest import (
 )
 
 _status = decoder(JobStatus)
+_status_reply = decoder(BatchStatus | Error)
 
 
 async def test_fifty_jobs_one_result_each_and_resubmission_adds_none(
@@ -33,7 +47,7 @@ async def test_fifty_jobs_one_result_each_and_resubmission_adds_none(
     path = jobs_file(tmp_path, 52)
     await submit_file(cluster, path, "b50")
     await submit_file(cluster, path, "b50")  # inside the dedup window: refused by the stream
-    assert "0 new jobs, 52 duplicates" in capsys.readouterr().err
+    assert "52 jobs: 0 new, 52 duplicates" in capsys.readouterr().err
     status = await wait_settled(cluster.nc, "b50", 52)
     assert (status.total, status.done, status.failed) == (52, 52, 0)
     results = await stored(cluster.nc, "b50")
@@ -62,13 +76,13 @@ async def test_cli_after_dedup_window_and_malformed_lines(
     with path.open("a") as f:
         f.write("{not json\n")
         f.write(json.dumps({"custom_id": "bad-temp", "prompt": "x", "temperature": -1}) + "\n")
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
-        f.write(json.dumps({"custom_id": "oa", "method": "POST", "url": "/v1/chat/completions",
+        body = {"model": MODEL, "prompt": "Hi", "max_tokens": 4}
+        f.write(json.dumps({"custom_id": "oa", "method": "POST", "url": "/v1/completions",
                             "body": body}) + "\n")  # fmt: skip
     out = _cli(cluster, "submit", str(path), "--batch", "cli1")
     assert out.stdout.strip() == "cli1"
     assert "line 5: malformed JSON" in out.stderr and "line 6:" in out.stderr
-    assert "7 new jobs, 0 duplicates, 2 malformed lines" in out.stderr
+    assert "7 jobs (2 of them malformed lines): 7 new, 0 duplicates" in out.stderr
     status = await wait_settled(cluster.nc, "cli1", 7)
     assert (status.done, status.failed) == (5, 2)
     by_id = {r.custom_id: r for r in await stored(cluster.nc, "cli1")}
@@ -81,7 +95,8 @@ async def test_cli_after_dedup_window_and_malformed_lines(
     events = await cluster.nc.subscribe(cluster.subjects.batch_event("cli1"))
     await cluster.nc.flush()
     again = _cli(cluster, "submit", str(path), "--batch", "cli1")
-    assert "7 new jobs, 0 duplicates" in again.stderr
+    # (the stream no longer knows them: past its window a copy counts as new)
+    assert "7 jobs (2 of them malformed lines): 7 new, 0 duplicates" in again.stderr
     outcomes = [json.loads((await events.next_msg(timeout=60)).data)["outcome"] for _ in range(7)]
     assert outcomes == ["duplicate"] * 7  # ... and the runner runs none of them again
     assert await results_written(cluster.nc) == written
@@ -93,7 +108,7 @@ async def test_cli_after_dedup_window_and_malformed_lines(
     assert json.loads(done.stdout)["done"] == 5 and "7/7" in done.stderr
 
 
-def _cli(cluster, *args: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+def _cli(cluster: Cluster, *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
     cmd = [
         sys.executable,
         "-m",
@@ -104,8 +119,93 @@ def _cli(cluster, *args: str) -> subprocess.CompletedProcess[str]:  # type: igno
         cluster.stack.nats_url,
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == code, out.stderr
     return out
+
+
+async def test_unknown_batch_is_not_found_and_a_resubmission_counts_jobs(
+    make_cluster: ClusterFactory, tmp_path: Path
+) -> None:
+    cluster = await make_cluster()
+    for command in ("status", "results", "cancel"):  # each exits 1 with the same one line
+        out = await asyncio.to_thread(_cli, cluster, command, "nosuchbatch", code=1)
+        assert (out.stdout, out.stderr) == (
+            "",
+            f"llorch: batch nosuchbatch: NOT_FOUND: {UNKNOWN}\n",
+        )
+    # a raw client gets the coded error too, and the refused cancel stored no marker
+    reply = await _ask_status(cluster, "nosuchbatch")
+    assert isinstance(reply, Error) and reply.code == "NOT_FOUND"
+    # one good line and one malformed line, sent twice inside the duplicate window
+    path = jobs_file(tmp_path, 1)
+    with path.open("a") as f:
+        f.write("{not json\n")
+    first = await asyncio.to_thread(_cli, cluster, "submit", str(path), "--batch", "twice")
+    assert "2 jobs (1 of them a malformed line): 2 new, 0 duplicates" in first.stderr
+    again = await asyncio.to_thread(_cli, cluster, "submit", str(path), "--batch", "twice")
+    assert "2 jobs (1 of them a malformed line): 0 new, 2 duplicates" in again.stderr
+    status = await wait_settled(cluster.nc, "twice", 2)
+    assert (status.total, status.done, status.failed) == (2, 1, 1)
+
+
+async def _ask_status(cluster: Cluster, batch: str) -> BatchStatus | Error:
+    request = encode(BatchStatusRequest(batch_id=batch))
+    msg = await cluster.nc.request(cluster.subjects.batch_status, request, timeout=10)
+    reply: BatchStatus | Error = _status_reply(msg.data)
+    return reply
+
+
+# SmolLM2-135M-Instruct greedily ends its turn at once on this raw prompt (its first token is
+# end-of-generation), and answers the same words sent as chat messages
+BRIEFLY = [
+    {"role": "system", "content": "Answer briefly."},
+    {"role": "user", "content": "What is NATS?"},
+]
+
+
+async def test_ok_result_with_empty_text_says_why(
+    make_cluster: ClusterFactory, tmp_path: Path
+) -> None:
+    cluster = await make_cluster()
+    lines = [
+        {"custom_id": "raw", "prompt": "Answer briefly.\nWhat is NATS?", "temperature": 0},
+        {"custom_id": "paris", "prompt": "The capital of France is", "temperature": 0},
+    ]
+    path = tmp_path / "empty.jsonl"
+    path.write_text("".join(json.dumps({**line, "max_tokens": 4}) + "\n" for line in lines))
+    await submit_file(cluster, path, "empty")
+    status = await wait_settled(cluster.nc, "empty", 2)
+    assert (status.done, status.empty) == (2, 1)
+    target = tmp_path / "out.jsonl"
+    out = await asyncio.to_thread(_cli, cluster, "results", "empty", "-o", str(target))
+    assert "2 results written to" in out.stderr
+    assert "(1 ok with empty text: see their note)" in out.stderr
+    by_id = {line["custom_id"]: line for line in map(json.loads, target.read_text().splitlines())}
+    raw = by_id["raw"]  # every field is written: the empty text shows, next to its reason
+    assert (raw["outcome"], raw["text"], raw["finish_reason"], raw["tokens_out"]) == (
+        "ok", "", "stop", 0
+    )  # fmt: skip
+    assert raw["note"].startswith("the model ended its turn at once")
+    assert "send `messages` instead" in raw["note"]
+    assert by_id["paris"]["text"] and by_id["paris"]["note"] is None
+    watch = await asyncio.to_thread(_cli, cluster, "status", "empty", "--watch")
+    assert "done 2 (1 with empty text: see their note)" in watch.stderr
+
+
+async def test_chat_line_runs_with_the_model_chat_template(
+    make_cluster: ClusterFactory, tmp_path: Path
+) -> None:
+    cluster = await make_cluster()
+    body = {"model": MODEL, "messages": BRIEFLY, "max_tokens": 8, "temperature": 0}
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"custom_id": "chat", "method": "POST",
+                                "url": "/v1/chat/completions", "body": body}))  # fmt: skip
+    await submit_file(cluster, path, "chat")
+    await wait_settled(cluster.nc, "chat", 1)
+    (result,) = await stored(cluster.nc, "chat")
+    assert result.outcome == "ok", result.error
+    # the raw prompt of the same words gives no text (test above): the template opens a turn
+    assert "NATS" in result.text and result.tokens_out > 0 and result.note is None
 
 
 async def test_orchestrator_killed_mid_batch_finishes_after_restart(

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
 from llorch_orch import settings
+from llorch_orch.batch.cli import submit_summary
 from llorch_orch.batch.collect import Collector, has_room, retry_delay, to_request
 from llorch_orch.batch.config import BatchConfig, BatchConfigError, load
 from llorch_orch.batch.lines import LineError, parse_line
-from schemas import BatchJob, End, Error, ErrorCode, Started, Token
+from schemas import BatchJob, ChatMessage, End, Error, ErrorCode, Started, Token, encode
 
 CFG = BatchConfig(max_attempts=3, backoff_s=(1.0, 5.0))
 
@@ -29,16 +31,20 @@ def test_native_line_keeps_its_fields_and_defaults_the_model() -> None:
     )
 
 
-def test_openai_chat_line_maps_body_and_concatenates_messages() -> None:
+def _openai(custom_id: str, **body: object) -> str:
+    return json.dumps({"custom_id": custom_id, "method": "POST", "body": body})
+
+
+def test_openai_chat_line_maps_body_and_keeps_messages_as_chat() -> None:
     body = {
         "model": "m1", "max_tokens": 7, "temperature": 0.2, "top_p": 0.5, "seed": 9, "stop": "END",
         "messages": [{"role": "system", "content": "Be brief."},
-                     {"role": "user", "content": [{"type": "text", "text": "Hello"}]}],
+                     {"role": "user", "content": [{"type": "text", "text": "Hel"},
+                                                  {"type": "text", "text": "lo"}]},
+                     {"role": "assistant", "content": "Hi."}],
         "n": 1,
     }  # fmt: skip
-    line = json.dumps({"custom_id": "r-1", "method": "POST", "url": "/v1/chat/completions",
-                       "body": body})  # fmt: skip
-    job = parse_line(line, 2, "m0")
+    job = parse_line(_openai("r-1", **body), 2, "m0")
     assert isinstance(job, BatchJob)
     assert (job.model, job.max_tokens, job.temperature, job.top_p, job.seed) == (
         "m1",
@@ -47,13 +53,31 @@ def test_openai_chat_line_maps_body_and_concatenates_messages() -> None:
         0.5,
         9,
     )
-    assert job.stop == ["END"] and job.prompt == "Be brief.\nHello"
+    assert job.stop == ["END"] and job.prompt is None
+    assert job.messages == [
+        ChatMessage(role="system", content="Be brief."),
+        ChatMessage(role="user", content="Hello"),  # text parts joined as they are
+        ChatMessage(role="assistant", content="Hi."),
+    ]
+
+
+def test_openai_max_completion_tokens_is_max_tokens() -> None:
+    line = _openai("c", messages=[{"role": "user", "content": "x"}], max_completion_tokens=5)
+    job = parse_line(line, 1, "m0")
+    assert isinstance(job, BatchJob) and job.max_tokens == 5
 
 
 def test_openai_completion_line_uses_prompt() -> None:
     line = json.dumps({"custom_id": "c", "body": {"prompt": "Once", "max_tokens": 3}})
     job = parse_line(line, 1, "m0")
-    assert isinstance(job, BatchJob) and job.prompt == "Once" and job.model == "m0"
+    assert isinstance(job, BatchJob) and job.prompt == "Once" and job.messages is None
+    assert job.model == "m0"
+
+
+def test_native_chat_line() -> None:
+    line = json.dumps({"custom_id": "n", "messages": [{"role": "user", "content": "Hi"}]})
+    job = parse_line(line, 1, "m0")
+    assert isinstance(job, BatchJob) and job.messages == [ChatMessage(role="user", content="Hi")]
 
 
 @pytest.mark.parametrize(
@@ -65,9 +89,21 @@ def test_openai_completion_line_uses_prompt() -> None:
         ('{"custom_id": "a.b", "prompt": "x"}', "line-4", "must match"),
         ('{"custom_id": "ok", "prompt": "x", "max_tokens": 0}', "ok", "max_tokens"),
         ('{"custom_id": "ok", "body": {"messages": []}}', "ok", "messages"),
-        ('{"custom_id": "ok", "body": {"max_tokens": 2}}', "ok", "prompt"),
+        ('{"custom_id": "ok", "body": {"max_tokens": 2}}', "ok", "exactly one of `prompt`"),
+        (_openai("ok", prompt="x", messages=[{"role": "user", "content": "y"}]), "ok",
+         "exactly one of `prompt`"),
+        (_openai("ok", messages=[{"role": "tool", "content": "y"}]), "ok",
+         "message 1: role 'tool' is not supported (use system, user, assistant)"),
+        (_openai("ok", messages=[{"role": "user", "content": "a"}, {"content": "b"}]), "ok",
+         "message 2: role None"),
+        (_openai("ok", messages=["hi"]), "ok", "message 1: expected a JSON object"),
+        (_openai("ok", messages=[{"role": "user", "content": 3}]), "ok",
+         "message 1: content must be a string or a list of text parts"),
+        (_openai("ok", messages=[{"role": "user", "content": [{"type": "image_url"}]}]), "ok",
+         "message 1: content part of type 'image_url' is not supported (text parts only)"),
+        ('{"custom_id": "ok", "messages": [{"role": "tool", "content": "y"}]}', "ok", "role"),
     ],
-)
+)  # fmt: skip
 def test_malformed_line_names_its_number_and_job(line: str, custom_id: str, needle: str) -> None:
     error = parse_line(line, 4, "m0")
     assert isinstance(error, LineError)
@@ -75,10 +111,23 @@ def test_malformed_line_names_its_number_and_job(line: str, custom_id: str, need
     assert error.message.startswith("line 4: ") and needle in error.message
 
 
-def test_request_is_batch_priority_with_the_runner_job_id() -> None:
-    job = BatchJob(model="m", prompt="p", custom_id="c", priority="interactive", job_id="x")
+def test_request_carries_every_job_field_at_batch_priority_with_the_runner_job_id() -> None:
+    chat = [ChatMessage(role="user", content="p")]
+    job = BatchJob(model="m", messages=chat, custom_id="c", priority="interactive", job_id="x",
+                   max_tokens=3, temperature=0.1, top_k=2, seed=5, stop=["."],
+                   deadline_ms=9)  # fmt: skip
     request = to_request(job, "bj-1")
-    assert request.priority == "batch" and request.job_id == "bj-1" and request.prompt == "p"
+    assert request.priority == "batch" and request.job_id == "bj-1"
+    assert request.messages == chat and request.prompt is None
+    assert (request.max_tokens, request.temperature, request.top_k, request.seed) == (3, 0.1, 2, 5)
+    assert (request.stop, request.deadline_ms) == (["."], 9)
+
+
+def test_submit_summary_counts_jobs() -> None:
+    # 5 good lines and 1 malformed one, resubmitted inside the duplicate window
+    assert submit_summary(0, 6, 1) == "6 jobs (1 of them a malformed line): 0 new, 6 duplicates"
+    assert submit_summary(7, 0, 2) == "7 jobs (2 of them malformed lines): 7 new, 0 duplicates"
+    assert submit_summary(0, 1, 0) == "1 job: 0 new, 1 duplicate"
 
 
 def _started(seq: int) -> Started:
@@ -98,7 +147,32 @@ def test_collector_folds_events_and_skips_replayed_tokens() -> None:
     assert c.add(Error(code=ErrorCode.INTERNAL, message="late"), 11.4)  # ignored
     r = c.result("b", "c", attempts=1, now=12.0)
     assert (r.outcome, r.text, r.finish_reason, r.tokens_out) == ("ok", "Hello", "length", 2)
-    assert (r.worker_id, r.seed, r.queue_ms, r.error) == ("w1", 4, 500.0, None)
+    assert (r.worker_id, r.seed, r.queue_ms, r.error, r.note) == ("w1", 4, 500.0, None, None)
+
+
+def _end(tokens_out: int, finish_reason: Literal["stop", "length"] = "stop") -> End:
+    return End(seq=2, job_id="j", finish_reason=finish_reason, tokens_in=3,
+               tokens_out=tokens_out, ttft_ms=1.0, total_ms=2.0)  # fmt: skip
+
+
+def _empty_result(c: Collector, end: End) -> dict[str, object]:
+    c.add(_started(1), 1.0)
+    c.add(end, 2.0)
+    line: dict[str, object] = json.loads(encode(c.result("b", "c", attempts=1, now=3.0)))
+    assert (line["outcome"], line["text"], line["error"]) == ("ok", "", None)
+    assert line["finish_reason"] == end.finish_reason and line["tokens_out"] == end.tokens_out
+    return line
+
+
+def test_ok_result_with_empty_text_says_why() -> None:
+    raw = _empty_result(Collector(submitted_at=0.0), _end(0))
+    assert "ended its turn at once" in str(raw["note"]) and "send `messages`" in str(raw["note"])
+    chat = _empty_result(Collector(submitted_at=0.0, chat=True), _end(0))
+    assert "ended its turn at once" in str(chat["note"]) and "messages" not in str(chat["note"])
+    stopped = _empty_result(Collector(submitted_at=0.0, has_stop=True), _end(2))
+    assert str(stopped["note"]).startswith("the 2 generated tokens left no text: a stop sequence")
+    special = _empty_result(Collector(submitted_at=0.0, has_stop=True), _end(4, "length"))
+    assert "stop sequence" not in str(special["note"]) and "special tokens" in str(special["note"])
 
 
 def test_collector_error_result_carries_the_code() -> None:
