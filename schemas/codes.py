@@ -21,7 +21,7 @@ class ErrorCode(StrEnum):
     POOL_LOST = "POOL_LOST"  # pool stopped heartbeating
     CANCELLED = "CANCELLED"  # job cancelled by its client or because its client left
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"  # job still queued at its deadline
-    NOT_FOUND = "NOT_FOUND"  # unknown job / worker id
+    NOT_FOUND = "NOT_FOUND"  # unknown job, batch or worker id
     UNAVAILABLE = "UNAVAILABLE"  # nothing to serve yet: no pool reported, or no orchestrator
     INTERNAL = "INTERNAL"  # a bug: reported, never crashes the service
 
