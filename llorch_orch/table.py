@@ -40,8 +40,12 @@ def state_table(state: ClusterState) -> str:
 
 def models_table(reply: ModelsReply) -> str:
     rows = [
-        [e.model.name, _mib(e.model.size_bytes), str(e.model.n_ctx_train), _mib(e.est_bytes),
+        [e.model.name, _mib(e.model.size_bytes), str(e.n_ctx or "-"), str(e.model.n_ctx_train),
+         "yes" if e.model.has_chat_template else "no", _mib(e.est_bytes),
          "measured" if e.measured else "estimated", ",".join(e.pools)]
         for e in reply.models
     ]  # fmt: skip
-    return _table(["MODEL", "FILE", "CTX", "BUDGET", "SOURCE", "POOLS"], rows)
+    # USABLE_CTX is what admission allows a request (prompt + max_tokens), TRAINED_CTX the
+    # GGUF's own figure: they differ when the orchestrator configures a smaller context.
+    header = ["MODEL", "FILE", "USABLE_CTX", "TRAINED_CTX", "CHAT", "BUDGET", "SOURCE", "POOLS"]
+    return _table(header, rows)

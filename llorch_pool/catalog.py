@@ -30,6 +30,8 @@ class ModelRecord(msgspec.Struct, frozen=True, kw_only=True):
     n_ctx_train: int
     n_layers: int
     kv_bytes_per_token: int
+    # None in catalogs written before chat: ensure_default reads it from the GGUF header.
+    has_chat_template: bool | None = None
 
 
 class _CatalogFile(msgspec.Struct):
@@ -44,6 +46,7 @@ def model_info(name: str, record: ModelRecord) -> ModelInfo:
         n_ctx_train=record.n_ctx_train,
         n_layers=record.n_layers,
         kv_bytes_per_token=record.kv_bytes_per_token,
+        has_chat_template=bool(record.has_chat_template),
     )
 
 
@@ -104,17 +107,32 @@ def make_record(path: Path) -> ModelRecord:
         n_ctx_train=meta.n_ctx_train,
         n_layers=meta.n_layers,
         kv_bytes_per_token=meta.kv_bytes_per_token,
+        has_chat_template=meta.has_chat_template,
     )
 
 
-def add_model(data_dir: Path, name: str, path: Path) -> ModelRecord:
+def _check_name(name: str, resolved: Path) -> None:
     check_id(name, "model name")
-    resolved = path.resolve()
     bundled = bundled_model_path()
     if name == DEFAULT_MODEL and bundled is not None and resolved != bundled.resolve():
         raise ProtocolError(
             ErrorCode.INVALID_PARAMS, f"{DEFAULT_MODEL} is the bundled model at {bundled}"
         )
+
+
+def check_new_entry(name: str, path: Path) -> None:
+    """What `add_model` would refuse, found without hashing (milliseconds): checked before a
+    file is copied anywhere."""
+    resolved = path.resolve()
+    _check_name(name, resolved)
+    _stat(resolved)
+    read_gguf_meta(resolved)
+
+
+def add_model(data_dir: Path, name: str, path: Path) -> ModelRecord:
+    """Register the file at `path` where it lies (`model_files.add` decides where that is)."""
+    resolved = path.resolve()
+    _check_name(name, resolved)
     record = make_record(resolved)
     models = load(data_dir)
     models[name] = record
@@ -123,13 +141,28 @@ def add_model(data_dir: Path, name: str, path: Path) -> ModelRecord:
 
 
 def ensure_default(data_dir: Path) -> None:
-    """Register the bundled model (hashing it once) when it is absent or moved."""
+    """Register the bundled model (hashing it once) when it is absent or moved, and fill in
+    facts that older catalogs lack."""
     bundled = bundled_model_path()
-    if bundled is None:
-        return
-    current = load(data_dir).get(DEFAULT_MODEL)
-    if current is None or current.path != str(bundled.resolve()):
-        add_model(data_dir, DEFAULT_MODEL, bundled)
+    if bundled is not None:
+        current = load(data_dir).get(DEFAULT_MODEL)
+        if current is None or current.path != str(bundled.resolve()):
+            add_model(data_dir, DEFAULT_MODEL, bundled)
+    _fill_chat_template(data_dir)
+
+
+def _fill_chat_template(data_dir: Path) -> None:
+    """Records written before chat existed: read the flag from the header (milliseconds)."""
+    models = load(data_dir)
+    stale = {n: r for n, r in models.items() if r.has_chat_template is None}
+    for name, record in stale.items():
+        try:
+            flag = read_gguf_meta(Path(record.path)).has_chat_template
+        except ProtocolError:
+            continue  # a missing or broken file is reported when it is used
+        models[name] = msgspec.structs.replace(record, has_chat_template=flag)
+    if stale:
+        save(data_dir, models)
 
 
 def resolve(data_dir: Path, name: str) -> ModelRecord:

@@ -14,15 +14,25 @@ from pathlib import Path
 
 import nats
 
-from llorch_pool import catalog
+from llorch_pool import announce, catalog, model_files
 from llorch_pool.inventory import Inventory
 from llorch_pool.paths import model_dirs
 from llorch_pool.service import PoolConfig, PoolService
-from schemas import DEFAULT_PREFIX, ProtocolError, check_id, connect, observe
+from schemas import (
+    DEFAULT_PREFIX,
+    ErrorCode,
+    ProtocolError,
+    Subjects,
+    check_id,
+    connect,
+    observe,
+)
 from schemas.connect import DRAIN_TIMEOUT_S
 from schemas.local import default_data_dir, default_pool_id, positive_float, positive_int
 
 CONNECT_WAIT_S = 30.0  # give up starting when NATS is unreachable this long
+DEFAULT_URL = "nats://127.0.0.1:4222"
+_PROGRESS_MIN_BYTES = 256 << 20  # smaller copies take well under a second
 log = logging.getLogger("llorch_pool")
 
 
@@ -33,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_dir.add_argument("--data-dir", type=Path, default=None, help="default: $LLORCH_DATA_DIR")
 
     serve = sub.add_parser("serve", parents=[data_dir], help="run the pool manager")
-    serve.add_argument("--nats-url", default="nats://127.0.0.1:4222")
+    serve.add_argument("--nats-url", default=DEFAULT_URL)
     serve.add_argument("--pool-id", default=None, help="default: the hostname, sanitised")
     serve.add_argument("--prefix", default=DEFAULT_PREFIX)
     serve.add_argument("--heartbeat-interval", type=positive_float, default=2.0)
@@ -58,9 +68,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="the model catalog of this host")
     models_sub = models.add_subparsers(dest="models_command", required=True)
-    add = models_sub.add_parser("add", parents=[data_dir], help="add a GGUF (hashes it)")
+    add = models_sub.add_parser(
+        "add", parents=[data_dir],
+        help="link or copy a GGUF into <data-dir>/models (or keep it in place), hash it, and "
+        "wait until a running stack serves it",
+    )  # fmt: skip
     add.add_argument("name")
     add.add_argument("path", type=Path)
+    add.add_argument(
+        "--in-place", action="store_true",
+        help="register the file where it lies (its dir must be allowed: --allow-model-dir)",
+    )  # fmt: skip
+    add.add_argument(
+        "--nats-url", default=os.environ.get("LLORCH_NATS_URL"),
+        help="the stack to tell (default $LLORCH_NATS_URL, else the `llorch up` of --data-dir)",
+    )  # fmt: skip
+    add.add_argument("--prefix", default=DEFAULT_PREFIX)
+    connect.add_arguments(add)  # default: the admin seed `llorch up` keeps in the data dir
     models_sub.add_parser("list", parents=[data_dir], help="list the catalog")
     return parser
 
@@ -81,10 +105,82 @@ def models_list(data_dir: Path) -> int:
     return 0
 
 
-def models_add(data_dir: Path, name: str, path: Path) -> int:
-    record = catalog.add_model(data_dir, name, path)
-    print(_format_row(name, record, present=True))
-    return 0
+def models_add(data_dir: Path, args: argparse.Namespace) -> int:
+    size = args.path.stat().st_size if args.path.is_file() else 0
+    added = model_files.add(data_dir, args.name, args.path, args.in_place, _copy_progress(size))
+    print(_placed(added))
+    print(_format_row(args.name, added.record, present=True))
+    for note in _notes(args.name, added):
+        print(f"note: {note}", file=sys.stderr)
+    given = connect.Credentials.from_args(args, os.environ)
+    stack = announce.endpoint(data_dir, args.nats_url, given)
+    if stack is None:
+        print(f"no `llorch up` runs on {data_dir}: {args.name} will be served when it starts, "
+              "or at the next heartbeat of a pool serving this data dir (--nats-url URL waits "
+              "for that)")  # fmt: skip
+        return 0
+    url, creds = stack
+    sha256 = added.record.sha256
+    outcome = asyncio.run(announce.announce(url, Subjects(args.prefix), creds, args.name, sha256))
+    return _report_served(args.name, outcome)
+
+
+def _placed(added: model_files.Added) -> str:
+    """Exactly what happened to the user's file."""
+    target = added.record.path
+    match added.how:
+        case "linked":
+            return f"linked {added.source} as {target} (a hard link: the same file, no copy)"
+        case "copied":
+            return f"copied {added.source} to {target} ({_gib(added.record.size_bytes)})"
+        case "in place":
+            return f"registered {target} in place"
+
+
+def _notes(name: str, added: model_files.Added) -> list[str]:
+    """How to keep a file where it lies: the one thing `models add` cannot do alone."""
+    allow = f"`llorch up --allow-model-dir {added.source.parent}`"
+    if added.how == "copied":
+        return [
+            f"to use {added.source} where it lies instead: `llorch models add {name} "
+            f"{added.source} --in-place`, start the stack with {allow}, delete the copy"
+        ]
+    if not added.allowed:
+        return [f"a pool loads {added.source} only from an allowed dir: start it with {allow}"]
+    return []
+
+
+def _report_served(name: str, outcome: announce.Outcome) -> int:
+    match outcome:
+        case announce.Served(pools=pools):
+            print(f"served: the orchestrator lists {name} on pool {', '.join(pools)}")
+            return 0
+        case announce.NoStack(reason=reason):
+            print(f"not served yet: {reason}; {name} will be served when `llorch up` starts")
+            return 0
+        case announce.NotListed(reason=reason):
+            print(f"error: {ErrorCode.MODEL_NOT_FOUND}: {reason}", file=sys.stderr)
+            return 1
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def progress_line(done: int, total: int) -> str:
+    return f"\rcopying: {_gib(done)} of {_gib(total)} ({done * 100 // max(total, 1)}%)"
+
+
+def _copy_progress(total: int) -> model_files.Progress:
+    """Progress on a terminal for a big copy (a hard link is instant and calls nothing)."""
+    if total < _PROGRESS_MIN_BYTES or not sys.stderr.isatty():
+        return lambda _done: None
+
+    def show(done: int) -> None:
+        end = "\n" if done >= total else ""
+        print(progress_line(done, total), end=end, file=sys.stderr, flush=True)
+
+    return show
 
 
 async def _log_nats_error(exc: Exception) -> None:
@@ -137,7 +233,7 @@ def _run(args: argparse.Namespace) -> int:
     data_dir = args.data_dir if args.data_dir is not None else default_data_dir()
     if args.command == "models":
         if args.models_command == "add":
-            return models_add(data_dir, args.name, args.path)
+            return models_add(data_dir, args)
         return models_list(data_dir)
     pool_id = check_id(args.pool_id, "pool id") if args.pool_id else default_pool_id()
     credentials = connect.Credentials.from_args(args, os.environ)
@@ -173,4 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except TimeoutError:
         print(f"error: NATS unreachable within {CONNECT_WAIT_S:.0f}s", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. no space left for a copy: the errno says it all
+        print(f"error: {exc}", file=sys.stderr)
         return 1

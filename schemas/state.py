@@ -24,6 +24,9 @@ class CatalogEntry(Message, tag="catalog_entry"):
     pools: list[str]  # pools that hold the file
     est_bytes: int  # memory the orchestrator budgets for one worker (learned once measured)
     measured: bool  # est_bytes comes from a worker's report, not from the GGUF estimate
+    # Context a request may use (prompt + max_tokens), as the orchestrator enforces it:
+    # min(its configured n_ctx for the model, n_ctx_train). 0: an orchestrator older than this.
+    n_ctx: int = 0
 
 
 class ModelsReply(Message, tag="models"):

@@ -102,3 +102,17 @@ def test_corrupt_catalog_is_a_coded_error(data_dir: Path) -> None:
     with pytest.raises(ProtocolError) as err:
         catalog.load(data_dir)
     assert err.value.code == ErrorCode.INTERNAL
+
+
+def test_heartbeat_listing_never_hashes(
+    data_dir: Path, gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every heartbeat re-reads the catalog (that is how a new model shows at once): a JSON read
+    and a stat per model, never a hash of a model file."""
+    catalog.add_model(data_dir, "tiny", gguf)
+
+    def no_hashing(path: Path) -> str:
+        raise AssertionError(f"hashed {path}")
+
+    monkeypatch.setattr(catalog, "sha256_file", no_hashing)
+    assert [m.name for m in catalog.present_models(data_dir)] == ["tiny"]

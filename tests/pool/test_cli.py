@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from llorch_orch.natsserver import free_port
 from llorch_pool import catalog
 from tests.pool.conftest import REPO
 from tests.pool.ggufgen import write_gguf
@@ -31,12 +32,14 @@ def test_models_add_then_list(tmp_path: Path, model_path: Path) -> None:
     assert added.returncode == 0, added.stderr
     record = catalog.load(data)["tiny"]
     assert record.sha256[:16] in added.stdout
+    assert f"linked {gguf} as {record.path}" in added.stdout
+    assert "no `llorch up` runs on" in added.stdout  # and nothing to wait for
     listed = run("models", "list", "--data-dir", str(data))
     assert listed.returncode == 0, listed.stderr
     rows = {line.split()[0]: line for line in listed.stdout.splitlines()[1:]}
     assert set(rows) == {"tiny", catalog.DEFAULT_MODEL}
     assert str(model_path.resolve()) in rows[catalog.DEFAULT_MODEL]
-    gguf.unlink()
+    Path(record.path).unlink()
     assert "file missing" in run("models", "list", "--data-dir", str(data)).stdout
 
 
@@ -45,6 +48,15 @@ def test_data_dir_from_environment(tmp_path: Path) -> None:
     added = run("models", "add", "tiny", str(write_gguf(tmp_path / "t.gguf")), env=env)
     assert added.returncode == 0, added.stderr
     assert "tiny" in catalog.load(tmp_path / "envdata")
+
+
+def test_add_with_no_server_at_the_url_says_when_it_will_be_served(tmp_path: Path) -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    gguf = write_gguf(tmp_path / "t.gguf")
+    added = run("models", "add", "t", str(gguf), "--data-dir", str(tmp_path), "--nats-url", url)
+    assert added.returncode == 0, added.stderr
+    assert f"not served yet: no NATS server at {url}" in added.stdout
+    assert "will be served when `llorch up` starts" in added.stdout
 
 
 def test_errors_exit_2_with_their_code(tmp_path: Path) -> None:
