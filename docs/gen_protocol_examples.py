@@ -280,13 +280,21 @@ EXAMPLES: list[tuple[str, msgspec.Struct]] = [
         "models",
         ModelsReply(
             models=[
-                CatalogEntry(model=_model, pools=["gpu-host-1"], est_bytes=905969664, measured=True)
+                CatalogEntry(
+                    model=_model,
+                    pools=["gpu-host-1"],
+                    est_bytes=905969664,
+                    measured=True,
+                    n_ctx=2048,
+                )
             ]
         ),
     ),
     (
         "catalog-entry",
-        CatalogEntry(model=_model, pools=["laptop"], est_bytes=313320512, measured=False),
+        CatalogEntry(
+            model=_model, pools=["laptop"], est_bytes=313320512, measured=False, n_ctx=2048
+        ),
     ),
     # control plane
     (

@@ -32,9 +32,16 @@ from schemas import (
     tracing,
 )
 from schemas.connect import Credentials, add_arguments
-from schemas.local import DATA_DIR_ENV, default_data_dir, default_pool_id
+from schemas.local import (
+    DATA_DIR_ENV,
+    default_data_dir,
+    default_pool_id,
+    read_stack_record,
+    remove_stack_record,
+    write_stack_record,
+)
 
-from . import client, natsconf, running, settings
+from . import client, natsconf, settings
 from .batch import cli as batch_cli
 from .batch import load as load_batch
 from .stack import Stack, StackError
@@ -232,7 +239,7 @@ def _client_endpoint(args: argparse.Namespace) -> tuple[str, Credentials]:
     """Where and as whom a client command connects: flags and env first, else what
     `llorch up` recorded in the data dir (its URL, the identity it made for this host's CLI),
     else the defaults."""
-    stack = running.read(args.data_dir)
+    stack = read_stack_record(args.data_dir)
     url = args.nats_url or (stack.nats_url if stack else DEFAULT_URL)
     creds = Credentials.from_args(args, os.environ)
     if not creds.empty:
@@ -312,7 +319,7 @@ async def _up(args: argparse.Namespace) -> int:
         stack.spawn("pool", pool)
         hb = await stack.wait_ready(args.pool_id)
         if args.command == "up":  # `run` is gone before anyone could use the record
-            running.write(data_dir, stack.nats_url, stack.creds_dir)
+            write_stack_record(data_dir, stack.nats_url, stack.creds_dir)
         devices = ", ".join(f"{d.name} ({d.total_bytes >> 20} MiB)" for d in hb.devices)
         print(
             f"llorch is up on {stack.nats_url}: pool {hb.pool_id} with {devices}", file=sys.stderr
@@ -327,7 +334,7 @@ async def _up(args: argparse.Namespace) -> int:
         await _wait_for_signal()
         return 0
     finally:
-        running.remove(data_dir)
+        remove_stack_record(data_dir)
         stack.stop()
 
 

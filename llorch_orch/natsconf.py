@@ -16,6 +16,7 @@ from pathlib import Path
 
 from schemas import MAX_MESSAGE_BYTES, Subjects, check_id
 from schemas.connect import DEFAULT_INBOX, nkey_public
+from schemas.local import seed_file
 
 from .batch.config import BATCH_STREAM, RESULTS_STREAM
 
@@ -148,10 +149,6 @@ def render(
 def _private_dir(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     path.chmod(0o700)
-
-
-def seed_file(creds_dir: Path, name: str) -> Path:
-    return creds_dir / f"{name}.nk"
 
 
 def ensure_seeds(creds_dir: Path, identities: Iterable[Identity]) -> list[Identity]:

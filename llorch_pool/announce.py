@@ -16,7 +16,6 @@ import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import msgspec
 import nats
 from nats.aio.client import Client
 from nats.errors import NoRespondersError, NoServersError
@@ -34,6 +33,7 @@ from schemas import (
     encode,
 )
 from schemas.connect import Credentials
+from schemas.local import read_stack_record, seed_file
 
 WAIT_S = 30.0  # a pool answers a snapshot in milliseconds: this bounds a pool that is missing
 ASK_TIMEOUT_S = 5.0  # one api.models round trip
@@ -59,34 +59,19 @@ class NotListed:
 Outcome = Served | NoStack | NotListed
 
 
-class _StackRecord(msgspec.Struct):
-    """The part of `<data-dir>/stack.json` we read: `llorch up` writes it when the stack is up
-    and removes it when it stops (llorch_orch/running.py)."""
-
-    nats_url: str
-    creds_dir: str | None = None  # None: an open server
-
-
 def endpoint(data_dir: Path, url: str | None, given: Credentials) -> tuple[str, Credentials] | None:
     """Where to announce, and as whom: `url` if given, else the URL of the `llorch up` of this
     data dir (None when there is neither: no stack to tell). Credentials: `given` if any, else
-    the admin seed `llorch up` made (file name as natsconf.seed_file's), else none."""
-    record = _stack_record(data_dir)
+    the admin seed `llorch up` made, else none."""
+    record = read_stack_record(data_dir)
     if url is None:
         if record is None:
             return None
         url = record.nats_url
     creds_dir = Path(record.creds_dir) if record and record.creds_dir else data_dir / "creds"
-    admin = creds_dir / "admin.nk"
+    admin = seed_file(creds_dir, "admin")
     creds = Credentials(nkey_seed_file=admin) if given.empty and admin.is_file() else given
     return url, creds
-
-
-def _stack_record(data_dir: Path) -> _StackRecord | None:
-    try:
-        return msgspec.json.decode((data_dir / "stack.json").read_bytes(), type=_StackRecord)
-    except (OSError, msgspec.MsgspecError):
-        return None
 
 
 async def announce(

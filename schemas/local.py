@@ -1,5 +1,6 @@
 """Conventions of a llorch host that every process reads the same way: where its state lives,
-what its pool is called by default, and how numbers on a command line are checked."""
+what `llorch up` records there, what its pool is called by default, and how numbers on a
+command line are checked."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeVar
 
+import msgspec
+
 DATA_DIR_ENV = "LLORCH_DATA_DIR"
+STACK_FILE = "stack.json"
 T = TypeVar("T", int, float)
 
 
@@ -23,6 +27,56 @@ def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
     if env.get("XDG_DATA_HOME"):
         return Path(env["XDG_DATA_HOME"]) / "llorch"
     return Path.home() / ".local" / "share" / "llorch"
+
+
+def seed_file(creds_dir: Path, name: str) -> Path:
+    """Where an identity's nkey seed lives (`llorch up` and `nats-config` write them)."""
+    return creds_dir / f"{name}.nk"
+
+
+class StackRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """`<data-dir>/stack.json`: written by `llorch up` once the stack serves, removed when it
+    stops, so the commands of the same host find its URL and identities without being told."""
+
+    nats_url: str
+    creds_dir: str | None  # seeds per identity; None: an open server
+    pid: int  # of `llorch up`
+
+
+def write_stack_record(data_dir: Path, nats_url: str, creds_dir: Path | None) -> None:
+    record = StackRecord(
+        nats_url=nats_url, creds_dir=None if creds_dir is None else str(creds_dir),
+        pid=os.getpid(),
+    )  # fmt: skip
+    tmp = data_dir / f".{STACK_FILE}.{os.getpid()}.tmp"
+    tmp.write_bytes(msgspec.json.encode(record))
+    tmp.replace(data_dir / STACK_FILE)  # a reader never sees half a file
+
+
+def read_stack_record(data_dir: Path) -> StackRecord | None:
+    """The record of a stack whose `llorch up` still runs; None if there is none."""
+    try:
+        record = msgspec.json.decode((data_dir / STACK_FILE).read_bytes(), type=StackRecord)
+    except (OSError, msgspec.MsgspecError):
+        return None
+    return record if _alive(record.pid) else None
+
+
+def remove_stack_record(data_dir: Path) -> None:
+    """Only our own: a second `llorch up` on the same data dir may have replaced it."""
+    record = read_stack_record(data_dir)
+    if record is not None and record.pid == os.getpid():
+        (data_dir / STACK_FILE).unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: it exists
+    return True
 
 
 def sanitise_id(raw: str, fallback: str = "pool") -> str:

@@ -51,6 +51,7 @@ def models(core: Core) -> ModelsReply:
                 pools=sorted(pools),
                 est_bytes=core.view.estimate(name, kind),
                 measured=(name, kind) in core.view.measured,
+                n_ctx=core.view.n_ctx(name),
             )
         )
     return ModelsReply(models=entries)
