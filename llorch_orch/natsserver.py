@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import ctypes
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import sysconfig
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
 
 class NatsServerError(RuntimeError):
@@ -30,6 +36,13 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _stop_with_parent() -> None:
+    """Runs in the child between fork and exec: the server never outlives its owner, even one
+    that was killed (its own process group keeps it from hearing the terminal's signals)."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _wait_listening(host: str, port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -73,7 +86,16 @@ class NatsServer:
         if config is not None:
             args += ["-c", str(config)]
         out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        # Its own process group: a Ctrl-C in the terminal reaches every process of the
+        # foreground group at once, and a server that exits then cuts off the others while they
+        # drain (their last events and statuses lost). The owner stops it after them.
+        proc = subprocess.Popen(
+            args,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            process_group=0,
+            preexec_fn=_stop_with_parent,
+        )
         try:
             _wait_listening(host, port, proc, timeout=10.0)
         except BaseException:
@@ -83,6 +105,7 @@ class NatsServer:
         return cls(proc=proc, host=host, port=port, store_dir=store_dir)
 
     def stop(self) -> None:
+        """SIGTERM: the server closes its clients and JetStream store, and exits."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:

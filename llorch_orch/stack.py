@@ -112,7 +112,10 @@ class Stack:
                 raise StackError(f"{name} exited with {proc.returncode}; {log}:\n{tail}")
 
     def stop(self) -> None:
-        """Children in reverse start order (the pool stops its workers), then the server."""
+        """Every child at once (a terminal's Ctrl-C has signalled them already; a signal to
+        `llorch up` alone has not), each stopping on its own: the pool stops its workers and
+        their running jobs end with a retriable error. The server goes last, once they have
+        exited, so that what they publish while stopping still reaches its subscribers."""
         for _, proc in reversed(self.children):
             if proc.poll() is None:
                 proc.terminate()

@@ -54,7 +54,10 @@ audit = logging.getLogger("llorch.audit")  # security decisions: refused models
 
 SERVICE_NAME = "llorch-pool"
 SERVICE_VERSION = "0.1.0"
-SHUTDOWN_GRACE_S = 10.0  # drain time for workers at pool shutdown, then SIGKILL
+SHUTDOWN_GRACE_S = 10.0  # for workers to stop at pool shutdown (one token away), then SIGKILL
+# How the pool tells a worker to stop: SIGTERM drains (the running job finishes first), SIGINT
+# stops now (the running job ends with a retriable error), SIGKILL kills.
+_DRAIN, _STOP_NOW, _KILL = signal.SIGTERM, signal.SIGINT, signal.SIGKILL
 
 _decode_spawn = decoder(SpawnRequest)
 _decode_stop = decoder(StopRequest)
@@ -132,21 +135,21 @@ class PoolService:
                 log.exception("heartbeat failed")
 
     async def shutdown(self) -> None:
-        """Stop serving, drain every worker (SIGKILL after the grace period), report, leave."""
+        """Stop serving, stop every worker now (a running job would hold the pool for as long
+        as it runs; its client gets a retriable error instead), SIGKILL those still there
+        after the grace period, report, leave."""
         if self._service is not None:
             await self._service.stop()
         if self._snapshot_sub is not None:
             await self._snapshot_sub.unsubscribe()
         for worker_id in list(self._procs):
-            self._signal(worker_id, drain=True)
+            self._signal(worker_id, _STOP_NOW)
         reapers = list(self._reapers.values())
         if reapers:
             _, late = await asyncio.wait(reapers, timeout=SHUTDOWN_GRACE_S)
             for worker_id in list(self._procs):
-                log.warning(
-                    "worker %s did not drain in %.0fs: killing", worker_id, SHUTDOWN_GRACE_S
-                )
-                self._signal(worker_id, drain=False)
+                log.warning("worker %s did not stop in %.0fs: killing", worker_id, SHUTDOWN_GRACE_S)
+                self._signal(worker_id, _KILL)
             if late:
                 await asyncio.wait(late)
         await self.publish_heartbeat()
@@ -284,14 +287,14 @@ class PoolService:
         check_id(req.worker_id, "worker id")
         if req.worker_id not in self._procs:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no running worker {req.worker_id}")
-        self._signal(req.worker_id, drain=req.drain)
+        self._signal(req.worker_id, _DRAIN if req.drain else _KILL)
         return Ack(detail="draining" if req.drain else "killed")
 
-    def _signal(self, worker_id: str, drain: bool) -> None:
+    def _signal(self, worker_id: str, sig: signal.Signals) -> None:
         proc = self._procs[worker_id]
         with contextlib.suppress(ProcessLookupError):  # exited already: the reaper reports it
-            proc.send_signal(signal.SIGTERM if drain else signal.SIGKILL)
-        if drain:
+            proc.send_signal(sig)
+        if sig != _KILL:
             self.workers[worker_id] = registry.on_draining(self.workers[worker_id])
             self._mark_changed()
 

@@ -1,7 +1,8 @@
 """Process factory for workers: command line, environment, log file, start.
 
 Workers run in their own session, so a Ctrl-C meant for the pool's terminal reaches only the
-pool, which then drains them; on Linux they also get SIGTERM if the pool itself dies.
+pool, which then stops them (SIGINT: the running job ends with a retriable error); on Linux
+they also get SIGTERM (drain: the running job finishes) if the pool itself dies.
 """
 
 from __future__ import annotations

@@ -88,14 +88,21 @@ class Job:
         self._state = JobState(execute, ctx.progress_interval, started_at=time.monotonic())
         self._cancel = threading.Event()
         self._cancel_reason = ""
+        self._cancel_code = ErrorCode.CANCELLED
+        self._cancel_retriable = False
         self.ended = False  # the engine is done: a cancel now would come too late
         self._status_subject = ctx.subjects.job_status(execute.job_id)
         self._probe_reply = f"{ctx.probe_prefix}.{execute.job_id}"
 
-    def cancel(self, reason: str) -> None:
-        """Idempotent; the engine stops at its next token and the job ends with CANCELLED."""
+    def cancel(
+        self, reason: str, code: ErrorCode = ErrorCode.CANCELLED, retriable: bool = False
+    ) -> None:
+        """Idempotent (the first reason wins); the engine stops at its next token and the job
+        ends with an error of `code`."""
         if not self._cancel.is_set():
             self._cancel_reason = reason
+            self._cancel_code = code
+            self._cancel_retriable = retriable
             self._cancel.set()
 
     async def run(self) -> None:
@@ -175,8 +182,15 @@ class Job:
         job_id = self.job_id
         match outcome:
             case Finished(reason="cancelled"):
-                code = ErrorCode.CANCELLED
-                return Error(code=code, message=self._cancel_reason, seq=seq, job_id=job_id), code
+                code = self._cancel_code
+                error = Error(
+                    code=code,
+                    message=self._cancel_reason,
+                    retriable=self._cancel_retriable,
+                    seq=seq,
+                    job_id=job_id,
+                )
+                return error, code
             case Finished(reason="stop" | "length" as reason, tokens_in=tokens_in):
                 end = End(
                     seq=seq,

@@ -175,15 +175,27 @@ class Worker:
         await nc.flush()
 
     def _install_signals(self) -> None:
+        """SIGTERM drains (a stop asked by the orchestrator, or the pool's death); SIGINT is
+        the pool stopping: the running job cannot wait for its end."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._drain)
+        loop.add_signal_handler(signal.SIGTERM, self._drain)
+        loop.add_signal_handler(signal.SIGINT, self._stop_now)
 
     def _drain(self) -> None:
         """Refuse new jobs, let the running one finish, then stop."""
         self._draining = True
         if self._job is None:
             self._stopped.set()
+
+    def _stop_now(self) -> None:
+        """Refuse new jobs and end the running one at its next token, with a retriable
+        WORKER_LOST (the worker goes away mid-job; the client may submit it again), then stop.
+        Its client and the orchestrator hear that end like any other."""
+        job = self._job
+        if job is not None:
+            reason = "worker stopped mid-job: its pool is shutting down"
+            job.cancel(reason, ErrorCode.WORKER_LOST, retriable=True)
+        self._drain()
 
     async def _on_execute(self, req: Request) -> None:
         try:

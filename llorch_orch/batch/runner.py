@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js.client import JetStreamContext
 
 from schemas import (
     BatchCancelReply,
@@ -76,6 +77,7 @@ class BatchRunner:
     _live: set[str] = field(default_factory=set)  # batches known not to be cancelled
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _pull: JetStreamContext.PullSubscription | None = None  # once started
 
     def __post_init__(self) -> None:
         self.nc = self.service.nc
@@ -95,9 +97,17 @@ class BatchRunner:
         self._background(self._tick_loop())
 
     async def stop(self) -> None:
-        """Hand unfinished jobs back at once (nak) so a successor need not wait for ack_wait."""
-        for task in list(self._tasks):
+        """Hand unfinished jobs back at once (nak) so a successor need not wait for ack_wait.
+
+        The pull subscription goes first: nats-py's fetch takes messages off its queue without
+        marking them done, so a connection drain would wait on it until its drain timeout."""
+        if self._pull is not None:
+            with contextlib.suppress(Exception):  # a connection already gone has no interest
+                await self._pull.unsubscribe()
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for flight in self.flights.values():
             with contextlib.suppress(Exception):
                 await flight.msg.nak()
@@ -112,6 +122,7 @@ class BatchRunner:
         while True:
             await self._wait_for_room()
             try:
+                assert self._pull is not None  # the loop starts after the subscription
                 msgs = await self._pull.fetch(1, timeout=FETCH_WAIT_S)
             except NatsTimeout:
                 continue

@@ -1,4 +1,5 @@
-"""Process lifecycle: a failed load reports and exits 3; SIGTERM/SIGINT drain and exit 0."""
+"""Process lifecycle: a failed load reports and exits 3; SIGTERM drains, SIGINT (its pool
+stopping) ends the running job now; both exit 0."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from llorch_orch.natsserver import NatsServer
 from schemas import Ack, End, Error, ErrorCode, Token, WorkerFailed, WorkerReady
 from tests.worker.conftest import (
+    N_CTX,
     WAIT,
     JobRun,
     Stream,
@@ -60,6 +62,29 @@ async def test_sigterm_finishes_the_running_job_refuses_new_ones_and_exits_0(
             await stream.finish(run)
         assert isinstance(run.terminal, End)
         assert run.terminal.finish_reason == "length" and run.terminal.tokens_out == 48
+        assert worker.proc.wait(timeout=WAIT) == 0
+    finally:
+        await nc.close()
+        stop_worker(worker)
+
+
+async def test_sigint_ends_the_running_job_with_a_retriable_worker_lost_and_exits_0(
+    nats_server: NatsServer, model_path: Path
+) -> None:
+    worker = await spawn_worker_async(nats_server.url, "w-stop", model_path)
+    nc = await nats.connect(nats_server.url)
+    try:
+        async with Stream(nc, "job-stop") as stream:
+            # greedy and long: it cannot end by chance before the signal
+            long = {"prompt": "Write a long story about a dragon:", "max_tokens": N_CTX // 2}
+            run = JobRun(await stream.execute("w-stop", **long))
+            assert isinstance(run.reply, Ack)
+            while not isinstance(await stream.next_event(run), Token):
+                pass
+            worker.proc.send_signal(signal.SIGINT)
+            await stream.finish(run)
+        assert isinstance(run.terminal, Error), run.terminal
+        assert run.terminal.code == ErrorCode.WORKER_LOST and run.terminal.retriable
         assert worker.proc.wait(timeout=WAIT) == 0
     finally:
         await nc.close()
