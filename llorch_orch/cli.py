@@ -318,32 +318,36 @@ async def _up(args: argparse.Namespace) -> int:
         stack.spawn("orchestrator", orch)
         stack.spawn("pool", pool)
         hb = await stack.wait_ready(args.pool_id)
-        if args.command == "up":  # `run` is gone before anyone could use the record
+        # `up` only: a Ctrl-C from the moment "up" is printed is a clean stop, and `run` is
+        # gone before anyone could use the record
+        stop = _stop_event() if args.command == "up" else None
+        if stop is not None:
             write_stack_record(data_dir, stack.nats_url, stack.creds_dir)
         devices = ", ".join(f"{d.name} ({d.total_bytes >> 20} MiB)" for d in hb.devices)
         print(
             f"llorch is up on {stack.nats_url}: pool {hb.pool_id} with {devices}", file=sys.stderr
         )
         print(f"logs: {data_dir / 'logs'}", file=sys.stderr)
-        if args.command == "run":
+        if stop is None:
             nc = await _connect(stack.nats_url, stack.credentials("client-cli"))
             try:
                 return await _generate(nc, args)
             finally:
                 await nc.close()
-        await _wait_for_signal()
+        await stop.wait()
         return 0
     finally:
         remove_stack_record(data_dir)
         stack.stop()
 
 
-async def _wait_for_signal() -> None:
+def _stop_event() -> asyncio.Event:
+    """Set by SIGINT or SIGTERM (instead of KeyboardInterrupt)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
 
 
 async def _generate(nc: Client, args: argparse.Namespace) -> int:
