@@ -25,13 +25,13 @@ from . import events as ev
 from .admission import check_limits, check_model
 from .commands import CancelOnWorker, Command, Emit, SendExecute, Spawn, Stop
 from .config import OrchConfig
+from .drain import DrainRate
 from .jobs import FinishedJobs, Job
 from .placement import best_slot, plan_eviction, slots
 from .queue import AdmissionQueue
 from .recovery import RecoveryMixin
 from .view import ClusterView, PoolRec, WorkerPhase, WorkerRec, pick_idle
 
-RATE_WINDOW_S = 60.0  # completions counted for the queue's drain rate
 RETRIABLE = frozenset(
     {
         ErrorCode.QUEUE_FULL,
@@ -52,7 +52,7 @@ class Core(RecoveryMixin):
         self.finished = FinishedJobs(self.cfg.finished_memory)
         self._deadlines: list[tuple[float, str]] = []  # heap of queued jobs' deadlines
         self._keepalive: deque[tuple[float, str]] = deque()  # (queued sent at, job), oldest first
-        self._completions: deque[float] = deque()
+        self._completions = DrainRate()
         self._out: list[Command] = []
         self._given_up: OrderedDict[str, None] = OrderedDict()  # lost workers: never re-adopt
 
@@ -129,20 +129,12 @@ class Core(RecoveryMixin):
             code=ErrorCode.QUEUE_FULL,
             message=f"queue holds {len(self.queue)} jobs (capacity {self.queue.capacity})",
             retriable=True,
-            retry_after_ms=self._retry_after_ms(now),
+            retry_after_ms=self._completions.retry_after_ms(now, len(self.queue)),
             seq=job.take_seq(),
             job_id=job.job_id,
         )
         self._out.append(Emit(job.reply_to, error, job.job_id))
         return False
-
-    def _retry_after_ms(self, now: float) -> int:
-        while self._completions and self._completions[0] < now - RATE_WINDOW_S:
-            self._completions.popleft()
-        if not self._completions:
-            return 5000
-        rate = len(self._completions) / RATE_WINDOW_S
-        return int(min(60_000, max(100, 1000 * (len(self.queue) + 1) / rate)))
 
     def cancel(self, now: float, job_id: str) -> tuple[CancelReply | Error, list[Command]]:
         """Cancel a queued or running job; idempotent. Returns the reply and the commands."""
@@ -439,7 +431,7 @@ class Core(RecoveryMixin):
         del self.jobs[job.job_id]
         self._active.pop(job.job_id, None)
         self.finished.add(job, outcome, code)
-        self._completions.append(now)
+        self._completions.completed(now)
 
     def _fail(
         self, job: Job, code: ErrorCode, message: str, retry_after_ms: int | None = None

@@ -8,6 +8,7 @@ from schemas.codes import ErrorCode
 
 from .commands import Command, Stop
 from .config import OrchConfig
+from .drain import DrainRate
 from .jobs import Job
 from .placement import best_slot, slots
 from .queue import AdmissionQueue
@@ -28,6 +29,7 @@ class RecoveryMixin:
     _keepalive: "deque[tuple[float, str]]"
     _out: list[Command]
     _given_up: "OrderedDict[str, None]"
+    _completions: DrainRate
 
     def _stop(self, worker_id: str, drain: bool, reason: str) -> None:
         raise NotImplementedError
@@ -54,9 +56,6 @@ class RecoveryMixin:
         raise NotImplementedError
 
     def _room_for_one(self) -> bool:
-        raise NotImplementedError
-
-    def _retry_after_ms(self, now: float) -> int:
         raise NotImplementedError
 
     # ---- timers --------------------------------------------------------------------------
@@ -198,7 +197,7 @@ class RecoveryMixin:
                 job,
                 ErrorCode.QUEUE_FULL,
                 "worker lost and the queue is full: cannot retry",
-                retry_after_ms=self._retry_after_ms(now),
+                retry_after_ms=self._completions.retry_after_ms(now, len(self.queue)),
             )
             return
         job.phase, job.worker_id, job.ack_deadline = "queued", None, None

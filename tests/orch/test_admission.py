@@ -5,6 +5,7 @@ import pytest
 
 from llorch_orch.core import Core, Emit, ModelConfig, OrchConfig
 from llorch_orch.core.config import Limits
+from llorch_orch.core.drain import DrainRate
 from schemas import ChatMessage, Error, Queued
 from schemas.codes import ErrorCode
 
@@ -208,7 +209,7 @@ def test_retry_after_follows_the_drain_rate() -> None:
     w = only_spawn(core.handle(submit("a"))).request.worker_id
     core.handle(ready(w))
     core.handle(status("a", w, "finished", now=T0))
-    for i in range(1, 30):  # 30 completions in the last minute: 0.5 jobs/s
+    for i in range(1, 30):  # 30 completions in the last 30 s: 1 job/s
         job = f"r{i}"
         core.handle(submit(job, T0 + i))
         core.handle(status(job, w, "finished", now=T0 + i))
@@ -216,7 +217,18 @@ def test_retry_after_follows_the_drain_rate() -> None:
     core.handle(submit("waits", T0 + 30))
     err = one_error(core.handle(submit("x", T0 + 30)))
     assert err.code == ErrorCode.QUEUE_FULL
-    assert err.retry_after_ms == pytest.approx(2 * 2000, rel=0.2)  # (1 waiting + 1) / 0.5/s
+    assert err.retry_after_ms == 2000  # (1 waiting + 1) / 1 job/s
+
+
+def test_retry_after_is_honest_right_after_a_burst_began() -> None:
+    """A long-idle orchestrator, then a flood: 150 jobs done in 5 s (30/s) with 1000 waiting
+    drain in ~33 s; the old estimate divided by the whole 60 s window and said 60 s (its cap)."""
+    rate = DrainRate()
+    for i in range(150):
+        rate.completed(T0 + 1000 + i / 30)
+    assert rate.retry_after_ms(T0 + 1005, waiting=1000) == pytest.approx(33_367, rel=0.01)
+    assert rate.retry_after_ms(T0 + 1005, waiting=0) == 100  # never below the floor
+    assert rate.retry_after_ms(T0 + 2000, waiting=10) == 5000  # nothing recent: no rate
 
 
 def test_drop_oldest_batch() -> None:
