@@ -24,6 +24,7 @@ from llorch_worker.chat import TEMPLATE_KEY, ChatTemplate
 from llorch_worker.loadlog import load_failure_code, placement
 from llorch_worker.textstream import TextStream
 from schemas import ErrorCode, Execute, ProtocolError
+from schemas.api import sampling_temperature
 
 _GGML_WARN = 3  # ggml_log_level: WARN = 3, ERROR = 4
 _GGML_ERROR = 4
@@ -196,9 +197,8 @@ class Engine:
         llm.reset()
         vocab = llama_cpp.llama_model_get_vocab(llm.model)
         text = TextStream(job.stop)
-        tokens = llm.generate(
-            prompt, top_k=job.top_k, top_p=job.top_p, min_p=0.0, temp=job.temperature
-        )
+        temp = sampling_temperature(job.temperature)  # llama-cpp-python: greedy only at 0.0
+        tokens = llm.generate(prompt, top_k=job.top_k, top_p=job.top_p, min_p=0.0, temp=temp)
         for n_out, token in enumerate(tokens, start=1):
             if cancel.is_set():
                 return Finished("cancelled", n_in, "")

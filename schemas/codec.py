@@ -6,12 +6,15 @@ from typing import Any, TypeVar
 import msgspec
 
 from schemas.codes import ErrorCode, ProtocolError
+from schemas.ids import ID_PATTERN
+from schemas.text import clip
 
 T = TypeVar("T")
 
 MAX_MESSAGE_BYTES = 1024 * 1024  # default NATS max_payload
 
 _encoder = msgspec.json.Encoder()
+_ID_FAILED = f"matching regex {ID_PATTERN!r}"  # how msgspec says an `Id` field failed
 
 
 def encode(message: Any) -> bytes:
@@ -30,10 +33,23 @@ def decoder(kind: Any, max_bytes: int = MAX_MESSAGE_BYTES) -> Callable[[bytes], 
         try:
             return dec.decode(data)
         except msgspec.ValidationError as exc:
-            raise ProtocolError(ErrorCode.INVALID_PARAMS, str(exc)) from None
+            raise _invalid(str(exc)) from None
         except msgspec.DecodeError as exc:
             raise ProtocolError(ErrorCode.INVALID_PARAMS, f"malformed JSON: {exc}") from None
         except RecursionError:
             raise ProtocolError(ErrorCode.INVALID_PARAMS, "JSON nested too deeply") from None
+        except UnicodeDecodeError:  # msgspec lets invalid UTF-8 inside a string escape as is
+            raise ProtocolError(ErrorCode.INVALID_PARAMS, "invalid UTF-8 in a string") from None
 
     return decode
+
+
+def _invalid(message: str) -> ProtocolError:
+    """A ValidationError as a coded error: INVALID_ID when a field typed `Id` failed its
+    pattern. msgspec quotes a bad enum value whole (`Invalid enum value '<1 MiB>' - at
+    `$.role``), so the text before the path is clipped; the path itself is the schema's."""
+    code = ErrorCode.INVALID_ID if _ID_FAILED in message else ErrorCode.INVALID_PARAMS
+    what, at, path = message.rpartition(" - at `")
+    if not at:
+        return ProtocolError(code, clip(message, 200))
+    return ProtocolError(code, f"{clip(what, 200)}{at}{clip(path, 200)}")

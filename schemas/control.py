@@ -1,10 +1,24 @@
 """Control-plane messages between orchestrator, pool managers and workers."""
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from schemas.api import ChatMessage, check_prompt_or_messages
+from msgspec import Meta
+
+from schemas.api import (
+    ChatMessages,
+    MaxTokens,
+    ModelName,
+    Seed,
+    StopList,
+    Temperature,
+    TopK,
+    TopP,
+    check_prompt_or_messages,
+)
 from schemas.base import Message
 from schemas.codes import ErrorCode
+from schemas.ids import Id
+from schemas.subjects import PublishSubject
 
 DeviceKind = Literal["gpu", "cpu"]
 WorkerState = Literal["starting", "ready", "busy", "draining", "failed", "exited"]
@@ -92,18 +106,20 @@ class WorkerFailed(Message, tag="worker_failed"):
 
 
 class Execute(Message, tag="execute", kw_only=True):
-    job_id: str
-    model: str
+    """Typed like GenerateRequest: the worker's decoder checks the same bounds."""
+
+    job_id: Id
+    model: ModelName
     prompt: str | None = None  # raw completion, or:
-    messages: list[ChatMessage] | None = None  # chat, rendered with the model's template
-    max_tokens: int
-    temperature: float
-    top_p: float
-    top_k: int
-    seed: int
-    stream: str  # subject the events go to (the client's inbox)
-    stop: list[str] = []
-    seq: int = 0  # seq of the first event this worker sends
+    messages: ChatMessages | None = None  # chat, rendered with the model's template
+    max_tokens: MaxTokens
+    temperature: Temperature
+    top_p: TopP
+    top_k: TopK
+    seed: Seed
+    stream: PublishSubject  # subject the events go to (the client's inbox)
+    stop: StopList = []
+    seq: Annotated[int, Meta(ge=0)] = 0  # seq of the first event this worker sends
     resume_after: int = -1  # retry: suppress events with seq <= this (the client has them)
 
     def __post_init__(self) -> None:
@@ -113,9 +129,22 @@ class Execute(Message, tag="execute", kw_only=True):
 class JobStatus(Message, tag="job_status"):
     job_id: str
     worker_id: str
-    state: Literal["started", "progress", "finished", "failed"]
+    # abandoned: the worker stopped without a terminal event on the stream (its pool died, or
+    # the orchestrator asked it to); `seq` is the last event it published and the orchestrator
+    # owns the job's retry (docs/worker.md, docs/scheduling.md)
+    state: Literal["started", "progress", "finished", "failed", "abandoned"]
     seq: int  # last seq published to the stream
     tokens_in: int = 0
     tokens_out: int = 0
-    code: ErrorCode | None = None  # when failed
+    code: ErrorCode | None = None  # when failed or abandoned
     ttft_ms: float | None = None  # on finished/failed: job start on the worker to first token
+
+
+class WorkerCancel(Message, tag="cancel"):
+    """Orchestrator -> `worker.<W>.cancel`. Tagged like the client's CancelRequest, so a bare
+    `{"job_id": J}` still cancels. `abandon`: stop the job at the next token and publish nothing
+    more on its stream (no terminal event: the orchestrator retries it elsewhere); the reply
+    comes once the job has stopped and is its final JobStatus."""
+
+    job_id: Id
+    abandon: bool = False

@@ -2,11 +2,21 @@
 
 import re
 import secrets
+from typing import Annotated
+
+from msgspec import Meta
 
 from schemas.codes import ErrorCode, ProtocolError
+from schemas.text import clip
 
-ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+# `\Z`, not `$`: `$` also matches before a trailing newline, which would let "id\n" through
+# (and into log lines); msgspec applies the pattern with `re.search`, so it is anchored here.
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}\Z"
 _ID = re.compile(ID_PATTERN)
+
+# A wire field that is an id: a value outside the pattern is refused at decode time with
+# INVALID_ID (schemas.codec tells the pattern's failures apart from other ones).
+Id = Annotated[str, Meta(pattern=ID_PATTERN)]
 
 
 def is_valid_id(value: str) -> bool:
@@ -16,7 +26,7 @@ def is_valid_id(value: str) -> bool:
 def check_id(value: str, what: str) -> str:
     if not is_valid_id(value):
         raise ProtocolError(
-            ErrorCode.INVALID_ID, f"{what} {value[:80]!r} must match [A-Za-z0-9_-]{{1,64}}"
+            ErrorCode.INVALID_ID, f"{what} {clip(value)!r} must match [A-Za-z0-9_-]{{1,64}}"
         )
     return value
 

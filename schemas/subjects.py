@@ -1,10 +1,28 @@
 """Subject builders: the one place subject names are spelled."""
 
+import re
 from dataclasses import dataclass
+from typing import Annotated
+
+from msgspec import Meta
 
 from schemas.ids import check_id
 
 DEFAULT_PREFIX = "llorch.v1"
+
+# A subject one can publish to (a job's stream, a reply inbox): dot-separated non-empty tokens
+# with no wildcard (`*`, `>`), whitespace or control character, at most MAX_SUBJECT_CHARS.
+# The orchestrator drops a generate request whose reply subject breaks it; a worker refuses an
+# execute whose stream does.
+MAX_SUBJECT_CHARS = 256
+_TOKEN = r"[^.*>\s\x00-\x1f\x7f]+"
+SUBJECT_PATTERN = rf"^{_TOKEN}(\.{_TOKEN})*\Z"
+_SUBJECT = re.compile(SUBJECT_PATTERN)
+PublishSubject = Annotated[str, Meta(max_length=MAX_SUBJECT_CHARS, pattern=SUBJECT_PATTERN)]
+
+
+def is_publish_subject(subject: str) -> bool:
+    return len(subject) <= MAX_SUBJECT_CHARS and bool(_SUBJECT.match(subject))
 
 
 @dataclass(frozen=True, slots=True)
