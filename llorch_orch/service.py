@@ -39,6 +39,8 @@ from schemas import (
     tracing,
 )
 from schemas.aio import wait_event
+from schemas.subjects import is_publish_subject
+from schemas.text import clip
 
 from .core import CancelOnWorker, Command, Core, Emit, SendExecute, Spawn, Stop
 from .core import events as ev
@@ -49,6 +51,9 @@ log = logging.getLogger("llorch.orch")
 
 MAX_TICK_S = 1.0  # the timer wakes at least this often
 CONTROL_TIMEOUT_S = 10.0  # spawn/stop/cancel request timeouts
+# Room a generate request must leave under the server's max payload: its execute carries the
+# same text plus fields of our own (ids, the stream, numbers: < 1 KiB) and trace headers.
+EXECUTE_ROOM = 16 * 1024
 
 _generate = decoder(GenerateRequest)
 _cancel = decoder(CancelRequest)
@@ -100,7 +105,7 @@ class OrchestratorService:
             await service.add_endpoint(name=name, subject=subject, handler=_traced(handler))
         self.telemetry.observe(asyncio.get_running_loop())
         self._timer = asyncio.create_task(self._timer_loop())
-        await self.nc.publish(s.snapshot_request, encode(SnapshotRequest()))
+        await self._publish(s.snapshot_request, SnapshotRequest(), to_client=False)
 
     async def stop(self) -> None:
         if self._timer is not None:
@@ -115,20 +120,21 @@ class OrchestratorService:
         self._wake.set()
 
     async def _carry_out(self, commands: list[Command], event: ev.Event | None) -> None:
-        for command in commands:
-            await self._execute(command)
-        self.telemetry.carried_out(commands, event, self.clock())
+        try:
+            for command in commands:
+                await self._execute(command)
+        finally:  # a publish that failed still ends the jobs the core ended (their records)
+            self.telemetry.carried_out(commands, event, self.clock())
 
     async def _execute(self, command: Command) -> None:
         match command:
             case Emit(subject=subject, event=event, job_id=job_id):
-                headers = self.telemetry.headers(job_id)
-                await self.nc.publish(subject, encode(event), headers=headers)
+                await self._publish(subject, event, headers=self.telemetry.headers(job_id))
             case SendExecute(worker_id=worker_id, execute=execute, attempt=attempt):
                 reply = f"{self._inbox}.{execute.job_id}.{attempt}.{worker_id}"
                 subject = self.subjects.execute(worker_id)
                 headers = self.telemetry.dispatched(command, subject, self.clock())
-                await self.nc.publish(subject, encode(execute), reply=reply, headers=headers)
+                await self._publish(subject, execute, reply, headers, to_client=False)
             case Spawn(pool_id=pool_id, request=request, job_id=job_id):
                 self._background(self._spawn(pool_id, request, self.telemetry.context(job_id)))
             case Stop(pool_id=pool_id, request=request, reason=reason):
@@ -140,6 +146,40 @@ class OrchestratorService:
                 parent = self.telemetry.context(job_id)
                 cancel = CancelRequest(job_id=job_id)
                 self._background(self._request(subject, cancel, parent, worker=worker_id))
+
+    async def _publish(
+        self,
+        subject: str,
+        message: object,
+        reply: str = "",
+        headers: dict[str, str] | None = None,
+        to_client: bool = True,
+    ) -> None:
+        """Every message the service sends: never one over the server's max payload (the
+        server closes a connection that sends one, and nats-py does not come back from that).
+        An oversized message to a client (stream event, API reply) is replaced by a coded
+        INTERNAL error; an oversized control message is not sent (an execute cannot be:
+        `_on_generate` keeps EXECUTE_ROOM free)."""
+        if (fitted := self._fit(subject, message, headers, to_client)) is not None:
+            await self.nc.publish(subject, fitted[0], reply=reply, headers=fitted[1])
+
+    def _fit(
+        self, subject: str, message: object, headers: dict[str, str] | None, to_client: bool
+    ) -> tuple[bytes, dict[str, str] | None] | None:
+        """`message` encoded with its headers, its replacement, or None: not to be sent."""
+        data = encode(message)
+        size = _wire_size(data, headers)
+        if size <= self.nc.max_payload:
+            return data, headers
+        what = type(message).__name__
+        log.error("not sending a %s of %d bytes to %s (max payload %d)",
+                  what, size, clip(subject), self.nc.max_payload)  # fmt: skip
+        if not to_client:
+            return None
+        error = Error(code=ErrorCode.INTERNAL, message=f"{what} over the max payload",
+                      seq=getattr(message, "seq", None),
+                      job_id=getattr(message, "job_id", None))  # fmt: skip
+        return encode(error), None
 
     def _background(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -178,7 +218,8 @@ class OrchestratorService:
         subject = self.subjects.spawn(pool_id)
         reply = await self._request(subject, request, parent, pool=pool_id)
         if isinstance(reply, Error):
-            log.warning("spawn of %s on %s refused: %s", request.worker_id, pool_id, reply.message)
+            why = clip(reply.message, 200)
+            log.warning("spawn of %s on %s refused: %s", request.worker_id, pool_id, why)
             refused = ev.SpawnRefused(self.clock(), request.worker_id, reply.code, reply.message)
             await self._feed(refused)
 
@@ -194,14 +235,22 @@ class OrchestratorService:
 
     # ---- subscriptions -------------------------------------------------------------------
     async def _on_generate(self, msg: Msg) -> None:
-        if not msg.reply:
-            log.warning("generate request without a reply subject dropped")
+        # No reply can reach a client whose reply subject is not one to publish to (a
+        # wildcard, a space): dropped before admission, so no worker is ever sent it.
+        if not is_publish_subject(msg.reply):
+            log.warning("generate request dropped: bad reply subject %r", clip(msg.reply))
             return
         try:
+            if _wire_size(msg.data, msg.headers) + EXECUTE_ROOM > self.nc.max_payload:
+                raise ProtocolError(
+                    ErrorCode.PAYLOAD_TOO_LARGE,
+                    f"request of {len(msg.data)} bytes leaves no room for its execute under "
+                    f"the max payload {self.nc.max_payload} (send at most "
+                    f"{self.nc.max_payload - EXECUTE_ROOM} bytes, headers included)",
+                )
             request = _generate(msg.data)
         except ProtocolError as exc:
-            error = Error(code=exc.code, message=exc.message, seq=0)
-            await self.nc.publish(msg.reply, encode(error))
+            await self._publish(msg.reply, Error(code=exc.code, message=exc.message, seq=0))
             return
         await self.submit(request, msg.reply, msg.headers)
 
@@ -218,12 +267,20 @@ class OrchestratorService:
         `headers` of the message that brought it carry the sender's trace context, `subject`
         (default: the generate subject) names the job's span, with its `ids` (`batch=...`)
         templated out."""
-        if request.job_id is None:  # named here, so the shell can follow the job's span
-            request = msgspec.structs.replace(request, job_id=new_id("job"))
+        job_id = request.job_id or new_id("job")  # named here: the shell follows its span
+        request = msgspec.structs.replace(request, job_id=job_id)
         now = self.clock()
         subject = subject or self.subjects.generate
         carried = self.telemetry.submitted(request, subject, headers, now, ids)
-        await self._feed(ev.Submit(now, request, reply_to, carried))
+        try:
+            await self._feed(ev.Submit(now, request, reply_to, carried))
+        except Exception:  # a bug: the client still gets its one terminal, the record its end
+            log.exception("job %s: admission failed", clip(job_id))
+            if job_id not in self.core.jobs:
+                error = Error(code=ErrorCode.INTERNAL, message="admission failed", seq=0,
+                              job_id=job_id)  # fmt: skip
+                async with self._lock:
+                    await self._carry_out([Emit(reply_to, error, job_id)], None)
 
     async def _on_heartbeat(self, msg: Msg) -> None:
         await self._decode_and_feed(
@@ -267,7 +324,7 @@ class OrchestratorService:
             if subject_of(message) != msg.subject:
                 raise ProtocolError(ErrorCode.INVALID_ID, "the body names another sender")
         except ProtocolError as exc:
-            log.warning("dropped bad message on %s: %s", msg.subject, exc)
+            log.warning("dropped bad message on %s: %s", clip(msg.subject), exc)
             return
         await self._feed(make(message))
 
@@ -291,8 +348,8 @@ class OrchestratorService:
 
     # ---- request/reply API ---------------------------------------------------------------
     async def _on_cancel(self, req: Request) -> None:
-        if (message := await _decoded(req, _cancel)) is not None:
-            await _respond(req, await self.cancel(message.job_id))
+        if (message := await self._decoded(req, _cancel)) is not None:
+            await self._respond(req, await self.cancel(message.job_id))
 
     async def cancel(self, job_id: str) -> CancelReply | Error:
         """Cancel a job (the API endpoint and the in-process batch runner)."""
@@ -302,16 +359,31 @@ class OrchestratorService:
         return reply
 
     async def _on_job_get(self, req: Request) -> None:
-        if (message := await _decoded(req, _job_get)) is not None:
+        if (message := await self._decoded(req, _job_get)) is not None:
             job_id = message.job_id
             info = self.core.job_info(job_id)
-            await _respond(req, info or Error(code=ErrorCode.NOT_FOUND, message=f"no job {job_id}"))
+            missing = Error(code=ErrorCode.NOT_FOUND, message=f"no job {job_id}")
+            await self._respond(req, info or missing)
 
     async def _on_state(self, req: Request) -> None:
-        await _respond(req, cluster_state(self.core, self.clock()))
+        await self._respond(req, cluster_state(self.core, self.clock()))
 
     async def _on_models(self, req: Request) -> None:
-        await _respond(req, models(self.core))
+        await self._respond(req, models(self.core))
+
+    async def _decoded(self, req: Request, decode: Callable[[bytes], Any]) -> Any:
+        """The request's message, or None once a coded error has been sent back."""
+        try:
+            return decode(req.data)
+        except ProtocolError as exc:
+            await self._respond(req, Error(code=exc.code, message=exc.message))
+            return None
+
+    async def _respond(self, req: Request, message: object) -> None:
+        """Reply with the current span's context (a reply carries no headers of its own)."""
+        fitted = self._fit(req.subject, message, tracing.inject(), to_client=True)
+        assert fitted is not None  # a reply always fits, or its replacement does
+        await req.respond(*fitted)
 
 
 def _traced(handler: Callable[[Request], Awaitable[None]]) -> Callable[[Request], Awaitable[None]]:
@@ -325,15 +397,11 @@ def _traced(handler: Callable[[Request], Awaitable[None]]) -> Callable[[Request]
     return serve
 
 
-async def _decoded(req: Request, decode: Callable[[bytes], Any]) -> Any:
-    """The request's message, or None once a coded error has been sent back."""
-    try:
-        return decode(req.data)
-    except ProtocolError as exc:
-        await _respond(req, Error(code=exc.code, message=exc.message))
-        return None
-
-
-async def _respond(req: Request, message: object) -> None:
-    """Reply with the current span's context (a reply carries no headers of its own)."""
-    await req.respond(encode(message), headers=tracing.inject())
+def _wire_size(data: bytes, headers: dict[str, str] | None) -> int:
+    """What the server counts against its max payload: the body and the header block (a
+    `NATS/1.0` line, one `key: value` line per header, an empty line); nats-py checks only the
+    body."""
+    if not headers:
+        return len(data)
+    block = sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
+    return len(data) + len(b"NATS/1.0\r\n\r\n") + block

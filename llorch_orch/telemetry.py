@@ -22,6 +22,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from schemas import Error, GenerateRequest, JobStatus, Queued, tracing
 from schemas.observe import SECONDS_BUCKETS
+from schemas.text import clip
 
 from .core import Command, Core, Emit, SendExecute, Spawn, Stop
 from .core import events as ev
@@ -54,6 +55,7 @@ _retries = _meter.create_counter("llorch.retries", "{dispatch}", "Re-dispatches 
 _evictions = _meter.create_counter("llorch.evictions", "{worker}", "Workers stopped to make room")
 _spawns = _meter.create_counter("llorch.spawns", "{worker}", "Workers the orchestrator started")
 _SCRAPE_TIMEOUT_S = 2.0
+OTHER = "other"  # the `model` label of a job for a model the orchestrator does not know
 
 
 @dataclass(slots=True)
@@ -89,7 +91,7 @@ class Telemetry:
         carry onward. `request.job_id` is set. A duplicate id keeps the first job's record."""
         job_id = request.job_id
         assert job_id is not None
-        labels = {"model": request.model, "priority": request.priority}
+        labels = {"model": self._model_label(request.model), "priority": request.priority}
         name = tracing.template(subject, **ids)
         span = tracer.start_span(
             tracing.span_name("process", name),
@@ -108,6 +110,13 @@ class Telemetry:
             return carried
         self._jobs[job_id] = _Job(span, carried, labels, now)
         return carried
+
+    def _model_label(self, model: str) -> str:
+        """A label value only for a model of the catalog (a live pool's, or configured): a
+        client's made-up names would each add series kept for the process's life."""
+        core = self.core
+        known = core.view.model_info(model) is not None or model in core.cfg.models
+        return model if known else OTHER
 
     def status(self, status: JobStatus) -> None:
         job = self._jobs.get(status.job_id)
@@ -206,7 +215,7 @@ class Telemetry:
         extra = {"job_id": job_id, "worker_id": job.worker_id, "model": job.labels["model"]}
         if ctx.is_valid:
             extra |= ids
-        log.info("job %s %s%s", job_id, attrs[tracing.OUTCOME], f" {code}" if code else "",
+        log.info("job %s %s%s", clip(job_id), attrs[tracing.OUTCOME], f" {code}" if code else "",
                  extra=extra)  # fmt: skip
 
     # ---- gauges ----------------------------------------------------------------------------
