@@ -129,9 +129,22 @@ class Execute(Message, tag="execute", kw_only=True):
 class JobStatus(Message, tag="job_status"):
     job_id: str
     worker_id: str
-    state: Literal["started", "progress", "finished", "failed"]
+    # abandoned: the worker stopped without a terminal event on the stream (its pool died, or
+    # the orchestrator asked it to); `seq` is the last event it published and the orchestrator
+    # owns the job's retry (docs/worker.md, docs/scheduling.md)
+    state: Literal["started", "progress", "finished", "failed", "abandoned"]
     seq: int  # last seq published to the stream
     tokens_in: int = 0
     tokens_out: int = 0
-    code: ErrorCode | None = None  # when failed
+    code: ErrorCode | None = None  # when failed or abandoned
     ttft_ms: float | None = None  # on finished/failed: job start on the worker to first token
+
+
+class WorkerCancel(Message, tag="cancel"):
+    """Orchestrator -> `worker.<W>.cancel`. Tagged like the client's CancelRequest, so a bare
+    `{"job_id": J}` still cancels. `abandon`: stop the job at the next token and publish nothing
+    more on its stream (no terminal event: the orchestrator retries it elsewhere); the reply
+    comes once the job has stopped and is its final JobStatus."""
+
+    job_id: Id
+    abandon: bool = False
