@@ -29,7 +29,7 @@ from .drain import DrainRate
 from .jobs import FinishedJobs, Job
 from .placement import best_slot, plan_eviction, slots
 from .queue import AdmissionQueue
-from .recovery import RecoveryMixin
+from .recovery import STOPPING, RecoveryMixin
 from .view import ClusterView, PoolRec, WorkerPhase, WorkerRec, pick_idle
 
 RETRIABLE = frozenset(
@@ -38,6 +38,18 @@ RETRIABLE = frozenset(
         ErrorCode.WORKER_START_FAILED,
         ErrorCode.WORKER_LOST,
         ErrorCode.POOL_LOST,
+        ErrorCode.UNAVAILABLE,
+    }
+)
+# Codes of an execute refusal that blame the job, not the worker: the job fails with the
+# worker's code and the worker stays (sending it elsewhere would be refused the same way).
+JOB_FAULTS = frozenset(
+    {
+        ErrorCode.INVALID_PARAMS,
+        ErrorCode.INVALID_ID,
+        ErrorCode.PAYLOAD_TOO_LARGE,
+        ErrorCode.CONTEXT_OVERFLOW,
+        ErrorCode.NO_CHAT_TEMPLATE,
     }
 )
 
@@ -55,6 +67,7 @@ class Core(RecoveryMixin):
         self._completions = DrainRate()
         self._out: list[Command] = []
         self._given_up: OrderedDict[str, None] = OrderedDict()  # lost workers: never re-adopt
+        self._stopping = False  # after Shutdown: nothing may wait in the queue
 
     # ---- entry point -------------------------------------------------------------------
     def handle(self, event: ev.Event) -> list[Command]:
@@ -72,12 +85,12 @@ class Core(RecoveryMixin):
                 self._spawn_failed(event.now, event.worker_id, f"{event.code}: {event.message}")
             case ev.StatusSeen():
                 self._status(event.now, event.status)
-            case ev.ExecuteAccepted():
-                self._accepted(event.job_id, event.worker_id)
-            case ev.ExecuteRefused():
-                self._refused(event.now, event.job_id, event.worker_id, event.code)
+            case ev.ExecuteAccepted() | ev.ExecuteRefused() | ev.AbandonAnswered():
+                self._answered(event)
             case ev.Tick():
                 self._tick(event.now)
+            case ev.Shutdown():
+                self._shutdown()
             case _:
                 assert_never(event)
         self._schedule(event.now)
@@ -88,6 +101,8 @@ class Core(RecoveryMixin):
         now, req, reply_to = event.now, event.request, event.reply_to
         job_id = req.job_id or new_id("job")
         error = check_limits(req, self.cfg) or check_model(req, self.view)
+        if self._stopping:
+            error = Error(code=ErrorCode.UNAVAILABLE, message=STOPPING, retriable=True)
         if error is None and job_id in self.jobs:
             error = Error(code=ErrorCode.INVALID_PARAMS, message=f"job {job_id} already exists")
         if error is not None:
@@ -391,31 +406,56 @@ class Core(RecoveryMixin):
             # a job we do not track (adopted worker after a restart): its end frees the worker
             frees = worker is not None and job is None and ended and worker.phase == "busy"
             if frees and worker is not None and worker.job_id in (None, status.job_id):
-                self.view.set_phase(worker, "idle")
-                worker.job_id, worker.last_used = None, now
+                self._free(now, worker)
             return
         job.last_activity = now
-        job.last_seq = max(job.last_seq, status.seq)
+        job.last_seq = max(job.last_seq, status.seq)  # abandoned: exactly where it stopped
         if status.state in ("started", "progress"):
-            job.phase, job.ack_deadline = "running", None
+            if job.phase != "fenced":  # a fenced job stays so until its worker has stopped
+                job.phase, job.ack_deadline = "running", None
+            return
+        if status.state == "abandoned":
+            self._abandoned(now, job, status)
             return
         outcome = "finished" if status.state == "finished" else "failed"
         if status.code == ErrorCode.CANCELLED:
             outcome = "cancelled"
         self._finish(now, job, outcome, status.code)
         if worker is not None and worker.phase == "busy":
-            self.view.set_phase(worker, "idle")
-            worker.job_id, worker.last_used = None, now
+            self._free(now, worker)
+
+    def _free(self, now: float, worker: WorkerRec) -> None:
+        """Its job ended: the worker is idle again (and the most recently used)."""
+        self.view.set_phase(worker, "idle")
+        worker.job_id, worker.last_used = None, now
+
+    def _answered(self, event: ev.ExecuteAccepted | ev.ExecuteRefused | ev.AbandonAnswered) -> None:
+        """A worker's answer to what we sent it (execute, abandon)."""
+        match event:
+            case ev.ExecuteAccepted():
+                self._accepted(event.job_id, event.worker_id)
+            case ev.ExecuteRefused():
+                self._refused(event)
+            case ev.AbandonAnswered():
+                self._fence_lifted(event.now, event.job_id, event.worker_id)
+            case _:
+                assert_never(event)
 
     def _accepted(self, job_id: str, worker_id: str) -> None:
         job = self.jobs.get(job_id)
         if job is not None and job.worker_id == worker_id:
             job.ack_deadline = None
 
-    def _refused(self, now: float, job_id: str, worker_id: str, code: ErrorCode) -> None:
+    def _refused(self, event: ev.ExecuteRefused) -> None:
+        now, job_id, worker_id, code = event.now, event.job_id, event.worker_id, event.code
         job = self.jobs.get(job_id)
         worker = self.view.workers.get(worker_id)
-        if job is None or job.worker_id != worker_id:
+        if job is None or job.worker_id != worker_id or job.phase == "fenced":
+            return  # a fenced job is settled by its abandon's answer
+        if code in JOB_FAULTS:  # the job is bad, not the worker: one terminal, worker kept
+            self._fail(job, code, event.message or f"the worker refused the job: {code}")
+            if worker is not None and worker.phase == "busy" and worker.job_id == job_id:
+                self._free(now, worker)
             return
         if code == ErrorCode.WORKER_BUSY and worker is not None:
             worker.job_id = None  # busy with a job we do not track; its end frees it
@@ -426,6 +466,14 @@ class Core(RecoveryMixin):
             self._retry_or_fail(now, job, f"execute refused: {code}")
             return
         self._worker_gone(now, worker_id, f"execute refused: {code}", kill=True)
+
+    def _shutdown(self) -> None:
+        """Every waiting job ends with a retriable UNAVAILABLE (its client sends it again, to the
+        next orchestrator); from now on nothing is queued. Running jobs stream on."""
+        self._stopping = True
+        for model in self.queue.all_models():
+            for _, job_id in list(self.queue.head(model, len(self.queue))):
+                self._fail(self.jobs[job_id], ErrorCode.UNAVAILABLE, STOPPING)
 
     def _finish(self, now: float, job: Job, outcome: str, code: ErrorCode | None) -> None:
         del self.jobs[job.job_id]

@@ -43,4 +43,12 @@ class CancelOnWorker:
     job_id: str
 
 
-Command = Emit | Spawn | Stop | SendExecute | CancelOnWorker
+@dataclass(frozen=True, slots=True)
+class AbandonOnWorker:
+    """Tell a worker whose pool was lost to stop streaming a job silently (its retry follows)."""
+
+    worker_id: str
+    job_id: str
+
+
+Command = Emit | Spawn | Stop | SendExecute | CancelOnWorker | AbandonOnWorker

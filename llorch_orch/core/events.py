@@ -56,6 +56,7 @@ class ExecuteRefused:
     job_id: str
     worker_id: str
     code: ErrorCode
+    message: str = ""  # the worker's, passed on to the client when the job itself is at fault
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +67,24 @@ class ExecuteAccepted:
 
 
 @dataclass(frozen=True, slots=True)
+class AbandonAnswered:
+    """The worker asked to abandon a job can no longer stream it: it answered (after its final
+    status, fed first), it has no such job, or it is gone (no responders, no answer)."""
+
+    now: float
+    job_id: str
+    worker_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """The orchestrator is stopping: nothing may wait in its queue any more."""
+
     now: float
 
 
@@ -79,5 +97,7 @@ Event = (
     | SpawnRefused
     | ExecuteRefused
     | ExecuteAccepted
+    | AbandonAnswered
     | Tick
+    | Shutdown
 )

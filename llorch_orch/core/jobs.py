@@ -8,7 +8,9 @@ from schemas import GenerateRequest, JobInfo
 from schemas.api import JobState
 from schemas.codes import ErrorCode
 
-JobPhase = Literal["queued", "dispatched", "running"]
+# fenced: its worker's pool was lost, but the worker may still stream; the job waits, neither
+# retried nor failed, until that worker is known to have stopped (docs/scheduling.md)
+JobPhase = Literal["queued", "dispatched", "running", "fenced"]
 
 
 @dataclass(slots=True)

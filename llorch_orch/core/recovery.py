@@ -3,16 +3,18 @@
 import heapq
 from collections import OrderedDict, deque
 
-from schemas import StopRequest
+from schemas import JobStatus, StopRequest
 from schemas.codes import ErrorCode
 
-from .commands import Command, Stop
+from .commands import AbandonOnWorker, Command, Stop
 from .config import OrchConfig
 from .drain import DrainRate
 from .jobs import Job
 from .placement import best_slot, slots
 from .queue import AdmissionQueue
 from .view import ClusterView, WorkerRec
+
+STOPPING = "orchestrator stopping: send the request again"  # the message of its UNAVAILABLE
 
 KEEPALIVES_PER_TICK = 1024  # a huge queue's keep-alives go out in slices, other events between
 FORGET_LOST = 4096  # ids of workers given up on, remembered so heartbeats do not re-adopt them
@@ -29,6 +31,7 @@ class RecoveryMixin:
     _keepalive: "deque[tuple[float, str]]"
     _out: list[Command]
     _given_up: "OrderedDict[str, None]"
+    _stopping: bool
     _completions: DrainRate
 
     def _stop(self, worker_id: str, drain: bool, reason: str) -> None:
@@ -73,13 +76,16 @@ class RecoveryMixin:
         for pool in self.view.pools.values():
             if pool.alive and now - pool.last_seen >= self.cfg.pool_lost_after * pool.interval_s:
                 pool.alive = False
+                reason = f"pool {pool.pool_id} lost"
                 for worker in [w for w in self.view.workers.values() if w.pool_id == pool.pool_id]:
-                    reason = f"pool {pool.pool_id} lost"
-                    self._worker_gone(now, worker.worker_id, reason, code=ErrorCode.POOL_LOST)
+                    # its workers may live on (only the pool died) and stream: fence their jobs
+                    self._worker_gone(now, worker.worker_id, reason, fence=True)
 
     def _check_running(self, now: float) -> None:
         """Jobs whose worker did not ack execute in time or went silent: the worker is lost."""
         for job in list(self._active.values()):
+            if job.phase == "fenced":  # the abandon's answer settles it (the shell's timeout)
+                continue
             late_ack = job.ack_deadline is not None and now >= job.ack_deadline
             stalled = now - job.last_activity >= self.cfg.stall_timeout_s
             if not (late_ack or stalled) or job.worker_id is None:
@@ -133,6 +139,8 @@ class RecoveryMixin:
             elif w.phase == "idle" and self.cfg.model(w.model).keep_alive_s > 0:
                 times.append(w.last_used + self.cfg.model(w.model).keep_alive_s)
         for job in self._active.values():
+            if job.phase == "fenced":
+                continue
             times.append(job.last_activity + self.cfg.stall_timeout_s)
             if job.ack_deadline is not None:
                 times.append(job.ack_deadline)
@@ -149,21 +157,22 @@ class RecoveryMixin:
         pool = self.view.pools.get(worker.pool_id)
         if pool is None or not pool.alive:
             return
-        self._given_up[worker.worker_id] = None
-        while len(self._given_up) > FORGET_LOST:
-            self._given_up.popitem(last=False)
+        self._give_up(worker.worker_id)
         request = StopRequest(worker_id=worker.worker_id, drain=drain)
         self._out.append(Stop(worker.pool_id, request, reason))
 
+    def _give_up(self, worker_id: str) -> None:
+        """A worker we no longer count on: a heartbeat that still lists it does not adopt it."""
+        self._given_up[worker_id] = None
+        while len(self._given_up) > FORGET_LOST:
+            self._given_up.popitem(last=False)
+
     def _worker_gone(
-        self,
-        now: float,
-        worker_id: str,
-        reason: str,
-        kill: bool = False,
-        code: ErrorCode = ErrorCode.WORKER_LOST,
+        self, now: float, worker_id: str, reason: str, kill: bool = False, fence: bool = False
     ) -> None:
-        """A worker is lost; `kill` when it may still be alive (silent, refused execute)."""
+        """A worker is lost; `kill` when it may still be alive (silent, refused execute) and its
+        pool can kill it; `fence` when it may be alive and nobody can kill it (its pool is lost):
+        its job is retried only once it has stopped streaming."""
         worker = self.view.workers.get(worker_id)
         if worker is None:
             return
@@ -174,8 +183,31 @@ class RecoveryMixin:
         if kill:
             self._send_stop(worker, drain=False, reason="lost")
         job = self.jobs.get(worker.job_id) if worker.job_id else None
-        if job is not None and job.worker_id == worker_id:
-            self._retry_or_fail(now, job, reason, code)
+        if job is None or job.worker_id != worker_id:
+            return
+        if fence:
+            job.phase, job.ack_deadline = "fenced", None
+            self._out.append(AbandonOnWorker(worker_id, job.job_id))
+        else:
+            self._retry_or_fail(now, job, reason)
+
+    def _fence_lifted(self, now: float, job_id: str, worker_id: str) -> None:
+        """The worker of a fenced job no longer streams it: retry it (or fail it) now."""
+        job = self.jobs.get(job_id)
+        if job is not None and job.phase == "fenced" and job.worker_id == worker_id:
+            reason = f"the pool of worker {worker_id} was lost"
+            self._retry_or_fail(now, job, reason, ErrorCode.POOL_LOST)
+
+    def _abandoned(self, now: float, job: Job, status: JobStatus) -> None:
+        """The job's worker stopped it without a terminal event (its pool died, or we asked):
+        the stream is the orchestrator's to finish, after `status.seq`."""
+        if job.phase == "fenced":
+            self._fence_lifted(now, job.job_id, status.worker_id)
+            return
+        if self.view.remove(status.worker_id) is not None:
+            self._give_up(status.worker_id)  # it exits (its pool died): never adopt it again
+        code = status.code or ErrorCode.WORKER_LOST
+        self._retry_or_fail(now, job, f"its worker abandoned it ({code})", code)
 
     def _retry_or_fail(
         self, now: float, job: Job, reason: str, code: ErrorCode = ErrorCode.WORKER_LOST
@@ -191,6 +223,9 @@ class RecoveryMixin:
         """Back to the head of its lane; the retry resumes the stream after `last_seq`."""
         if job.cancel_requested:
             self._fail(job, ErrorCode.CANCELLED, "cancelled by client")
+            return
+        if self._stopping:
+            self._fail(job, ErrorCode.UNAVAILABLE, STOPPING)
             return
         if not self._room_for_one():
             self._fail(

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import TypeVar
 
 from llorch_orch.core import (
+    AbandonOnWorker,
     CancelOnWorker,
     Command,
     Core,
@@ -133,9 +134,17 @@ def failed(
 
 
 def refused(
-    job_id: str, worker_id: str, now: float = T0, code: ErrorCode = ErrorCode.WORKER_BUSY
+    job_id: str,
+    worker_id: str,
+    now: float = T0,
+    code: ErrorCode = ErrorCode.WORKER_BUSY,
+    message: str = "",
 ) -> ev.ExecuteRefused:
-    return ev.ExecuteRefused(now, job_id, worker_id, code)
+    return ev.ExecuteRefused(now, job_id, worker_id, code, message)
+
+
+def abandon_answered(job_id: str, worker_id: str, now: float = T0) -> ev.AbandonAnswered:
+    return ev.AbandonAnswered(now, job_id, worker_id)
 
 
 def spawn_refused(
@@ -177,6 +186,10 @@ def stops(out: Iterable[Command]) -> list[Stop]:
 
 def cancels(out: Iterable[Command]) -> list[CancelOnWorker]:
     return of(CancelOnWorker, out)
+
+
+def abandons(out: Iterable[Command]) -> list[AbandonOnWorker]:
+    return of(AbandonOnWorker, out)
 
 
 def errors(out: Iterable[Command]) -> list[Error]:

@@ -7,6 +7,8 @@ from schemas.codes import ErrorCode
 
 from .factory import (
     T0,
+    abandon_answered,
+    abandons,
     accepted,
     error_codes,
     errors,
@@ -229,6 +231,8 @@ def test_pool_lost_after_missed_heartbeats() -> None:
     out = core.handle(tick(T0 + 6))
     assert not core.view.pools["p1"].alive and not core.view.workers
     assert not stops(out)  # nobody to tell
+    assert [(a.worker_id, a.job_id) for a in abandons(out)] == [(w, "j1")]  # the fence
+    core.handle(abandon_answered("j1", w, T0 + 6.5))
     assert core.job_info("j1").state == "queued"  # waits for capacity to come back
     # the pool comes back: the job runs again
     out = core.handle(heartbeat(now=T0 + 7))
@@ -315,7 +319,8 @@ def test_pool_lost_without_retry_fails_with_pool_lost() -> None:
     core = make_core(pool_lost_after=3, max_job_attempts=1)
     w = running_worker(core)
     core.handle(status("j1", w, "started", seq=1, now=T0 + 1))
-    out = core.handle(tick(T0 + 6))
+    assert not errors(core.handle(tick(T0 + 6)))  # not before its worker has stopped
+    out = core.handle(abandon_answered("j1", w, T0 + 7))
     assert error_codes(out) == {"j1": ErrorCode.POOL_LOST}
 
 
