@@ -31,6 +31,7 @@ from schemas import (
     ProtocolError,
     SnapshotRequest,
     Subjects,
+    WorkerCancel,
     WorkerFailed,
     WorkerReady,
     decoder,
@@ -42,7 +43,7 @@ from schemas.aio import wait_event
 from schemas.subjects import is_publish_subject
 from schemas.text import clip
 
-from .core import CancelOnWorker, Command, Core, Emit, SendExecute, Spawn, Stop
+from .core import AbandonOnWorker, CancelOnWorker, Command, Core, Emit, SendExecute, Spawn, Stop
 from .core import events as ev
 from .core.report import cluster_state, models
 from .telemetry import Telemetry, tracer
@@ -62,6 +63,7 @@ _heartbeat = decoder(Heartbeat)
 _ready = decoder(WorkerReady | WorkerFailed)
 _status = decoder(JobStatus)
 _reply = decoder(Ack | Error)
+_abandon_reply = decoder(JobStatus | Ack | Error)  # the job's final status, or "not running"
 
 
 class OrchestratorService:
@@ -108,6 +110,9 @@ class OrchestratorService:
         await self._publish(s.snapshot_request, SnapshotRequest(), to_client=False)
 
     async def stop(self) -> None:
+        """Jobs still queued end now with a retriable UNAVAILABLE, published before the caller
+        drains the connection (running jobs stream on, worker to client); then the timer stops."""
+        await self._feed(ev.Shutdown(self.clock()))
         if self._timer is not None:
             self._timer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -144,8 +149,10 @@ class OrchestratorService:
             case CancelOnWorker(worker_id=worker_id, job_id=job_id):
                 subject = self.subjects.worker_cancel(worker_id)
                 parent = self.telemetry.context(job_id)
-                cancel = CancelRequest(job_id=job_id)
+                cancel = WorkerCancel(job_id=job_id)
                 self._background(self._request(subject, cancel, parent, worker=worker_id))
+            case AbandonOnWorker(worker_id=worker_id, job_id=job_id):
+                self._background(self._abandon(worker_id, job_id))
 
     async def _publish(
         self,
@@ -187,27 +194,36 @@ class OrchestratorService:
         task.add_done_callback(self._tasks.discard)
 
     async def _request(
-        self, subject: str, message: object, parent: Context, **ids: str
-    ) -> Ack | Error:
+        self,
+        subject: str,
+        message: object,
+        parent: Context,
+        decode: Callable[[bytes], Ack | Error | JobStatus] = _reply,
+        **ids: str,
+    ) -> Ack | Error | JobStatus:
         """A control request in its CLIENT span (child of `parent`); `ids` name the subject's
         id tokens for the span name."""
         name = tracing.template(subject, **ids)
         attrs = tracing.messaging("send", subject, name)
         span = tracer.start_span(tracing.span_name("send", name), parent, tracing.CLIENT, attrs)
         with trace.use_span(span, end_on_exit=True):
-            reply = await self._request_once(subject, message, tracing.inject())
+            reply = await self._request_once(subject, message, tracing.inject(), decode)
             if isinstance(reply, Error):
                 span.set_status(trace.StatusCode.ERROR, reply.code)
         return reply
 
     async def _request_once(
-        self, subject: str, message: object, headers: dict[str, str] | None
-    ) -> Ack | Error:
+        self,
+        subject: str,
+        message: object,
+        headers: dict[str, str] | None,
+        decode: Callable[[bytes], Ack | Error | JobStatus],
+    ) -> Ack | Error | JobStatus:
         try:
             msg = await self.nc.request(
                 subject, encode(message), timeout=CONTROL_TIMEOUT_S, headers=headers
             )
-            reply: Ack | Error = _reply(msg.data)
+            reply = decode(msg.data)
         except ProtocolError as exc:
             return Error(code=exc.code, message=exc.message)
         except Exception as exc:  # timeout, no responders, closed connection
@@ -222,6 +238,19 @@ class OrchestratorService:
             log.warning("spawn of %s on %s refused: %s", request.worker_id, pool_id, why)
             refused = ev.SpawnRefused(self.clock(), request.worker_id, reply.code, reply.message)
             await self._feed(refused)
+
+    async def _abandon(self, worker_id: str, job_id: str) -> None:
+        """Ask a worker whose pool was lost to stop streaming a job, silently. It answers once
+        the job has stopped, with the job's final status (where it stopped); no responders or no
+        answer in CONTROL_TIMEOUT_S means it is gone (or hung past help). Either way the core
+        may then retry the job: its old worker no longer streams it."""
+        subject = self.subjects.worker_cancel(worker_id)
+        abandon = WorkerCancel(job_id=job_id, abandon=True)
+        parent = self.telemetry.context(job_id)
+        reply = await self._request(subject, abandon, parent, _abandon_reply, worker=worker_id)
+        if isinstance(reply, JobStatus) and (reply.job_id, reply.worker_id) == (job_id, worker_id):
+            await self._feed(self._status_seen(reply))
+        await self._feed(ev.AbandonAnswered(self.clock(), job_id, worker_id))
 
     async def _timer_loop(self) -> None:
         while True:
@@ -344,7 +373,7 @@ class OrchestratorService:
         if isinstance(reply, Ack):
             await self._feed(ev.ExecuteAccepted(now, job_id, worker_id))
         else:
-            await self._feed(ev.ExecuteRefused(now, job_id, worker_id, reply.code))
+            await self._feed(ev.ExecuteRefused(now, job_id, worker_id, reply.code, reply.message))
 
     # ---- request/reply API ---------------------------------------------------------------
     async def _on_cancel(self, req: Request) -> None:
