@@ -2,7 +2,8 @@
 
 Workers run in their own session, so a Ctrl-C meant for the pool's terminal reaches only the
 pool, which then stops them (SIGINT: the running job ends with a retriable error); on Linux
-they also get SIGTERM (drain: the running job finishes) if the pool itself dies.
+they also get SIGHUP (abandon: the running job stops without a terminal event, for the
+orchestrator to retry elsewhere, and the worker exits) if the pool itself dies.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def log_path(settings: PoolSettings, worker_id: str) -> Path:
 def _die_with_pool() -> None:
     """Runs in the child between fork and exec: no orphan worker if the pool is killed."""
     if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGHUP)  # the worker sets the same once running
 
 
 async def start_worker(settings: PoolSettings, launch: Launch) -> asyncio.subprocess.Process:

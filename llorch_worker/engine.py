@@ -102,12 +102,23 @@ class Engine:
     async def load(self) -> Loaded:
         return await asyncio.get_running_loop().run_in_executor(self._thread, self._load)
 
-    def start(self, job: Execute, cancel: threading.Event, deliver: Callable[[Item], None]) -> None:
-        """Run `job` on the engine thread; `deliver` gets every Item, the Outcome last.
+    async def prepare(self, job: Execute) -> list[int]:
+        """The job's prompt tokens, or ProtocolError when the job cannot run on this model (a
+        chat its template refuses, no template, an empty prompt, no room in the context): found
+        before the worker accepts the job, so the refusal is its execute answer."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._prepare, job)
 
-        `deliver` is called on the engine thread: it must hand over thread-safely.
-        """
-        self._thread.submit(self._run, job, cancel, deliver)
+    def start(
+        self,
+        job: Execute,
+        prompt: list[int],
+        cancel: threading.Event,
+        deliver: Callable[[Item], None],
+    ) -> None:
+        """Run `job` (its `prompt` from `prepare`) on the engine thread; `deliver` gets every
+        Item, the Outcome last. `deliver` is called on the engine thread: it must hand over
+        thread-safely."""
+        self._thread.submit(self._run, job, prompt, cancel, deliver)
 
     def close(self) -> None:
         self._thread.shutdown(wait=True)
@@ -167,30 +178,43 @@ class Engine:
                 break
         llm.reset()
 
-    def _run(self, job: Execute, cancel: threading.Event, deliver: Callable[[Item], None]) -> None:
+    def _run(
+        self,
+        job: Execute,
+        prompt: list[int],
+        cancel: threading.Event,
+        deliver: Callable[[Item], None],
+    ) -> None:
         try:
-            outcome = self._generate(job, cancel, deliver)
+            outcome = self._generate(job, prompt, cancel, deliver)
         except Exception as exc:  # a failed decode must end the job, never the worker
             outcome = Failed(ErrorCode.INTERNAL, f"generation failed: {exc!r}")
         deliver(outcome)
 
+    def _prepare(self, job: Execute) -> list[int]:
+        llm = self._llm
+        assert llm is not None, "prepare before load"
+        prompt = self._prompt_tokens(job)
+        n_in = len(prompt)
+        if n_in == 0:
+            raise ProtocolError(ErrorCode.INVALID_PARAMS, "empty prompt")
+        if n_in + job.max_tokens > llm.n_ctx():
+            raise ProtocolError(
+                ErrorCode.CONTEXT_OVERFLOW,
+                f"{n_in} prompt tokens + max_tokens {job.max_tokens} exceed n_ctx {llm.n_ctx()}",
+            )
+        return prompt
+
     def _generate(
-        self, job: Execute, cancel: threading.Event, deliver: Callable[[Item], None]
+        self,
+        job: Execute,
+        prompt: list[int],
+        cancel: threading.Event,
+        deliver: Callable[[Item], None],
     ) -> Outcome:
         llm = self._llm
         assert llm is not None, "generate before load"
-        prompt = self._prompt_tokens(job)
-        if isinstance(prompt, Failed):
-            return prompt
         n_in = len(prompt)
-        if n_in == 0:
-            return Failed(ErrorCode.INVALID_PARAMS, "empty prompt")
-        if n_in + job.max_tokens > llm.n_ctx():
-            return Failed(
-                ErrorCode.CONTEXT_OVERFLOW,
-                f"{n_in} prompt tokens + max_tokens {job.max_tokens} exceed n_ctx {llm.n_ctx()}",
-                n_in,
-            )
         # Same seed, same text: a fresh sampler seeded per job and no KV-cache reuse between
         # jobs (a partial re-evaluation can shift logits and so the sampled tokens).
         llm.set_seed(job.seed)
@@ -212,19 +236,17 @@ class Engine:
                 break
         return self._finish("length", n_in, text)
 
-    def _prompt_tokens(self, job: Execute) -> list[int] | Failed:
-        """The raw prompt as is, or the chat rendered with the model's template. special=True:
-        control tokens in the text (`<|im_start|>`...) become the model's special tokens."""
+    def _prompt_tokens(self, job: Execute) -> list[int]:
+        """The raw prompt as is, or the chat rendered with the model's template (ProtocolError
+        when it refuses). special=True: control tokens in the text (`<|im_start|>`...) become
+        the model's special tokens."""
         llm = self._llm
         assert llm is not None
         if job.messages is None:
             return llm.tokenize((job.prompt or "").encode("utf-8"), add_bos=True, special=True)
         if self._chat is None:
-            return Failed(ErrorCode.NO_CHAT_TEMPLATE, "this model has no chat template")
-        try:
-            text = self._chat.render(job.messages)
-        except ProtocolError as exc:
-            return Failed(exc.code, exc.message)
+            raise ProtocolError(ErrorCode.NO_CHAT_TEMPLATE, "this model has no chat template")
+        text = self._chat.render(job.messages)
         # a template that writes BOS itself must not get a second one from the tokenizer
         add_bos = not (self._chat.bos_token and text.startswith(self._chat.bos_token))
         return llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)

@@ -5,11 +5,11 @@ so the decoder refuses a bad one with its code; only the model is this worker's 
 
 from __future__ import annotations
 
-from schemas import CancelRequest, ErrorCode, Execute, ProtocolError, decoder
+from schemas import ErrorCode, Execute, ProtocolError, WorkerCancel, decoder
 from schemas.text import clip
 
 _decode_execute = decoder(Execute)
-_decode_cancel = decoder(CancelRequest)
+_decode_cancel = decoder(WorkerCancel)
 
 
 def parse_execute(data: bytes, model: str) -> Execute:
@@ -20,5 +20,5 @@ def parse_execute(data: bytes, model: str) -> Execute:
     return job
 
 
-def parse_cancel(data: bytes) -> CancelRequest:
+def parse_cancel(data: bytes) -> WorkerCancel:
     return _decode_cancel(data)

@@ -28,7 +28,7 @@ from schemas import (
     tracing,
 )
 
-StatusState = Literal["started", "progress", "finished", "failed"]
+StatusState = Literal["started", "progress", "finished", "failed", "abandoned"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +77,12 @@ class EngineInbox:
 
 
 class Job:
-    def __init__(self, ctx: JobContext, execute: Execute, span: trace.Span) -> None:
+    def __init__(
+        self, ctx: JobContext, execute: Execute, prompt: list[int], span: trace.Span
+    ) -> None:
         self.ctx = ctx
         self.execute = execute
+        self._prompt = prompt  # its tokens, from Engine.prepare
         self.job_id = execute.job_id
         self.span = span  # the job's `execute` span, ended with the job
         # computed once: every event and status of the job carries the execute span's context
@@ -90,7 +93,11 @@ class Job:
         self._cancel_reason = ""
         self._cancel_code = ErrorCode.CANCELLED
         self._cancel_retriable = False
+        self._abandoned = False  # stop publishing on the stream at once; no terminal event
+        self._last_sent: int | None = None  # seq of the last event handed to NATS
         self.ended = False  # the engine is done: a cancel now would come too late
+        self.final: JobStatus | None = None  # the last status published, once `done` is set
+        self.done = asyncio.Event()
         self._status_subject = ctx.subjects.job_status(execute.job_id)
         self._probe_reply = f"{ctx.probe_prefix}.{execute.job_id}"
 
@@ -105,6 +112,15 @@ class Job:
             self._cancel_retriable = retriable
             self._cancel.set()
 
+    def abandon(self, code: ErrorCode) -> None:
+        """Stop now and publish nothing more on the stream, not even a terminal event: the
+        orchestrator finishes the job elsewhere. Only a final `abandoned` status (with `code`
+        and the last seq published) goes out. Wins over a cancel already asked."""
+        if not self.ended:
+            self._abandoned = True
+            self._cancel_code = code
+            self._cancel.set()
+
     async def run(self) -> None:
         try:
             await self._run()
@@ -112,10 +128,12 @@ class Job:
             self.span.record_exception(exc)
             self.span.end()
             raise
+        finally:
+            self.done.set()
 
     async def _run(self) -> None:
         inbox = EngineInbox(asyncio.get_running_loop())
-        self.ctx.engine.start(self.execute, self._cancel, inbox.put)
+        self.ctx.engine.start(self.execute, self._prompt, self._cancel, inbox.put)
         e = self.execute
         seq, visible = self._state.take_seq()
         if visible:
@@ -131,7 +149,16 @@ class Job:
             if outcome is not None:
                 break
         self.ended = True
-        await self._finish(outcome)
+        if self._abandoned:
+            await self._abandon_status(outcome)
+        else:
+            await self._finish(outcome)
+
+    async def _abandon_status(self, outcome: Outcome) -> None:
+        # where the client's stream stands: the last event out, or all it had before this run
+        seq = self.execute.resume_after if self._last_sent is None else self._last_sent
+        await self._status("abandoned", seq, outcome.tokens_in, self._cancel_code)
+        self._record(self._cancel_code, outcome.tokens_in)
 
     async def _on_tokens(self, texts: list[str]) -> None:
         """Tokens the engine made since the last wake-up, sent as one `token` event."""
@@ -210,7 +237,11 @@ class Job:
         self, event: Started | Token | End | Error, now: float | None = None
     ) -> None:
         """Publish to the client; now and then with a reply subject, as a probe: the server
-        answers a message nobody subscribes to with no-responders (see Worker._on_probe_reply)."""
+        answers a message nobody subscribes to with no-responders (see Worker._on_probe_reply).
+        Nothing once the job is abandoned: its stream belongs to its next run."""
+        if self._abandoned:
+            return
+        self._last_sent = event.seq  # handed over below, before any await: it goes out
         probe = self._state.probe_due(time.monotonic() if now is None else now)
         await self.ctx.nc.publish(
             self.execute.stream,
@@ -236,4 +267,5 @@ class Job:
             code=code,
             ttft_ms=self._first_token_ms() if state in ("finished", "failed") else None,
         )
+        self.final = status
         await self.ctx.nc.publish(self._status_subject, encode(status), headers=self.headers)

@@ -27,6 +27,8 @@ from schemas import (
     Ack,
     Error,
     ErrorCode,
+    Execute,
+    JobStatus,
     ProtocolError,
     Subjects,
     WorkerFailed,
@@ -43,11 +45,12 @@ EXIT_LOAD_FAILED = 3
 _NO_RESPONDERS = "503"
 
 
-def _drain_when_parent_dies() -> None:
-    """SIGTERM (= drain) when the pool that spawned us dies, so no worker outlives its pool."""
+def _abandon_when_parent_dies() -> None:
+    """SIGHUP (= abandon) when the pool that spawned us dies, so no worker outlives its pool and
+    none keeps streaming a job the orchestrator will retry elsewhere."""
     if sys.platform.startswith("linux"):
         pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGHUP)
 
 
 class Worker:
@@ -56,6 +59,8 @@ class Worker:
         self.subjects = Subjects(cfg.prefix)
         self.engine = Engine(cfg.model_path, cfg.n_ctx, cfg.gpu, cfg.threads)
         self._job: Job | None = None
+        self._last: Job | None = None  # the running job, or the last one: an abandon asks it
+        self._preparing = False  # an execute is being checked (tokenized) before its answer
         self._job_task: asyncio.Task[None] | None = None  # referenced so it is not collected
         self._draining = False
         self._stopped = asyncio.Event()
@@ -65,7 +70,7 @@ class Worker:
     async def run(self) -> int:
         """Exit status of the process: 0 after a drain, 3 when the model could not be loaded."""
         self._install_signals()  # before anyone can know our pid is worth signalling
-        _drain_when_parent_dies()
+        _abandon_when_parent_dies()
         nc = await nats.connect(
             self.cfg.nats_url,
             name=f"llorch-worker-{self.cfg.worker_id}",
@@ -175,16 +180,18 @@ class Worker:
         await nc.flush()
 
     def _install_signals(self) -> None:
-        """SIGTERM drains (a stop asked by the orchestrator, or the pool's death); SIGINT is
-        the pool stopping: the running job cannot wait for its end."""
+        """SIGTERM drains (a stop asked by the orchestrator); SIGINT is the pool stopping: the
+        running job cannot wait for its end; SIGHUP is the pool's death: the orchestrator will
+        retry the running job elsewhere, so this worker must stop streaming it at once."""
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._drain)
         loop.add_signal_handler(signal.SIGINT, self._stop_now)
+        loop.add_signal_handler(signal.SIGHUP, self._abandon_now)
 
     def _drain(self) -> None:
         """Refuse new jobs, let the running one finish, then stop."""
         self._draining = True
-        if self._job is None:
+        if self._job is None and not self._preparing:
             self._stopped.set()
 
     def _stop_now(self) -> None:
@@ -195,6 +202,14 @@ class Worker:
         if job is not None:
             reason = "worker stopped mid-job: its pool is shutting down"
             job.cancel(reason, ErrorCode.WORKER_LOST, retriable=True)
+        self._drain()
+
+    def _abandon_now(self) -> None:
+        """Refuse new jobs, abandon the running one (it stops at its next token and publishes
+        nothing more on its stream; its `abandoned` status tells the orchestrator where it
+        stopped), then stop."""
+        if self._job is not None:
+            self._job.abandon(ErrorCode.POOL_LOST)
         self._drain()
 
     async def _on_execute(self, req: Request) -> None:
@@ -210,8 +225,8 @@ class Worker:
             tracing.DEVICE: cfg.device, tracing.CONVERSATION_ID: execute.job_id},
         )  # fmt: skip
         running = self._job
-        if running is not None or self._draining:
-            why = f"running job {running.job_id}" if running else "draining"
+        if running is not None or self._draining or self._preparing:
+            why = f"running job {running.job_id}" if running else "draining or preparing a job"
             busy = Error(code=ErrorCode.WORKER_BUSY, message=why, retriable=True)
             span.set_status(trace.StatusCode.ERROR, ErrorCode.WORKER_BUSY)
             span.end()
@@ -219,9 +234,31 @@ class Worker:
                 encode(busy), headers=tracing.inject(None, trace.set_span_in_context(span))
             )
             return
-        job = self._job = Job(self._ctx, execute, span)
+        prompt = await self._prepare(req, execute, span)
+        if prompt is None:
+            return
+        job = self._job = self._last = Job(self._ctx, execute, prompt, span)
         await req.respond(encode(Ack()), headers=job.headers)
         self._job_task = asyncio.create_task(self._run_job(job))
+
+    async def _prepare(self, req: Request, execute: Execute, span: trace.Span) -> list[int] | None:
+        """The job's prompt tokens; None once the execute was refused for the job's own fault
+        (the orchestrator then fails the job and keeps this worker)."""
+        self._preparing = True
+        try:
+            return await self.engine.prepare(execute)
+        except ProtocolError as exc:
+            refusal = Error(code=exc.code, message=exc.message)
+        finally:
+            self._preparing = False
+        if self._draining:  # a signal came meanwhile and waited for this answer
+            self._stopped.set()
+        span.set_status(trace.StatusCode.ERROR, refusal.code)
+        span.end()
+        await req.respond(
+            encode(refusal), headers=tracing.inject(None, trace.set_span_in_context(span))
+        )
+        return None
 
     async def _run_job(self, job: Job) -> None:
         try:
@@ -239,18 +276,31 @@ class Worker:
             telemetry.tracer, req.subject, req.headers, worker=self.cfg.worker_id
         )
         with trace.use_span(span, end_on_exit=True):
-            await req.respond(encode(self._cancel(req.data)), headers=tracing.inject())
+            await req.respond(encode(await self._cancel(req.data)), headers=tracing.inject())
 
-    def _cancel(self, data: bytes) -> Ack | Error:
+    async def _cancel(self, data: bytes) -> Ack | Error | JobStatus:
         try:
             cancel = parse_cancel(data)
         except ProtocolError as exc:
             return Error(code=exc.code, message=exc.message)
+        if cancel.abandon:
+            return await self._abandon(cancel.job_id)
         job = self._job
         if job is None or job.job_id != cancel.job_id or job.ended:
             return Ack(detail="not running")
         job.cancel("cancelled by request")
         return Ack(detail="cancelling")
+
+    async def _abandon(self, job_id: str) -> Ack | JobStatus:
+        """The orchestrator lost our pool and retries the job elsewhere: stop streaming it, and
+        answer once it has stopped with its final status (abandoned where it stopped, or how it
+        ended if it ended first). "not running": it never ran here."""
+        job = self._last
+        if job is None or job.job_id != job_id:
+            return Ack(detail="not running")
+        job.abandon(ErrorCode.WORKER_LOST)
+        await job.done.wait()
+        return job.final or Ack(detail="not running")
 
     async def _on_probe_reply(self, msg: Msg) -> None:
         """A no-responders status for a probe means the client's inbox has no subscriber."""

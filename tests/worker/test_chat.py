@@ -14,7 +14,7 @@ from llorch_pool.gguf_meta import parse_metadata
 from llorch_worker.chat import TEMPLATE_KEY, ChatTemplate
 from schemas import ChatMessage, End, Error, ErrorCode, ProtocolError, Token, WorkerReady
 
-from .conftest import WorkerProc, generate, spawn_worker_async, stop_worker
+from .conftest import Stream, WorkerProc, generate, spawn_worker_async, stop_worker
 
 SKY = [
     ChatMessage(role="system", content="Answer in one sentence."),
@@ -108,9 +108,9 @@ async def test_a_model_without_a_template_refuses_chat_and_still_serves_raw(
         assert isinstance(bare.announced, WorkerReady), bare.announced
         nc = await nats.connect(module_server.url)
         try:
-            chat = await generate(nc, "w-bare", "chat-bare", prompt=None, messages=SKY)
-            assert isinstance(chat.terminal, Error)
-            assert chat.terminal.code == ErrorCode.NO_CHAT_TEMPLATE
+            async with Stream(nc, "chat-bare") as stream:
+                chat = await stream.execute("w-bare", prompt=None, messages=SKY)
+            assert isinstance(chat, Error) and chat.code == ErrorCode.NO_CHAT_TEMPLATE
             raw = await generate(nc, "w-bare", "raw-bare", max_tokens=4)
             assert isinstance(raw.terminal, End) and raw.terminal.tokens_out > 0
         finally:

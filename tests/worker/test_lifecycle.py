@@ -1,5 +1,5 @@
 """Process lifecycle: a failed load reports and exits 3; SIGTERM drains, SIGINT (its pool
-stopping) ends the running job now; both exit 0."""
+stopping) ends the running job now, SIGHUP (its pool died) abandons it silently; all exit 0."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from tests.worker.conftest import (
     WAIT,
     JobRun,
     Stream,
+    decode_status,
     spawn_worker,
     spawn_worker_async,
     stop_worker,
@@ -34,7 +35,7 @@ def test_a_file_that_is_not_a_model_reports_load_failed_and_exits_3(
     assert worker.proc.wait(timeout=WAIT) == 3
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_an_idle_worker_exits_0_on_signal(
     sig: signal.Signals, nats_server: NatsServer, model_path: Path
 ) -> None:
@@ -85,6 +86,36 @@ async def test_sigint_ends_the_running_job_with_a_retriable_worker_lost_and_exit
             await stream.finish(run)
         assert isinstance(run.terminal, Error), run.terminal
         assert run.terminal.code == ErrorCode.WORKER_LOST and run.terminal.retriable
+        assert worker.proc.wait(timeout=WAIT) == 0
+    finally:
+        await nc.close()
+        stop_worker(worker)
+
+
+async def test_sighup_abandons_the_running_job_silently_and_exits_0(
+    nats_server: NatsServer, model_path: Path
+) -> None:
+    """Its pool died: the orchestrator retries the job elsewhere, so not one more event."""
+    worker = await spawn_worker_async(nats_server.url, "w-hup", model_path)
+    nc = await nats.connect(nats_server.url)
+    try:
+        async with Stream(nc, "job-hup") as stream:
+            long = {"prompt": "Write a long story about a dragon:", "max_tokens": N_CTX // 2}
+            run = JobRun(await stream.execute("w-hup", **long))
+            assert isinstance(run.reply, Ack)
+            while not isinstance(await stream.next_event(run), Token):
+                pass
+            worker.proc.send_signal(signal.SIGHUP)
+            final = None
+            while final is None or final.state != "abandoned":
+                final = decode_status((await stream.status.next_msg(timeout=WAIT)).data)
+                assert final.state in ("started", "progress", "abandoned"), final
+            assert final.code == ErrorCode.POOL_LOST
+            # the status follows every event it published, on one connection: all queued here
+            while stream.events.pending_msgs:
+                await stream.next_event(run)
+            assert run.events[-1].seq == final.seq
+            assert not any(isinstance(e, End | Error) for e in run.events)
         assert worker.proc.wait(timeout=WAIT) == 0
     finally:
         await nc.close()

@@ -7,7 +7,19 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
-from schemas import Ack, End, Error, ErrorCode, Started, Token, WorkerReady, encode
+from schemas import (
+    Ack,
+    End,
+    Error,
+    ErrorCode,
+    JobStatus,
+    Started,
+    Token,
+    WorkerCancel,
+    WorkerReady,
+    decoder,
+    encode,
+)
 from tests.worker.conftest import (
     N_CTX,
     SUBJECTS,
@@ -20,6 +32,8 @@ from tests.worker.conftest import (
     generate,
     make_execute,
 )
+
+_abandon_reply = decoder(JobStatus | Ack | Error)
 
 
 def test_ready_reports_a_measured_cpu_footprint(worker: WorkerProc, model_path: Path) -> None:
@@ -142,11 +156,42 @@ async def test_client_gone_cancels_the_job(worker: WorkerProc, client: Client):
     assert isinstance(run.terminal, End)
 
 
-async def test_context_overflow_is_a_terminal_error(worker: WorkerProc, client: Client):
-    run = await generate(client, worker.worker_id, "job-overflow", max_tokens=N_CTX)
-    assert [type(e) for e in run.events] == [Started, Error]
-    assert run.terminal.code == ErrorCode.CONTEXT_OVERFLOW
-    assert run.statuses[-1].code == ErrorCode.CONTEXT_OVERFLOW
+async def test_context_overflow_is_refused_before_the_job_starts(
+    worker: WorkerProc, client: Client
+):
+    """Found by tokenizing, before the answer: the execute's refusal is the only word on it (the
+    orchestrator fails the job with its code and keeps the worker)."""
+    async with Stream(client, "job-overflow") as stream:
+        refused = await stream.execute(worker.worker_id, max_tokens=N_CTX)
+    assert isinstance(refused, Error) and refused.code == ErrorCode.CONTEXT_OVERFLOW
+    assert f"exceed n_ctx {N_CTX}" in refused.message
+    run = await generate(client, worker.worker_id, "job-after-overflow", max_tokens=2)
+    assert isinstance(run.terminal, End)
+
+
+async def test_abandon_stops_the_stream_silently_and_answers_where_it_stopped(
+    worker: WorkerProc, client: Client
+):
+    cancel = SUBJECTS.worker_cancel(worker.worker_id)
+    abandon = encode(WorkerCancel(job_id="job-abandon", abandon=True))
+    async with Stream(client, "job-abandon") as stream:
+        run = JobRun(await stream.execute(worker.worker_id, max_tokens=400))
+        assert isinstance(run.reply, Ack)
+        while not isinstance(await stream.next_event(run), Token):
+            pass
+        final = _abandon_reply((await client.request(cancel, abandon, timeout=WAIT)).data)
+        assert isinstance(final, JobStatus), final
+        assert (final.state, final.code) == ("abandoned", ErrorCode.WORKER_LOST)
+        # all it published came before its answer, on one connection: queued here by now
+        while stream.events.pending_msgs:
+            await stream.next_event(run)
+        assert run.events[-1].seq == final.seq
+        assert not any(isinstance(e, End | Error) for e in run.events)
+        assert final.tokens_out < 400
+    again = _abandon_reply((await client.request(cancel, abandon, timeout=WAIT)).data)
+    assert again == final  # asked again: how it ended, nothing restarted
+    run = await generate(client, worker.worker_id, "job-after-abandon", max_tokens=2)
+    assert isinstance(run.terminal, End)
 
 
 async def test_bad_payloads_get_coded_errors_and_the_worker_keeps_serving(
