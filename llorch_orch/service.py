@@ -40,6 +40,7 @@ from schemas import (
     tracing,
 )
 from schemas.aio import wait_event
+from schemas.codec import wire_size
 from schemas.subjects import is_publish_subject
 from schemas.text import clip
 
@@ -175,7 +176,7 @@ class OrchestratorService:
     ) -> tuple[bytes, dict[str, str] | None] | None:
         """`message` encoded with its headers, its replacement, or None: not to be sent."""
         data = encode(message)
-        size = _wire_size(data, headers)
+        size = wire_size(data, headers)
         if size <= self.nc.max_payload:
             return data, headers
         what = type(message).__name__
@@ -270,7 +271,7 @@ class OrchestratorService:
             log.warning("generate request dropped: bad reply subject %r", clip(msg.reply))
             return
         try:
-            if _wire_size(msg.data, msg.headers) + EXECUTE_ROOM > self.nc.max_payload:
+            if wire_size(msg.data, msg.headers) + EXECUTE_ROOM > self.nc.max_payload:
                 raise ProtocolError(
                     ErrorCode.PAYLOAD_TOO_LARGE,
                     f"request of {len(msg.data)} bytes leaves no room for its execute under "
@@ -424,13 +425,3 @@ def _traced(handler: Callable[[Request], Awaitable[None]]) -> Callable[[Request]
             await handler(req)
 
     return serve
-
-
-def _wire_size(data: bytes, headers: dict[str, str] | None) -> int:
-    """What the server counts against its max payload: the body and the header block (a
-    `NATS/1.0` line, one `key: value` line per header, an empty line); nats-py checks only the
-    body."""
-    if not headers:
-        return len(data)
-    block = sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
-    return len(data) + len(b"NATS/1.0\r\n\r\n") + block

@@ -1,6 +1,6 @@
 """JSON encode/decode with coded errors: a bad message never raises anything but ProtocolError."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import msgspec
@@ -19,6 +19,16 @@ _ID_FAILED = f"matching regex {ID_PATTERN!r}"  # how msgspec says an `Id` field 
 
 def encode(message: Any) -> bytes:
     return _encoder.encode(message)
+
+
+def wire_size(data: bytes, headers: Mapping[str, str] | None) -> int:
+    """What the server counts against its max payload: the body and the header block (a
+    `NATS/1.0` line, one `key: value` line per header, an empty line); nats-py checks only the
+    body."""
+    if not headers:
+        return len(data)
+    block = sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
+    return len(data) + len(b"NATS/1.0\r\n\r\n") + block
 
 
 def decoder(kind: Any, max_bytes: int = MAX_MESSAGE_BYTES) -> Callable[[bytes], Any]:
