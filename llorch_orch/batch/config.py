@@ -27,6 +27,10 @@ BATCH_STREAM = "LLORCH_BATCH"
 RESULTS_STREAM = "LLORCH_RESULTS"
 CONSUMER = "llorch-orch"
 DAY_S = 86_400.0
+# Messages nak'ed with a delay (a retry waiting for its backoff) stay pending in JetStream
+# without being in flight here: max_ack_pending leaves room for this many of them, so jobs
+# that keep failing cannot stop deliveries to the runner (it gates its own pulls).
+RETRY_PENDING = 1000
 GiB = 1024**3
 
 
@@ -123,6 +127,6 @@ def consumer(cfg: BatchConfig, subjects: Subjects) -> ConsumerConfig:
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=cfg.ack_wait_s,
         max_deliver=cfg.max_deliver,
-        max_ack_pending=cfg.max_in_flight,
+        max_ack_pending=cfg.max_in_flight + RETRY_PENDING,
         max_waiting=16,
     )

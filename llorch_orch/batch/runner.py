@@ -8,14 +8,17 @@ import asyncio
 import contextlib
 import logging
 import time
+import traceback
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.client import JetStreamContext
+from opentelemetry import metrics
 
 from schemas import (
+    MAX_MESSAGE_BYTES,
     BatchCancelReply,
     BatchCancelRequest,
     BatchEvent,
@@ -33,6 +36,7 @@ from schemas import (
     new_id,
 )
 from schemas.aio import wait_event
+from schemas.text import clip
 
 from ..service import OrchestratorService
 from . import store
@@ -43,6 +47,7 @@ log = logging.getLogger("llorch.batch")
 
 FETCH_WAIT_S = 5.0  # long-poll of one pull request
 RETRY_S = 1.0  # pause after a JetStream call failed (server away: nats-py reconnects)
+STORE_TRIES = 300  # a store failing this often RETRY_S apart (server away ~5 min): nak the job
 TICK_S = 1.0  # keepalive / loss check period (each message is kept alive every keepalive_s)
 CUSTOM_ID = "Llorch-Custom-Id"  # header naming the job of an undecodable message
 REJECTED = "Llorch-Error"  # header of a line the producer rejected: stored as failed as is
@@ -51,6 +56,11 @@ _event = decoder(Event)
 _job = decoder(BatchJob)
 _status_req = decoder(BatchStatusRequest)
 _cancel_req = decoder(BatchCancelRequest)
+_dead_letters = metrics.get_meter("llorch.orchestrator").create_counter(
+    "llorch.batch.dead_letters",
+    "{message}",
+    "Batch messages terminated with no result stored, by reason (invalid_batch_id, unstorable)",
+)
 
 
 @dataclass(slots=True)
@@ -121,20 +131,33 @@ class BatchRunner:
     async def _pull_loop(self) -> None:
         while True:
             await self._wait_for_room()
-            try:
-                assert self._pull is not None  # the loop starts after the subscription
-                msgs = await self._pull.fetch(1, timeout=FETCH_WAIT_S)
-            except NatsTimeout:
-                continue
-            except Exception as exc:  # server restarting, connection lost: nats-py reconnects
-                log.warning("batch pull failed: %r", exc)
-                await asyncio.sleep(RETRY_S)
-                continue
-            for msg in msgs:
-                try:
-                    await self._take(msg)
-                except Exception:  # unacked: JetStream redelivers it after ack_wait
-                    log.exception("batch job %s not taken", msg.subject)
+            for msg in await self._fetch():
+                await self._process(msg)
+
+    async def _fetch(self) -> list[Msg]:
+        try:
+            assert self._pull is not None  # the loop starts after the subscription
+            return await self._pull.fetch(1, timeout=FETCH_WAIT_S)
+        except NatsTimeout:
+            return []
+        except Exception as exc:  # server restarting, connection lost: nats-py reconnects
+            log.warning("batch pull failed: %r", exc)
+            await asyncio.sleep(RETRY_S)
+            return []
+
+    async def _process(self, msg: Msg) -> None:
+        """Take one pulled message. Whatever goes wrong, the message is settled here: left
+        unacked it would come back until max_deliver, hold a max_ack_pending slot meanwhile,
+        then sit in the work queue for good."""
+        try:
+            await self._take(msg)
+        except Exception as exc:
+            if store.transient(exc):  # the server went away mid-take: try it again soon
+                log.warning("batch message on %s handed back: %r", clip(msg.subject), exc)
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=RETRY_S)
+                return
+            await self._fail(msg, _custom_id(msg), _internal(exc))
 
     async def _wait_for_room(self) -> None:
         core = self.service.core
@@ -146,25 +169,29 @@ class BatchRunner:
             await wait_event(self._changed, TICK_S)  # core changes we hear of wake us earlier
 
     async def _take(self, msg: Msg) -> None:
-        batch = msg.subject.rsplit(".", 1)[1]
+        batch = self._batch_of(msg)
+        if batch is None:
+            await self._dead_letter(msg, "invalid_batch_id", _no_batch(msg))
+            return
         delivered = msg.metadata.num_delivered
-        job, custom_id, error = _decode(msg)
+        custom_id, job = _decode(msg)
         if await store.has_result(self.js, self.subjects, batch, custom_id):
             await msg.ack_sync()  # ran before (a resubmission after the dedup window)
             await self._notice(batch, custom_id, "duplicate")
             return
-        if error is None and delivered >= self.cfg.max_deliver:
-            error = Error(code=ErrorCode.INTERNAL, message=f"delivered {delivered} times")
-        if error is None and await self._is_cancelled(batch):
-            error = Error(code=ErrorCode.CANCELLED, message=f"batch {batch} cancelled")
-        running = self._running(batch, custom_id)
-        if error is None and running is not None:  # redelivered while it still runs here
-            running.msg, running.delivered = msg, delivered  # (keepalives were lost): adopt
+        if isinstance(job, BatchJob) and delivered >= self.cfg.max_deliver:  # kills its owners
+            job = Error(code=ErrorCode.INTERNAL, message=f"delivered {delivered} times")
+        if isinstance(job, Error):  # the message itself can never run
+            await self._fail(msg, custom_id, job)
             return
-        if error is not None or job is None:
-            error = error or Error(code=ErrorCode.INTERNAL, message="no job")
+        if await self._is_cancelled(batch):
+            error = Error(code=ErrorCode.CANCELLED, message=f"batch {batch} cancelled")
             result = failed(batch, custom_id, delivered, time.time(), error)
-            await self._store_and_ack(msg, result)
+            await self._store_and_settle(msg, result)
+            return
+        running = self._running(batch, custom_id)
+        if running is not None:  # redelivered while it still runs here (keepalives were lost)
+            running.msg, running.delivered = msg, delivered  # adopt the new delivery
             return
         job_id = new_id("bj")
         now = time.time()
@@ -173,13 +200,25 @@ class BatchRunner:
         self.flights[job_id] = flight
         log.info("batch %s job %s -> %s (delivery %d)", batch, custom_id, job_id, delivered)
         # the job's trace continues the producer's (its context rides in the message headers)
-        await self.service.submit(
-            to_request(job, job_id),
-            f"{self._inbox}.{job_id}",
-            msg.headers,
-            msg.subject,
-            batch=batch,
-        )
+        try:
+            await self.service.submit(
+                to_request(job, job_id),
+                f"{self._inbox}.{job_id}",
+                msg.headers,
+                msg.subject,
+                batch=batch,
+            )
+        except Exception:  # settled by _process: no flight may outlive its message
+            self._forget(flight)
+            raise
+
+    def _batch_of(self, msg: Msg) -> str | None:
+        """The batch a message's subject names; None when it names no valid batch id, so no
+        result subject can be formed (a subject token may be any length, an id may not)."""
+        batch = msg.subject.rpartition(".")[2]
+        if is_valid_id(batch) and msg.subject == self.subjects.batch_submit(batch):
+            return batch
+        return None
 
     def _running(self, batch: str, custom_id: str) -> Flight | None:
         for flight in self.flights.values():
@@ -213,40 +252,107 @@ class BatchRunner:
             self._background(self._settle(flight))
 
     async def _settle(self, flight: Flight) -> None:
-        terminal = flight.collector.terminal
-        delay = retry_delay(terminal, flight.delivered, self.cfg)
-        if flight.batch_id in self._cancelled:
-            delay = None
-        if delay is not None:
-            code = terminal.code if isinstance(terminal, Error) else "lost"
-            log.info("batch job %s failed (%s): retry in %.1fs", flight.custom_id, code, delay)
-            with contextlib.suppress(Exception):  # unacked anyway: redelivered after ack_wait
-                await flight.msg.nak(delay=delay)
+        try:
+            terminal = flight.collector.terminal
+            delay = retry_delay(terminal, flight.delivered, self.cfg)
+            if flight.batch_id in self._cancelled:
+                delay = None
+            if delay is not None:
+                code = terminal.code if isinstance(terminal, Error) else "lost"
+                log.info("batch job %s failed (%s): retry in %.1fs", flight.custom_id, code, delay)
+                with contextlib.suppress(Exception):  # unacked anyway: redelivered after ack_wait
+                    await flight.msg.nak(delay=delay)
+                await self._notice(flight.batch_id, flight.custom_id, "retry")
+                return
+            now = time.time()
+            result = flight.collector.result(
+                flight.batch_id, flight.custom_id, flight.delivered, now
+            )
+            await self._store_and_settle(flight.msg, result)
+        except Exception as exc:  # a bug: the job still gets a result, and leaves the flights
+            await self._fail(flight.msg, flight.custom_id, _internal(exc))
+        finally:
             self._forget(flight)
-            await self._notice(flight.batch_id, flight.custom_id, "retry")
-            return
-        now = time.time()
-        result = flight.collector.result(flight.batch_id, flight.custom_id, flight.delivered, now)
-        await self._store_and_ack(flight.msg, result)
-        self._forget(flight)
 
     def _forget(self, flight: Flight) -> None:
         self.flights.pop(flight.job_id, None)
         self._changed.set()
 
-    async def _store_and_ack(self, msg: Msg, result: BatchResult) -> None:
-        """Ack only once the result is durable; while the server is away keep trying (the
-        tick loop keeps the message alive meanwhile). A crash between the two is harmless:
-        the redelivered job finds its result and is acked unrun."""
+    async def _fail(self, msg: Msg, custom_id: str, error: Error) -> None:
+        """A message that can never run: its error stored as the job's result, then the
+        message terminated (never redelivered). No batch id: dead-lettered instead."""
+        batch = self._batch_of(msg)
+        if batch is None:
+            await self._dead_letter(msg, "invalid_batch_id", _no_batch(msg))
+            return
+        result = failed(batch, custom_id, msg.metadata.num_delivered, time.time(), error)
+        await self._store_and_settle(msg, result, term=f"{error.code}: {clip(error.message)}")
+
+    async def _store_and_settle(
+        self, msg: Msg, result: BatchResult, term: str | None = None
+    ) -> None:
+        """Ack the message (terminate it, with the reason `term`) only once its result is
+        durable. A crash between the two is harmless: the redelivered message finds its
+        result and is acked unrun."""
+        stored = await self._store(msg, result)
+        if stored is None:
+            return
+        try:
+            if term is None:
+                await msg.ack_sync()
+            else:
+                await self._term(msg, term)
+        except Exception as exc:  # stored: a redelivered copy is acked as a duplicate
+            log.warning("settling %s/%s: %r", result.batch_id, result.custom_id, exc)
+        await self._notice(stored.batch_id, stored.custom_id, stored.outcome)
+
+    async def _store(self, msg: Msg, result: BatchResult) -> BatchResult | None:
+        """The result as stored (store.store may put a stand-in in its place), or None when
+        the message was handed back or dead-lettered instead. A failure that would repeat
+        (the stream refused the message) is not retried: a stand-in that says why is stored
+        once instead, and if that is refused too the message is dead-lettered. While the
+        server is away it is tried again every RETRY_S (the tick loop keeps in-flight jobs
+        alive meanwhile), at most STORE_TRIES times, then nak'ed (it runs again later)."""
+        limit = min(self.nc.max_payload, MAX_MESSAGE_BYTES)
+        refused = False
+        tries = 0
         while True:
             try:
-                await store.store(self.js, self.subjects, result, msg.headers)
-                await msg.ack_sync()
-                break
+                return await store.store(self.js, self.subjects, result, msg.headers, limit)
             except Exception as exc:
-                log.warning("storing %s/%s: %r", result.batch_id, result.custom_id, exc)
+                where = f"{result.batch_id}/{result.custom_id}"
+                reason = clip(repr(exc), 200)
+                if not store.transient(exc):
+                    if refused:
+                        await self._dead_letter(msg, "unstorable", f"{where}: {reason}")
+                        return None
+                    log.warning("storing %s refused: %s; storing the error instead", where, reason)
+                    error = Error(code=ErrorCode.INTERNAL, message=f"result not storable: {reason}")
+                    result, refused = store.stand_in(result, error), True
+                    continue
+                tries += 1
+                if tries >= STORE_TRIES:
+                    log.warning("storing %s: %s; gave up after %d tries, job nak'ed", where,
+                                reason, tries)  # fmt: skip
+                    with contextlib.suppress(Exception):
+                        await msg.nak()
+                    return None
+                log.warning("storing %s: %s", where, reason)
                 await asyncio.sleep(RETRY_S)
-        await self._notice(result.batch_id, result.custom_id, result.outcome)
+
+    async def _term(self, msg: Msg, reason: str) -> None:
+        """JetStream `+TERM <reason>`: never redelivered, removed from the work queue, and the
+        reason is in the server's MSG_TERMINATED advisory (nats-py's Msg.term() sends none)."""
+        await self.nc.publish(msg.reply, b"+TERM " + reason.encode())
+
+    async def _dead_letter(self, msg: Msg, kind: str, reason: str) -> None:
+        """A message no result can be stored for: terminated, counted, one bounded log line.
+        Its content is not kept: it names no batch a consumer would read, and may be 1 MiB."""
+        _dead_letters.add(1, {"reason": kind})
+        seq = msg.metadata.sequence.stream
+        log.error("batch message %d dead-lettered (%s): %s", seq, kind, reason)
+        with contextlib.suppress(Exception):  # lost: it comes back and is dead-lettered again
+            await self._term(msg, f"dead letter ({kind}): {reason}")
 
     async def _notice(self, batch: str, custom_id: str, outcome: str) -> None:
         event = BatchEvent(batch_id=batch, custom_id=custom_id, outcome=outcome)  # type: ignore[arg-type]
@@ -327,19 +433,39 @@ class BatchRunner:
         await msg.respond(encode(BatchCancelReply(batch_id=batch, running_cancelled=len(running))))
 
 
-def _decode(msg: Msg) -> tuple[BatchJob | None, str, Error | None]:
-    """(job, custom_id, error): an undecodable message is still a job with an id to fail."""
+def _custom_id(msg: Msg) -> str:
+    """The job id a message's headers give (`Llorch-Custom-Id`, else the part after the
+    batch in `Nats-Msg-Id`), else `seq-<stream sequence>`: the id of a job that cannot be
+    decoded, so even that one gets a result."""
     headers = msg.headers or {}
     custom_id = headers.get(CUSTOM_ID) or headers.get("Nats-Msg-Id", "").partition(".")[2]
-    if not is_valid_id(custom_id):
-        custom_id = f"seq-{msg.metadata.sequence.stream}"
+    return custom_id if is_valid_id(custom_id) else f"seq-{msg.metadata.sequence.stream}"
+
+
+def _decode(msg: Msg) -> tuple[str, BatchJob | Error]:
+    """(custom_id, the job or why it cannot run): an undecodable message still has an id."""
+    custom_id = _custom_id(msg)
+    headers = msg.headers or {}
     if REJECTED in headers:
-        return None, custom_id, Error(code=ErrorCode.INVALID_PARAMS, message=headers[REJECTED])
+        return custom_id, Error(code=ErrorCode.INVALID_PARAMS, message=headers[REJECTED])
     try:
         job = _job(msg.data)
     except ProtocolError as exc:
-        return None, custom_id, Error(code=exc.code, message=exc.message)
+        return custom_id, Error(code=exc.code, message=exc.message)
     if not is_valid_id(job.custom_id):
-        message = f"custom_id {job.custom_id[:80]!r} must match [A-Za-z0-9_-]{{1,64}}"
-        return None, custom_id, Error(code=ErrorCode.INVALID_ID, message=message)
-    return job, job.custom_id, None
+        message = f"custom_id {clip(job.custom_id)!r} must match [A-Za-z0-9_-]{{1,64}}"
+        return custom_id, Error(code=ErrorCode.INVALID_ID, message=message)
+    return job.custom_id, job
+
+
+def _no_batch(msg: Msg) -> str:
+    token = msg.subject.rpartition(".")[2]
+    return f"subject token {clip(token)!r} ({len(token)} characters) is not a batch id"
+
+
+def _internal(exc: Exception) -> Error:
+    """A bug met while processing a message: one bounded log line (what, and where) and the
+    INTERNAL error stored for its job."""
+    frame = traceback.extract_tb(exc.__traceback__)[-1]
+    log.error("batch runner: %s at %s:%s", clip(repr(exc), 200), frame.filename, frame.lineno)
+    return Error(code=ErrorCode.INTERNAL, message=f"batch runner: {clip(repr(exc), 200)}")

@@ -5,11 +5,25 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Mapping
 
+import msgspec
+from nats import errors as nats_errors
 from nats.js import JetStreamContext
+from nats.js import errors as js_errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError, NotFoundError
 
-from schemas import BatchResult, Subjects, decoder, encode, tracing
+from schemas import (
+    MAX_MESSAGE_BYTES,
+    BatchResult,
+    Error,
+    ErrorCode,
+    Subjects,
+    decoder,
+    encode,
+    tracing,
+)
+from schemas.codec import wire_size
+from schemas.text import clip
 
 from .config import BATCH_STREAM, RESULTS_STREAM, BatchConfig, batch_stream, results_stream
 
@@ -20,6 +34,21 @@ EMPTY = "Llorch-Empty-Text"  # header on ok results without text (counted by a s
 UNKNOWN = (  # the message of NOT_FOUND for a batch the streams hold nothing of (see known())
     "no such batch: no job of it is queued and no result is stored "
     "(never submitted, or its results expired)"
+)
+ERROR_CHARS = 1000  # of an error message in a result (decoder and core errors may quote input)
+# Failures of a JetStream call that pass once the server or its JetStream is back; any other
+# failure (the server refused this very message, a client-side size check) would repeat.
+_TRANSIENT = (
+    OSError,  # nats-py's TimeoutError, asyncio's and socket errors alike
+    nats_errors.NoRespondersError,
+    nats_errors.ConnectionClosedError,
+    nats_errors.ConnectionReconnectingError,
+    nats_errors.ConnectionDrainingError,
+    nats_errors.StaleConnectionError,
+    nats_errors.OutboundBufferLimitError,
+    nats_errors.FlushTimeoutError,
+    js_errors.ServiceUnavailableError,
+    js_errors.NoStreamResponseError,
 )
 _result = decoder(BatchResult)
 
@@ -58,16 +87,61 @@ async def store(
     subjects: Subjects,
     result: BatchResult,
     job_headers: Mapping[str, str] | None = None,
-) -> None:
+    max_bytes: int = MAX_MESSAGE_BYTES,
+) -> BatchResult:
     """Publish and await the PubAck: only then is the result durable (and the job ackable).
     The Nats-Msg-Id makes a second store after a crash-before-ack a no-op. The result carries
-    the trace context of its job's message, so the job's trace runs from publish to result."""
+    the trace context of its job's message, so the job's trace runs from publish to result.
+
+    Returns the result as stored: one whose message (headers included) would exceed
+    `max_bytes` is stored as a failed stand-in saying so. Never publish it as is: the stream
+    refuses it, and over the server's max_payload the server closes the connection."""
     subject = subjects.batch_result(result.batch_id, result.custom_id)
-    headers = {"Nats-Msg-Id": msg_id(result.batch_id, result.custom_id), OUTCOME: result.outcome}
+    result = bounded(result)
+    ids = {"Nats-Msg-Id": msg_id(result.batch_id, result.custom_id)}
+    trace = tracing.inject(ids, tracing.extract(job_headers)) or ids
+    data, headers = _message(result, trace)
+    size = wire_size(data, headers)
+    if size > max_bytes:
+        message = (
+            f"the result is {size} bytes (text of {len(result.text)} characters), over the "
+            f"{max_bytes} bytes a stored result may have: run the job with a lower max_tokens"
+        )
+        result = stand_in(result, Error(code=ErrorCode.PAYLOAD_TOO_LARGE, message=message))
+        data, headers = _message(result, trace)
+    await js.publish(subject, data, headers=headers)
+    return result
+
+
+def _message(result: BatchResult, trace: Mapping[str, str]) -> tuple[bytes, dict[str, str]]:
+    """(payload, headers) of a result: its outcome is in the headers for headers-only scans."""
+    headers = {**trace, OUTCOME: result.outcome}
     if result.outcome == "ok" and not result.text:
         headers[EMPTY] = "1"
-    headers = tracing.inject(headers, tracing.extract(job_headers)) or headers
-    await js.publish(subject, encode(result), headers=headers)
+    return encode(result), headers
+
+
+def bounded(result: BatchResult) -> BatchResult:
+    """The result with its error message clipped: error messages may quote client input."""
+    error = result.error
+    if error is None or len(error.message) <= ERROR_CHARS:
+        return result
+    return msgspec.structs.replace(
+        result, error=msgspec.structs.replace(error, message=clip(error.message, ERROR_CHARS))
+    )
+
+
+def stand_in(result: BatchResult, error: Error) -> BatchResult:
+    """A failed result in place of one that cannot be stored: no text, why in `error`, the
+    rest (model, worker, tokens, timings) kept."""
+    return msgspec.structs.replace(
+        result, outcome="failed", text="", finish_reason=None, note=None, error=error
+    )
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a failed JetStream call may succeed when tried again (the server was away)."""
+    return isinstance(exc, _TRANSIENT)
 
 
 async def waiting(js: JetStreamContext, subjects: Subjects, batch: str) -> int:
