@@ -214,8 +214,9 @@ async def _dispatch(args: argparse.Namespace) -> int:
 
         cfg, batch_cfg = settings.from_args(args), load_batch(args.config)
         creds = Credentials.from_args(args, os.environ)
-        await serve(args.nats_url, cfg, Subjects(args.prefix), batch_cfg, creds, args.metrics_port)
-        return 0
+        return await serve(
+            args.nats_url, cfg, Subjects(args.prefix), batch_cfg, creds, args.metrics_port
+        )
     if args.command == "nats-config":
         return _nats_config(args)
     nc = await _connect(*_client_endpoint(args))

@@ -8,8 +8,9 @@ import signal
 
 import nats
 
-from schemas import Subjects, observe
-from schemas.connect import DRAIN_TIMEOUT_S, Credentials
+from schemas import SnapshotRequest, Subjects, encode, observe
+from schemas.connect import Credentials
+from schemas.lifeline import EXIT_CONNECTION_LOST, Lifeline
 
 from . import batch
 from .core import Core, OrchConfig
@@ -25,17 +26,27 @@ async def serve(
     batch_cfg: batch.BatchConfig | None = None,
     credentials: Credentials | None = None,
     metrics_port: int | None = None,
-) -> None:
+) -> int:
+    """Serve until SIGINT/SIGTERM (0), or until NATS closes the connection for good
+    (EXIT_CONNECTION_LOST: nothing can be served or cleaned up on it any more)."""
     observe.setup("llorch-orchestrator", metrics_port)
     credentials = credentials or Credentials()
     log.info("connecting to %s as %s", nats_url, credentials.describe())
+    lifeline = Lifeline("orchestrator", log)
+
+    async def reconnected() -> None:
+        # Heartbeats sent while we were away were lost: every pool beats at once rather than
+        # at its next interval, so its models are served again as soon as we are back.
+        await nc.publish(subjects.snapshot_request, encode(SnapshotRequest()))
+
     nc = await nats.connect(
         nats_url,
         name="llorch-orchestrator",
-        max_reconnect_attempts=-1,
-        drain_timeout=DRAIN_TIMEOUT_S,  # shutdown flushes what is in flight, never hangs
+        reconnected_cb=reconnected,
+        **lifeline.options(),
         **credentials.connect_options(),
     )
+    lifeline.watch(nc)
     service = OrchestratorService(nc, Core(cfg), subjects)
     await service.start()
     runner = await batch.start(service, batch_cfg or batch.BatchConfig())
@@ -44,8 +55,11 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    if await lifeline.until(stop):
+        return EXIT_CONNECTION_LOST
     if runner is not None:
         await runner.stop()
     await service.stop()
+    lifeline.leaving()
     await nc.drain()
+    return 0

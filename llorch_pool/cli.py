@@ -27,7 +27,7 @@ from schemas import (
     connect,
     observe,
 )
-from schemas.connect import DRAIN_TIMEOUT_S
+from schemas.lifeline import EXIT_CONNECTION_LOST, Lifeline
 from schemas.local import default_data_dir, default_pool_id, positive_float, positive_int
 
 CONNECT_WAIT_S = 30.0  # give up starting when NATS is unreachable this long
@@ -199,17 +199,18 @@ async def serve(
     inventory = Inventory.probe(config.pool_id, force_cpu, cpu_memory_bytes, device_memory_limit)
     log.info("connecting as %s; workers get %s", credentials.describe(),
              config.worker_credentials.describe())  # fmt: skip
+    lifeline = Lifeline(f"pool {config.pool_id}", log)
     nc = await asyncio.wait_for(
         nats.connect(
             config.nats_url,
             name=f"llorch-pool-{config.pool_id}",
-            max_reconnect_attempts=-1,
-            drain_timeout=DRAIN_TIMEOUT_S,  # shutdown flushes what is in flight, never hangs
             error_cb=_log_nats_error,
+            **lifeline.options(),
             **credentials.connect_options(),
         ),
         CONNECT_WAIT_S,
     )
+    lifeline.watch(nc)
     service = PoolService(config, nc, inventory)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -218,12 +219,16 @@ async def serve(
     await service.start()
     beats = asyncio.create_task(service.run_heartbeats())
     log.info("pool %s serving on %s (%s)", config.pool_id, config.nats_url, inventory.kind)
-    await stop.wait()
+    if await lifeline.until(stop):
+        # Nothing to report on: the workers learn of our death as when we are killed.
+        inventory.close()
+        return EXIT_CONNECTION_LOST
     log.info("pool %s shutting down", config.pool_id)
     beats.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await beats
     await service.shutdown()
+    lifeline.leaving()
     await nc.drain()
     inventory.close()
     return 0

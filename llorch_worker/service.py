@@ -36,7 +36,7 @@ from schemas import (
     encode,
     tracing,
 )
-from schemas.connect import DRAIN_TIMEOUT_S
+from schemas.lifeline import EXIT_CONNECTION_LOST, Lifeline
 
 log = logging.getLogger("llorch.worker")
 
@@ -68,29 +68,37 @@ class Worker:
         self._load_context = Context()  # the load span's, once loading began
 
     async def run(self) -> int:
-        """Exit status of the process: 0 after a drain, 3 when the model could not be loaded."""
+        """Exit status of the process: 0 after a drain, 3 when the model could not be loaded,
+        EXIT_CONNECTION_LOST when NATS closed the connection for good."""
         self._install_signals()  # before anyone can know our pid is worth signalling
         _abandon_when_parent_dies()
+        # reconnects forever: a NATS restart is ridden out, the job stream resumes after it
+        lifeline = Lifeline(f"worker {self.cfg.worker_id}", log)
         nc = await nats.connect(
             self.cfg.nats_url,
             name=f"llorch-worker-{self.cfg.worker_id}",
-            max_reconnect_attempts=-1,  # ride out a NATS restart: the job stream resumes after
-            drain_timeout=DRAIN_TIMEOUT_S,  # shutdown flushes what is in flight, never hangs
+            **lifeline.options(),
             **self.cfg.credentials.connect_options(),
         )
+        lifeline.watch(nc)
         try:
             loaded = await self._load(nc)
             if loaded is None:
                 return EXIT_LOAD_FAILED
             if self._draining:  # told to stop while loading: never announce
                 return EXIT_OK
+            if lifeline.lost.is_set():  # lost while loading: nothing can be served
+                return EXIT_CONNECTION_LOST
             service = await self._serve(nc)
             await self._announce(nc, loaded)
-            await self._stopped.wait()
+            if await lifeline.until(self._stopped):
+                return EXIT_CONNECTION_LOST
             await service.stop()
             return EXIT_OK
         finally:
-            await nc.drain()
+            lifeline.leaving()
+            if not nc.is_closed:  # lost: nothing left to flush
+                await nc.drain()
             self.engine.close()
 
     async def _load(self, nc: Client) -> Loaded | None:
