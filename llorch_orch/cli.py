@@ -335,7 +335,7 @@ async def _up(args: argparse.Namespace) -> int:
                 return await _generate(nc, args)
             finally:
                 await nc.close()
-        await stop.wait()
+        await stack.supervise(stop)
         return 0
     finally:
         remove_stack_record(data_dir)

@@ -85,17 +85,21 @@ class NatsServer:
         args = [str(find_binary()), "-a", host, "-p", str(port), "-js", "-sd", str(store_dir)]
         if config is not None:
             args += ["-c", str(config)]
-        out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+        out = open(log_file, "ab") if log_file else None  # noqa: SIM115 (closed below)
         # Its own process group: a Ctrl-C in the terminal reaches every process of the
         # foreground group at once, and a server that exits then cuts off the others while they
         # drain (their last events and statuses lost). The owner stops it after them.
-        proc = subprocess.Popen(
-            args,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            process_group=0,
-            preexec_fn=_stop_with_parent,
-        )
+        try:
+            proc = subprocess.Popen(
+                args,
+                stdout=out or subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+                process_group=0,
+                preexec_fn=_stop_with_parent,
+            )
+        finally:
+            if out is not None:  # the child writes to its own copy
+                out.close()
         try:
             _wait_listening(host, port, proc, timeout=10.0)
         except BaseException:

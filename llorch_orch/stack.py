@@ -5,21 +5,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
 
 from schemas import ClusterState, Error, Heartbeat, StateRequest, Subjects, decoder, encode
+from schemas.aio import wait_event
 from schemas.connect import Credentials, without_credentials
 
 from . import natsconf
 from .natsserver import NatsServer, free_port
 
 READY_TIMEOUT_S = 60.0
+# A child that dies is started again after a delay: the first, doubled on each death up to the
+# most, and the first again once the child had run this long (a crash loop does not spin, a
+# rare crash costs half a second).
+RESTART_FIRST_S, RESTART_MAX_S, RESTART_RESET_S = 0.5, 10.0, 60.0
 _heartbeat = decoder(Heartbeat)
 _state = decoder(ClusterState | Error)
 
@@ -36,6 +43,7 @@ class Stack:
     server: NatsServer | None = None
     children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     creds_dir: Path | None = None  # nkey seeds per identity (natsconf); None = open server
+    _argv: dict[str, list[str]] = field(default_factory=dict)  # what `spawn` ran, per child
 
     @classmethod
     def start_server(
@@ -81,7 +89,14 @@ class Stack:
         env = without_credentials(os.environ) if self.creds_dir else None
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
-        self.children.append((name, proc))
+        if name in self._argv:  # started again: in the place of the one that died
+            self.children = [(n, proc if n == name else p) for n, p in self.children]
+        else:
+            self.children.append((name, proc))
+        self._argv[name] = args
+
+    def log_file(self, name: str) -> Path:
+        return self.data_dir / "logs" / f"{name}.log"
 
     async def wait_ready(self, pool_id: str) -> Heartbeat:
         """Until the orchestrator answers and counts the pool as alive: from then on a request
@@ -104,10 +119,46 @@ class Stack:
         finally:
             await nc.close()
 
+    async def supervise(self, stop: asyncio.Event) -> None:
+        """Keep the children running until `stop` is set: one that exits (a crash, a lost NATS
+        connection, `kill -9`) is started again after a backoff, said in one line on stderr.
+        Raises StackError when the embedded server exits: every component talks only through
+        it, and it does not die of anything they send, so what killed it needs a person (its
+        log) rather than a loop of restarts; the supervisor of `llorch up` (systemd) may start
+        the whole stack again."""
+        exits = _Exits()
+        try:
+            for child, proc in self.children:
+                exits.watch(child, proc)
+            if self.server is not None:
+                exits.watch(_SERVER, self.server.proc)
+            delays = {child: _Backoff() for child, _ in self.children}
+            while (name := await exits.next(stop)) is not None:
+                proc = self._proc(name)
+                if name == _SERVER:
+                    raise StackError(
+                        f"nats-server {_how(proc.wait())}: llorch up cannot go on without it "
+                        f"(see {self.log_file(_SERVER)})"
+                    )
+                delay = delays[name].next()
+                print(f"{name} {_how(proc.wait())}; restarting in {delay:g} s "
+                      f"(see {self.log_file(name)})", file=sys.stderr)  # fmt: skip
+                if await wait_event(stop, delay):
+                    return
+                self.spawn(name, self._argv[name])
+                exits.watch(name, self._proc(name))
+        finally:
+            exits.close()
+
+    def _proc(self, name: str) -> subprocess.Popen[bytes]:
+        if name == _SERVER and self.server is not None:
+            return self.server.proc
+        return next(proc for n, proc in self.children if n == name)
+
     def _check_children(self) -> None:
         for name, proc in self.children:
             if proc.poll() is not None:
-                log = self.data_dir / "logs" / f"{name}.log"
+                log = self.log_file(name)
                 tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
                 raise StackError(f"{name} exited with {proc.returncode}; {log}:\n{tail}")
 
@@ -127,6 +178,73 @@ class Stack:
                 proc.wait()
         if self.server is not None:
             self.server.stop()
+
+
+_SERVER = "nats-server"  # the name of its log too
+
+
+def _how(code: int) -> str:
+    """How a child ended, as a person says it."""
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with {code}"
+
+
+@dataclass
+class _Backoff:
+    """The delay before a child is started again (see RESTART_FIRST_S)."""
+
+    delay: float = RESTART_FIRST_S
+    started: float = field(default_factory=time.monotonic)  # the child's last start
+
+    def next(self) -> float:
+        now = time.monotonic()
+        if now - self.started >= RESTART_RESET_S:
+            self.delay = RESTART_FIRST_S
+        delay, self.delay = self.delay, min(self.delay * 2, RESTART_MAX_S)
+        self.started = now + delay
+        return delay
+
+
+class _Exits:
+    """The names of watched processes, as each exits: a pidfd per process (Linux), readable
+    once it has exited, so the event loop hears it without polling or a thread per child."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._exited: asyncio.Queue[str] = asyncio.Queue()
+        self._fds: dict[int, str] = {}
+
+    def watch(self, name: str, proc: subprocess.Popen[bytes]) -> None:
+        fd = os.pidfd_open(proc.pid)  # a pid not yet reaped: it cannot be another process's
+        self._fds[fd] = name
+        self._loop.add_reader(fd, self._on_exit, fd)
+
+    def _on_exit(self, fd: int) -> None:
+        self._loop.remove_reader(fd)
+        os.close(fd)
+        self._exited.put_nowait(self._fds.pop(fd))
+
+    async def next(self, stop: asyncio.Event) -> str | None:
+        """The next process to exit, or None once `stop` is set (it wins a tie: the children
+        of a terminal's Ctrl-C exit because they were told to)."""
+        stopping = asyncio.ensure_future(stop.wait())
+        exited = asyncio.ensure_future(self._exited.get())
+        try:
+            await asyncio.wait((stopping, exited), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            exited.cancel()
+        if stop.is_set():
+            return None
+        return exited.result()
+
+    def close(self) -> None:
+        for fd in self._fds:
+            self._loop.remove_reader(fd)
+            os.close(fd)
+        self._fds.clear()
 
 
 async def _orchestrator_sees(nc: nats.NATS, subjects: Subjects, pool_id: str) -> bool:
