@@ -52,6 +52,7 @@ from schemas import (
     StateRequest,
     StopRequest,
     Token,
+    WorkerCancel,
     WorkerFailed,
     WorkerInfo,
     WorkerReady,
@@ -362,6 +363,7 @@ EXAMPLES: list[tuple[str, msgspec.Struct]] = [
         "execute-busy",
         Error(code=ErrorCode.WORKER_BUSY, message="running job job-1", retriable=True),
     ),
+    ("worker-abandon", WorkerCancel(job_id=JOB, abandon=True)),
     ("worker-cancel-ack", Ack(detail="cancelling")),
     ("status-started", JobStatus(job_id=JOB, worker_id=WORKER, state="started", seq=2)),
     (

@@ -140,11 +140,11 @@ class JobStatus(Message, tag="job_status"):
     ttft_ms: float | None = None  # on finished/failed: job start on the worker to first token
 
 
-class WorkerCancel(Message, tag="cancel"):
-    """Orchestrator -> `worker.<W>.cancel`. Tagged like the client's CancelRequest, so a bare
-    `{"job_id": J}` still cancels. `abandon`: stop the job at the next token and publish nothing
-    more on its stream (no terminal event: the orchestrator retries it elsewhere); the reply
-    comes once the job has stopped and is its final JobStatus."""
+class WorkerCancel(Message, tag="worker_cancel"):
+    """Orchestrator -> `worker.<W>.cancel` (a bare `{"job_id": J}` cancels too). `abandon`:
+    stop the job at the next token and publish nothing more on its stream (no terminal event:
+    the orchestrator retries it elsewhere); the reply comes once the job has stopped and is its
+    final JobStatus."""
 
     job_id: Id
     abandon: bool = False
