@@ -8,7 +8,6 @@ from .config import OrchConfig
 from .placement import can_ever_fit, slots
 from .view import ClusterView
 
-
 NO_POOL_RETRY_MS = 500  # a pool's first heartbeat is at most one interval away (2 s by default)
 
 
