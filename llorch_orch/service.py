@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
+import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.micro import add_service
@@ -227,7 +228,10 @@ class OrchestratorService:
             reply = decode(msg.data)
         except ProtocolError as exc:
             return Error(code=exc.code, message=exc.message)
-        except Exception as exc:  # timeout, no responders, closed connection
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
+            # nobody there (a pool restarting, a worker gone): not a refusal by the receiver
+            return Error(code=ErrorCode.UNAVAILABLE, message=f"{subject}: {exc!r}")
+        except Exception as exc:  # closed connection and the like
             return Error(code=ErrorCode.INTERNAL, message=f"{subject}: {exc!r}")
         return reply
 

@@ -8,7 +8,14 @@ from .config import OrchConfig
 from .placement import can_ever_fit, slots
 from .view import ClusterView
 
-NO_POOL_RETRY_MS = 500  # a pool's first heartbeat is at most one interval away (2 s by default)
+NO_POOL_RETRY_MS = 500  # a pool's (next) heartbeat is at most one interval away (2 s by default)
+
+
+def _unavailable(message: str) -> Error:
+    """Nothing can serve it right now, and that may soon change: worth sending again."""
+    return Error(
+        code=ErrorCode.UNAVAILABLE, message=message, retriable=True, retry_after_ms=NO_POOL_RETRY_MS
+    )
 
 
 def _reject(code: ErrorCode, message: str) -> Error:
@@ -54,12 +61,10 @@ def check_model(req: GenerateRequest, view: ClusterView) -> Error | None:
         return _reject(ErrorCode.MODEL_NOT_FOUND, f"model {req.model!r} is retired")
     info = view.model_info(req.model)
     if info is None and not view.pools:
-        return Error(
-            code=ErrorCode.UNAVAILABLE,
-            message="no pool has reported to the orchestrator yet (starting?)",
-            retriable=True,
-            retry_after_ms=NO_POOL_RETRY_MS,
-        )
+        return _unavailable("no pool has reported to the orchestrator yet (starting?)")
+    lost = [p.pool_id for p in view.pools.values() if not p.alive and req.model in p.models]
+    if info is None and lost:
+        return _unavailable(f"the pools that hold {req.model!r} are lost: {', '.join(lost)}")
     if info is None:
         known = ", ".join(sorted(view.catalog())) or "none"
         return _reject(

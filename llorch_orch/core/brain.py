@@ -82,7 +82,7 @@ class Core(RecoveryMixin):
             case ev.FailedSeen():
                 self._spawn_failed(event.now, event.failed.worker_id, event.failed.message)
             case ev.SpawnRefused():
-                self._spawn_failed(event.now, event.worker_id, f"{event.code}: {event.message}")
+                self._spawn_refused(event)
             case ev.StatusSeen():
                 self._status(event.now, event.status)
             case ev.ExecuteAccepted() | ev.ExecuteRefused() | ev.AbandonAnswered():

@@ -6,6 +6,7 @@ from collections import OrderedDict, deque
 from schemas import JobStatus, StopRequest
 from schemas.codes import ErrorCode
 
+from . import events as ev
 from .commands import AbandonOnWorker, Command, Stop
 from .config import OrchConfig
 from .drain import DrainRate
@@ -75,11 +76,28 @@ class RecoveryMixin:
         self._check_running(now)
         for pool in self.view.pools.values():
             if pool.alive and now - pool.last_seen >= self.cfg.pool_lost_after * pool.interval_s:
-                pool.alive = False
-                reason = f"pool {pool.pool_id} lost"
-                for worker in [w for w in self.view.workers.values() if w.pool_id == pool.pool_id]:
-                    # its workers may live on (only the pool died) and stream: fence their jobs
-                    self._worker_gone(now, worker.worker_id, reason, fence=True)
+                self._pool_lost(now, pool.pool_id, f"pool {pool.pool_id} lost")
+
+    def _pool_lost(self, now: float, pool_id: str, reason: str) -> None:
+        """Out of placement until it heartbeats again; its jobs are fenced and retried."""
+        self.view.pools[pool_id].alive = False
+        for worker in [w for w in self.view.workers.values() if w.pool_id == pool_id]:
+            # its workers may live on (only the pool died) and stream: fence their jobs
+            self._worker_gone(now, worker.worker_id, reason, fence=True)
+
+    def _spawn_refused(self, event: ev.SpawnRefused) -> None:
+        if event.code == ErrorCode.UNAVAILABLE:
+            self._pool_unreachable(event.now, event.worker_id)
+        else:
+            self._spawn_failed(event.now, event.worker_id, f"{event.code}: {event.message}")
+
+    def _pool_unreachable(self, now: float, worker_id: str) -> None:
+        """Nobody answered a spawn: the pool is gone or restarting, which says nothing about the
+        model. The pool counts as lost at once (no further spawns go to it) and the waiting
+        jobs keep waiting for it, or another pool, to heartbeat (their deadlines still hold)."""
+        worker = self.view.remove(worker_id)
+        if worker is not None and worker.pool_id in self.view.pools:
+            self._pool_lost(now, worker.pool_id, f"pool {worker.pool_id} does not answer")
 
     def _check_running(self, now: float) -> None:
         """Jobs whose worker did not ack execute in time or went silent: the worker is lost."""

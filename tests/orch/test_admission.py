@@ -57,10 +57,14 @@ def test_retired_model() -> None:
     assert one_error(core.handle(submit("j1"))).code == ErrorCode.MODEL_NOT_FOUND
 
 
-def test_model_of_a_lost_pool_is_not_in_the_catalog() -> None:
+def test_model_only_a_lost_pool_holds_is_unavailable_and_retriable() -> None:
     core = make_core()
     core.handle(tick(T0 + 100))
-    assert one_error(core.handle(submit("j1", T0 + 100))).code == ErrorCode.MODEL_NOT_FOUND
+    err = one_error(core.handle(submit("j1", T0 + 100)))
+    assert err.code == ErrorCode.UNAVAILABLE and err.retriable and "p1" in err.message
+    assert one_error(core.handle(submit("j2", T0 + 100, model_name="x"))).code == (
+        ErrorCode.MODEL_NOT_FOUND
+    )
 
 
 def test_prompt_too_large() -> None:

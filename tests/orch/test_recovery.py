@@ -70,6 +70,19 @@ def test_spawn_refused_retries_once() -> None:
     assert error_codes(out) == {"j1": ErrorCode.WORKER_START_FAILED}
 
 
+def test_a_spawn_nobody_answers_waits_for_the_pool_instead_of_failing_jobs() -> None:
+    """A pool restarting (no responders) is not a model that cannot start: the job waits,
+    new requests hear a retriable UNAVAILABLE, and the pool's next heartbeat brings a spawn."""
+    core = make_core()
+    first = only_spawn(core.handle(submit("j1")))
+    out = core.handle(spawn_refused(first.request.worker_id, code=ErrorCode.UNAVAILABLE))
+    assert not errors(out) and not spawns(out) and core.job_info("j1").state == "queued"
+    assert not core.view.pools["p1"].alive
+    assert error_codes(core.handle(submit("j2"))) == {"j2": ErrorCode.UNAVAILABLE}
+    again = only_spawn(core.handle(heartbeat(now=T0 + 1)))
+    assert again.pool_id == "p1" and again.request.worker_id != first.request.worker_id
+
+
 def test_failed_seen_while_starting_retries() -> None:
     core = two_gpu_core()
     first = only_spawn(core.handle(submit("j1")))
