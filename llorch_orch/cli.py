@@ -140,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(orch)
     _metrics_arg(orch, "PORT")
     settings.add_arguments(orch)
+    orch.add_argument(
+        "--operator", action="append", default=[], metavar="KEY",
+        help="an identity (nkey public key or user name) that sees and acts on every job "
+        "(repeatable; `llorch up` passes its admin's)",
+    )  # fmt: skip
     conf = sub.add_parser("nats-config", help="write a server config and seeds per role")
     conf.add_argument("--out", type=Path, required=True, help="dir for nats.conf and creds/")
     conf.add_argument("--prefix", default=DEFAULT_PREFIX, help="subject prefix")
@@ -215,8 +220,9 @@ async def _dispatch(args: argparse.Namespace) -> int:
         cfg, batch_cfg = settings.from_args(args), load_batch(args.config)
         creds = Credentials.from_args(args, os.environ)
         return await serve(
-            args.nats_url, cfg, Subjects(args.prefix), batch_cfg, creds, args.metrics_port
-        )
+            args.nats_url, cfg, Subjects(args.prefix), batch_cfg, creds, args.metrics_port,
+            args.operator,
+        )  # fmt: skip
     if args.command == "nats-config":
         return _nats_config(args)
     nc = await _connect(*_client_endpoint(args))
@@ -313,6 +319,7 @@ async def _up(args: argparse.Namespace) -> int:
         pool += stack.seed_args(f"pool-{args.pool_id}")
         pool += stack.seed_args(f"worker-{args.pool_id}", "--worker-nkey-seed")
         orch = ["llorch_orch", "orch", *settings.to_args(args), *stack.seed_args("orchestrator")]
+        orch += stack.operator_args()
         port = args.metrics_port  # explicit to each child (0 = off): they must not share one
         orch += ["--metrics-port", str(port or 0)]
         pool += ["--metrics-port", str(port + 1 if port else 0)]

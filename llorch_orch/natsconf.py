@@ -36,6 +36,7 @@ class Permissions:
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
     responses: bool  # may reply once to a request it received (micro endpoints)
+    publish_deny: tuple[str, ...] = ()  # carved out of `publish` (the server's deny wins)
 
 
 def deployment(
@@ -96,7 +97,9 @@ def permissions(ident: Identity, s: Subjects) -> Permissions:
                    *_service("llorch-worker"))  # fmt: skip
             return Permissions(pub, sub, responses=True)
         case "client":
-            return Permissions((f"{p}.api.>",), (inbox,), responses=False)
+            # the batch API (status, cancel of any batch) is the producers'
+            deny = (f"{p}.api.batch.>",)
+            return Permissions((f"{p}.api.>",), (inbox,), responses=False, publish_deny=deny)
         case "batch-producer":
             pub = (f"{p}.batch.submit.>", f"{p}.api.batch.>", "$JS.API.INFO",
                    f"$JS.API.STREAM.INFO.{BATCH_STREAM}", *_results_reader())  # fmt: skip
@@ -109,6 +112,10 @@ def permissions(ident: Identity, s: Subjects) -> Permissions:
 def _list(subjects: tuple[str, ...]) -> str:
     items = "".join(f"\n          {json.dumps(x)}," for x in subjects)
     return f"[{items}\n        ]"
+
+
+def _deny(subjects: tuple[str, ...]) -> str:
+    return f", deny: {_list(subjects)}" if subjects else ""
 
 
 def render(
@@ -136,7 +143,7 @@ def render(
         lines += [
             f"    # {ident.name}: role {ident.role}{scope}",
             f"    {{ nkey: {json.dumps(ident.public_key)}, permissions: {{",
-            f"        publish: {{ allow: {_list(perms.publish)} }}",
+            f"        publish: {{ allow: {_list(perms.publish)}{_deny(perms.publish_deny)} }}",
             f"        subscribe: {{ allow: {_list(perms.subscribe)} }}",
         ]
         if perms.responses:

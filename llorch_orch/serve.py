@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Iterable
 
 import nats
 
@@ -14,6 +15,7 @@ from schemas.lifeline import EXIT_CONNECTION_LOST, Lifeline
 
 from . import batch
 from .core import Core, OrchConfig
+from .core.tenancy import Tenancy
 from .service import OrchestratorService
 
 log = logging.getLogger("llorch.orch")
@@ -26,9 +28,11 @@ async def serve(
     batch_cfg: batch.BatchConfig | None = None,
     credentials: Credentials | None = None,
     metrics_port: int | None = None,
+    operators: Iterable[str] = (),
 ) -> int:
     """Serve until SIGINT/SIGTERM (0), or until NATS closes the connection for good
-    (EXIT_CONNECTION_LOST: nothing can be served or cleaned up on it any more)."""
+    (EXIT_CONNECTION_LOST: nothing can be served or cleaned up on it any more).
+    `operators` (public keys or user names) see and act on every job (`Tenancy.of`)."""
     observe.setup("llorch-orchestrator", metrics_port)
     credentials = credentials or Credentials()
     log.info("connecting to %s as %s", nats_url, credentials.describe())
@@ -47,7 +51,10 @@ async def serve(
         **credentials.connect_options(),
     )
     lifeline.watch(nc)
-    service = OrchestratorService(nc, Core(cfg), subjects)
+    tenancy = Tenancy.of(credentials.inbox, operators)
+    log.info("jobs kept apart per identity: %s (%d operators)",
+             "yes" if tenancy.on else "no", len(tenancy.operators))  # fmt: skip
+    service = OrchestratorService(nc, Core(cfg), subjects, tenancy=tenancy)
     await service.start()
     runner = await batch.start(service, batch_cfg or batch.BatchConfig())
     log.info("orchestrator serving on %s (prefix %s)", nats_url, subjects.prefix)

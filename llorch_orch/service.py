@@ -48,6 +48,7 @@ from schemas.text import clip
 from .core import AbandonOnWorker, CancelOnWorker, Command, Core, Emit, SendExecute, Spawn, Stop
 from .core import events as ev
 from .core.report import cluster_state, models
+from .core.tenancy import ANYONE, Caller, Tenancy, inbox_identity
 from .telemetry import Telemetry, tracer
 
 log = logging.getLogger("llorch.orch")
@@ -75,11 +76,13 @@ class OrchestratorService:
         core: Core,
         subjects: Subjects | None = None,
         clock: Callable[[], float] = time.time,
+        tenancy: Tenancy | None = None,
     ) -> None:
         self.nc = nc
         self.core = core
         self.subjects = subjects or Subjects()
         self.clock = clock
+        self.tenancy = tenancy or Tenancy()
         self.telemetry = Telemetry(core)
         self._lock = asyncio.Lock()  # one handle+execute at a time keeps command order
         self._wake = asyncio.Event()
@@ -286,7 +289,7 @@ class OrchestratorService:
         except ProtocolError as exc:
             await self._publish(msg.reply, Error(code=exc.code, message=exc.message, seq=0))
             return
-        await self.submit(request, msg.reply, msg.headers)
+        await self.submit(request, msg.reply, msg.headers, owner=inbox_identity(msg.reply))
 
     async def submit(
         self,
@@ -294,20 +297,21 @@ class OrchestratorService:
         reply_to: str,
         headers: dict[str, str] | None = None,
         subject: str | None = None,
+        owner: str | None = None,
         **ids: str,
     ) -> None:
         """Admit a job whose events go to `reply_to` (interactive clients and the batch runner).
 
         `headers` of the message that brought it carry the sender's trace context, `subject`
         (default: the generate subject) names the job's span, with its `ids` (`batch=...`)
-        templated out."""
+        templated out; `owner` is the identity it belongs to (`core.tenancy`)."""
         job_id = request.job_id or new_id("job")  # named here: the shell follows its span
         request = msgspec.structs.replace(request, job_id=job_id)
         now = self.clock()
         subject = subject or self.subjects.generate
         carried = self.telemetry.submitted(request, subject, headers, now, ids)
         try:
-            await self._feed(ev.Submit(now, request, reply_to, carried))
+            await self._feed(ev.Submit(now, request, reply_to, carried, owner))
         except Exception:  # a bug: the client still gets its one terminal, the record its end
             log.exception("job %s: admission failed", clip(job_id))
             if job_id not in self.core.jobs:
@@ -383,24 +387,30 @@ class OrchestratorService:
     # ---- request/reply API ---------------------------------------------------------------
     async def _on_cancel(self, req: Request) -> None:
         if (message := await self._decoded(req, _cancel)) is not None:
-            await self._respond(req, await self.cancel(message.job_id))
+            await self._respond(req, await self.cancel(message.job_id, self._caller(req)))
 
-    async def cancel(self, job_id: str) -> CancelReply | Error:
-        """Cancel a job (the API endpoint and the in-process batch runner)."""
+    async def cancel(self, job_id: str, caller: Caller = ANYONE) -> CancelReply | Error:
+        """Cancel a job of `caller`'s (the API endpoint; the in-process batch runner may cancel
+        any)."""
         async with self._lock:
-            reply, commands = self.core.cancel(self.clock(), job_id)
+            reply, commands = self.core.cancel(self.clock(), job_id, caller)
             await self._carry_out(commands, None)
         return reply
 
     async def _on_job_get(self, req: Request) -> None:
         if (message := await self._decoded(req, _job_get)) is not None:
             job_id = message.job_id
-            info = self.core.job_info(job_id)
+            info = self.core.job_info(job_id, self._caller(req))
             missing = Error(code=ErrorCode.NOT_FOUND, message=f"no job {job_id}")
             await self._respond(req, info or missing)
 
     async def _on_state(self, req: Request) -> None:
-        await self._respond(req, cluster_state(self.core, self.clock()))
+        await self._respond(req, cluster_state(self.core, self.clock(), self._caller(req)))
+
+    def _caller(self, req: Request) -> Caller:
+        """Who sent an API request: the identity of its reply inbox. nats-py's micro Request
+        keeps the reply subject only on the message it wraps."""
+        return self.tenancy.caller(req._msg.reply)
 
     async def _on_models(self, req: Request) -> None:
         await self._respond(req, models(self.core))

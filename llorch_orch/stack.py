@@ -17,7 +17,7 @@ import nats
 
 from schemas import ClusterState, Error, Heartbeat, StateRequest, Subjects, decoder, encode
 from schemas.aio import wait_event
-from schemas.connect import Credentials, without_credentials
+from schemas.connect import Credentials, nkey_public, without_credentials
 
 from . import natsconf
 from .natsserver import NatsServer, free_port
@@ -76,6 +76,12 @@ class Stack:
         if self.creds_dir is None:
             return []
         return [flag, str(natsconf.seed_file(self.creds_dir, identity))]
+
+    def operator_args(self) -> list[str]:
+        """`--operator KEY` naming the admin identity (it sees and acts on every job), when
+        auth is on and its seed is here."""
+        seed = natsconf.seed_file(self.creds_dir, "admin") if self.creds_dir else None
+        return ["--operator", nkey_public(seed)] if seed is not None and seed.is_file() else []
 
     def credentials(self, identity: str) -> Credentials:
         if self.creds_dir is None:

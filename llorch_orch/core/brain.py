@@ -3,6 +3,7 @@
 import heapq
 import zlib
 from collections import OrderedDict, deque
+from itertools import islice
 from typing import assert_never
 
 from schemas import (
@@ -30,6 +31,7 @@ from .jobs import FinishedJobs, Job
 from .placement import best_slot, plan_eviction, slots
 from .queue import AdmissionQueue
 from .recovery import STOPPING, RecoveryMixin
+from .tenancy import ANYONE, Caller
 from .view import ClusterView, PoolRec, WorkerPhase, WorkerRec, pick_idle
 
 RETRIABLE = frozenset(
@@ -111,7 +113,8 @@ class Core(RecoveryMixin):
             return
         seed = req.seed if req.seed is not None else zlib.crc32(job_id.encode())
         deadline = now + req.deadline_ms / 1000 if req.deadline_ms else None
-        job = Job(job_id, req, reply_to, now, seed, deadline, last_activity=now, trace=event.trace)
+        job = Job(job_id, req, reply_to, now, seed, deadline, last_activity=now)
+        job.trace, job.owner = event.trace, event.owner
         worker = None
         if not self.queue.waiting(req.model):
             worker = self.view.idle_worker(req.model, req.pool, req.device)
@@ -151,17 +154,20 @@ class Core(RecoveryMixin):
         self._out.append(Emit(job.reply_to, error, job.job_id))
         return False
 
-    def cancel(self, now: float, job_id: str) -> tuple[CancelReply | Error, list[Command]]:
-        """Cancel a queued or running job; idempotent. Returns the reply and the commands."""
+    def cancel(
+        self, now: float, job_id: str, caller: Caller = ANYONE
+    ) -> tuple[CancelReply | Error, list[Command]]:
+        """Cancel a queued or running job of `caller`'s; idempotent. Returns the reply and the
+        commands."""
         self._out = []
-        reply = self._cancel(job_id)
+        reply = self._cancel(job_id, caller)
         self._schedule(now)
         return reply, self._out
 
-    def _cancel(self, job_id: str) -> CancelReply | Error:
-        job = self.jobs.get(job_id)
+    def _cancel(self, job_id: str, caller: Caller) -> CancelReply | Error:
+        job = self._visible(job_id, caller)
         if job is None:
-            if self.finished.get(job_id) is not None:
+            if self.finished.get(job_id, caller) is not None:
                 return CancelReply(job_id=job_id, outcome="already_finished")
             return Error(code=ErrorCode.NOT_FOUND, message=f"no job {job_id}")
         if job.phase == "queued":
@@ -172,21 +178,29 @@ class Core(RecoveryMixin):
             self._out.append(CancelOnWorker(job.worker_id, job_id))
         return CancelReply(job_id=job_id, outcome="cancelled")
 
-    # ---- queries -------------------------------------------------------------------------
-    def job_info(self, job_id: str) -> JobInfo | None:
+    # ---- queries: a caller sees only its own jobs (another's is as unknown as a bad id) ---
+    def _visible(self, job_id: str, caller: Caller) -> Job | None:
         job = self.jobs.get(job_id)
+        return job if job is not None and caller.owns(job.owner) else None
+
+    def job_info(self, job_id: str, caller: Caller = ANYONE) -> JobInfo | None:
+        job = self._visible(job_id, caller)
         if job is None:
-            return self.finished.get(job_id)
+            return self.finished.get(job_id, caller)
         return job.info(job.reported_position if job.phase == "queued" else None)
 
-    def queued_infos(self, limit: int = 1000) -> list[JobInfo]:
+    def queued_infos(self, limit: int = 1000, caller: Caller = ANYONE) -> list[JobInfo]:
+        """The first `limit` waiting jobs of each model that `caller` may see (with their
+        positions among all waiting jobs)."""
         out: list[JobInfo] = []
         for model in self.queue.all_models():
-            out += [self.jobs[j].info(pos) for pos, j in self.queue.head(model, limit)]
+            waiting = self.queue.head(model, len(self.queue))
+            own = ((pos, self.jobs[j]) for pos, j in waiting if caller.owns(self.jobs[j].owner))
+            out += [job.info(pos) for pos, job in islice(own, limit)]
         return out
 
-    def running_infos(self) -> list[JobInfo]:
-        return [j.info() for j in self._active.values()]
+    def running_infos(self, caller: Caller = ANYONE) -> list[JobInfo]:
+        return [j.info() for j in self._active.values() if caller.owns(j.owner)]
 
     # ---- scheduling ----------------------------------------------------------------------
     def _schedule(self, now: float) -> None:

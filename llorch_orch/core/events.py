@@ -12,6 +12,7 @@ class Submit:
     request: GenerateRequest
     reply_to: str  # the client's stream subject
     trace: dict[str, str] | None = None  # W3C trace headers to carry onward
+    owner: str | None = None  # the identity that submitted it (tenancy.inbox_identity)
 
 
 @dataclass(frozen=True, slots=True)

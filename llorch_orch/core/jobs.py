@@ -8,6 +8,8 @@ from schemas import GenerateRequest, JobInfo
 from schemas.api import JobState
 from schemas.codes import ErrorCode
 
+from .tenancy import ANYONE, Caller
+
 # fenced: its worker's pool was lost, but the worker may still stream; the job waits, neither
 # retried nor failed, until that worker is known to have stopped (docs/scheduling.md)
 JobPhase = Literal["queued", "dispatched", "running", "fenced"]
@@ -34,6 +36,7 @@ class Job:
     queued_at: float = 0.0  # when the last `queued` event went out (keep-alive)
     reasons: list[str] = field(default_factory=list)
     trace: dict[str, str] | None = None  # opaque trace headers, passed on with execute
+    owner: str | None = None  # the identity that submitted it: who else may see it (tenancy)
 
     def take_seq(self) -> int:
         seq = self.next_seq
@@ -63,7 +66,7 @@ class FinishedJobs:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[str, JobInfo] = OrderedDict()
+        self._items: OrderedDict[str, tuple[str | None, JobInfo]] = OrderedDict()  # owner, info
 
     def add(self, job: Job, outcome: str, code: ErrorCode | None) -> None:
         states: dict[str, JobState] = {"finished": "finished", "cancelled": "cancelled"}
@@ -71,9 +74,11 @@ class FinishedJobs:
         info.state = states.get(outcome, "failed")
         info.code = code
         info.reasons = []
-        self._items[job.job_id] = info
+        self._items[job.job_id] = job.owner, info
         if len(self._items) > self.capacity:
             self._items.popitem(last=False)
 
-    def get(self, job_id: str) -> JobInfo | None:
-        return self._items.get(job_id)
+    def get(self, job_id: str, caller: Caller = ANYONE) -> JobInfo | None:
+        """The finished job, if `caller` may see it (else None, as for an unknown id)."""
+        owner, info = self._items.get(job_id, (None, None))
+        return info if info is not None and caller.owns(owner) else None

@@ -3,6 +3,7 @@
 from schemas import CatalogEntry, ClusterState, ModelsReply, PoolView, WorkerInfo
 
 from .brain import Core
+from .tenancy import ANYONE, Caller
 from .view import WorkerRec
 
 _PHASE_TO_STATE = {"starting": "starting", "idle": "ready", "busy": "busy", "draining": "draining"}
@@ -20,7 +21,8 @@ def _worker_info(w: WorkerRec) -> WorkerInfo:
     )
 
 
-def cluster_state(core: Core, now: float) -> ClusterState:
+def cluster_state(core: Core, now: float, caller: Caller = ANYONE) -> ClusterState:
+    """Pools, devices and workers as they are; of the jobs, only those `caller` may see."""
     pools = []
     for pool in sorted(core.view.pools.values(), key=lambda p: p.pool_id):
         workers = [
@@ -37,7 +39,8 @@ def cluster_state(core: Core, now: float) -> ClusterState:
                 workers=workers,
             )
         )
-    return ClusterState(pools=pools, queue=core.queued_infos(), running=core.running_infos())
+    queue, running = core.queued_infos(caller=caller), core.running_infos(caller)
+    return ClusterState(pools=pools, queue=queue, running=running)
 
 
 def models(core: Core) -> ModelsReply:
