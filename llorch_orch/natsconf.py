@@ -18,7 +18,7 @@ from schemas import MAX_MESSAGE_BYTES, Subjects, check_id
 from schemas.connect import DEFAULT_INBOX, nkey_public
 from schemas.local import seed_file
 
-from .batch.config import BATCH_STREAM, RESULTS_STREAM
+from .batch.config import BATCH_STREAM, PRODUCER_PREFIX, RESULTS_STREAM
 
 ROLES = ("orchestrator", "pool", "worker", "client", "batch-producer", "admin")
 
@@ -58,17 +58,19 @@ def _service(name: str) -> tuple[str, ...]:
     return ("$SRV.*", f"$SRV.*.{name}", f"$SRV.*.{name}.*")
 
 
-def _results_reader() -> tuple[str, ...]:
-    """JetStream API to read (not write) the results stream."""
-    s = RESULTS_STREAM
+def _results_reader(s: Subjects, producer: str) -> tuple[str, ...]:
+    """JetStream API to read (not write) one producer's part of the results stream. Only the
+    API subjects that carry the subject filter are allowed, so the server checks it: a
+    consumer create whose filter is in its subject (`…CREATE.<stream>.<consumer>.<filter>`,
+    NATS >= 2.10; the server refuses a body whose filter differs) and direct gets by subject.
+    No stream info: with a subject filter it would list other producers' batches."""
+    r = RESULTS_STREAM
+    own = (f"{s.prefix}.batch.result.{producer}.>", f"{s.prefix}.batch.cancelled.{producer}.*")
     return (
-        f"$JS.API.STREAM.INFO.{s}",
-        f"$JS.API.CONSUMER.CREATE.{s}",
-        f"$JS.API.CONSUMER.CREATE.{s}.>",
-        f"$JS.API.CONSUMER.DELETE.{s}.>",
-        f"$JS.API.CONSUMER.MSG.NEXT.{s}.>",
-        f"$JS.API.DIRECT.GET.{s}.>",
-        f"$JS.ACK.{s}.>",
+        f"$JS.API.CONSUMER.CREATE.{r}.*.{own[0]}",
+        f"$JS.API.CONSUMER.MSG.NEXT.{r}.*",  # consumer names are random (store.scan)
+        *(f"$JS.API.DIRECT.GET.{r}.{subject}" for subject in own),
+        f"$JS.ACK.{r}.>",
     )
 
 
@@ -101,9 +103,12 @@ def permissions(ident: Identity, s: Subjects) -> Permissions:
             deny = (f"{p}.api.batch.>",)
             return Permissions((f"{p}.api.>",), (inbox,), responses=False, publish_deny=deny)
         case "batch-producer":
-            pub = (f"{p}.batch.submit.>", f"{p}.api.batch.>", "$JS.API.INFO",
-                   f"$JS.API.STREAM.INFO.{BATCH_STREAM}", *_results_reader())  # fmt: skip
-            return Permissions(pub, (inbox, f"{p}.batch.event.>"), responses=False)
+            # Its namespace is the one token of a batch subject it may use: no other
+            # producer's batches to submit into, read, cancel or watch (docs/batch.md).
+            ns = ident.name.removeprefix(PRODUCER_PREFIX)
+            pub = (f"{p}.batch.submit.{ns}.*", f"{p}.api.batch.{ns}.*", "$JS.API.INFO",
+                   *_results_reader(s, ns))  # fmt: skip
+            return Permissions(pub, (inbox, f"{p}.batch.event.{ns}.*"), responses=False)
         case "admin":
             return Permissions((">",), (">",), responses=False)
     raise ValueError(f"unknown role {ident.role!r}")

@@ -11,7 +11,8 @@ BatchOutcome = Literal["ok", "failed"]
 class BatchJob(GenerateRequest, tag="batch_job", kw_only=True):
     """One job of a batch: a GenerateRequest plus the producer's id for it.
 
-    Published on `<prefix>.batch.submit.<batch>` with `Nats-Msg-Id: <batch>.<custom_id>`;
+    Published on `<prefix>.batch.submit.<producer>.<batch>` with
+    `Nats-Msg-Id: <producer>.<batch>.<custom_id>`;
     `priority` and `job_id` are ignored (batch jobs always run at batch priority).
     The `type` tag may be omitted by producers.
     """
@@ -20,7 +21,7 @@ class BatchJob(GenerateRequest, tag="batch_job", kw_only=True):
 
 
 class BatchResult(Message, tag="batch_result", omit_defaults=False):
-    """The one stored result of a job, on `<prefix>.batch.result.<batch>.<custom_id>`.
+    """The one stored result of a job, on `<prefix>.batch.result.<producer>.<batch>.<custom_id>`.
 
     Every field is written, defaults and nulls included: a result line always shows its
     `text`, `finish_reason` and `tokens_out`, so an empty text is never mistaken for a
@@ -77,8 +78,8 @@ class BatchCancelReply(Message, tag="batch_cancel_reply"):
 
 
 class BatchEvent(Message, tag="batch_event"):
-    """Plain NATS notice on `<prefix>.batch.event.<batch>` each time a job settles (not stored):
-    lets `status --watch` and tests wake on progress instead of polling."""
+    """Plain NATS notice on `<prefix>.batch.event.<producer>.<batch>` each time a job settles:
+    not stored; lets `status --watch` and tests wake on progress instead of polling."""
 
     batch_id: str
     custom_id: str

@@ -90,26 +90,38 @@ class Subjects:
     def job_status_all(self) -> str:
         return f"{self.prefix}.job.*.status"
 
-    # batch (JetStream)
-    def batch_submit(self, batch: str) -> str:
-        return f"{self.prefix}.batch.submit.{check_id(batch, 'batch id')}"
+    # batch (JetStream). Every batch subject names its producer's namespace before the batch
+    # id, so the server's permissions keep producers apart (docs/batch.md#namespaces).
+    def batch_submit(self, producer: str, batch: str) -> str:
+        return f"{self.prefix}.batch.submit.{_batch(producer, batch)}"
 
-    def batch_result(self, batch: str, custom_id: str | None = None) -> str:
+    @property
+    def batch_submit_all(self) -> str:
+        return f"{self.prefix}.batch.submit.*.*"
+
+    def batch_result(self, producer: str, batch: str, custom_id: str | None = None) -> str:
         """One job's result subject, or all of a batch's results when `custom_id` is None."""
         tail = ">" if custom_id is None else check_id(custom_id, "custom id")
-        return f"{self.prefix}.batch.result.{check_id(batch, 'batch id')}.{tail}"
+        return f"{self.prefix}.batch.result.{_batch(producer, batch)}.{tail}"
 
-    def batch_cancelled(self, batch: str) -> str:
+    def batch_cancelled(self, producer: str, batch: str) -> str:
         """Durable marker (in the results stream) that a batch was cancelled."""
-        return f"{self.prefix}.batch.cancelled.{check_id(batch, 'batch id')}"
+        return f"{self.prefix}.batch.cancelled.{_batch(producer, batch)}"
 
-    def batch_event(self, batch: str) -> str:
-        return f"{self.prefix}.batch.event.{check_id(batch, 'batch id')}"
+    def batch_event(self, producer: str, batch: str) -> str:
+        return f"{self.prefix}.batch.event.{_batch(producer, batch)}"
 
-    @property
-    def batch_status(self) -> str:
-        return f"{self.prefix}.api.batch.status"
+    def batch_status(self, producer: str) -> str:
+        return f"{self.prefix}.api.batch.{check_id(producer, 'producer')}.status"
 
-    @property
-    def batch_cancel(self) -> str:
-        return f"{self.prefix}.api.batch.cancel"
+    def batch_cancel(self, producer: str) -> str:
+        return f"{self.prefix}.api.batch.{check_id(producer, 'producer')}.cancel"
+
+    def batch_api_all(self, verb: str) -> str:
+        """Every namespace's `status` or `cancel` requests (the orchestrator serves them all)."""
+        return f"{self.prefix}.api.batch.*.{verb}"
+
+
+def _batch(producer: str, batch: str) -> str:
+    """`<producer>.<batch>`: the two tokens that name a batch in every batch subject."""
+    return f"{check_id(producer, 'producer')}.{check_id(batch, 'batch id')}"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from nats.aio.client import Client
@@ -20,19 +21,22 @@ from schemas import (
     BatchStatus,
     BatchStatusRequest,
     Error,
-    ErrorCode,
     Subjects,
+    check_id,
     decoder,
     encode,
     new_id,
     tracing,
 )
+from schemas.connect import Credentials
 
+from .config import DEFAULT_PRODUCER, PRODUCER_PREFIX
 from .lines import LineError, parse_line
 from .runner import CUSTOM_ID, REJECTED
-from .store import UNKNOWN, known, msg_id, results
+from .store import msg_id, results
 
 DEFAULT_MODEL = "smollm2-135m"
+PRODUCER_ENV = "LLORCH_PRODUCER"
 WATCH_REFRESH_S = 2.0  # --watch also refreshes this often when no job settles
 BAR = 30
 
@@ -57,26 +61,46 @@ def add_parser(sub: argparse._SubParsersAction, common: Callable[..., None]) -> 
     cancel.add_argument("batch_id")
     for p in (submit, status, out, cancel):
         common(p)
+        p.add_argument(
+            "--producer", metavar="NAME",
+            help=f"the batch namespace (default ${PRODUCER_ENV}, else NAME of the seed file "
+            f"producer-NAME.nk in use, else {DEFAULT_PRODUCER})",
+        )  # fmt: skip
+
+
+def producer_of(args: argparse.Namespace, env: Mapping[str, str]) -> str:
+    """The namespace the command works in: `--producer`, else `$LLORCH_PRODUCER`, else the
+    name of the producer identity whose seed it connects with, else the default (that of
+    `producer-cli`, the identity `llorch up` makes for this host's CLI)."""
+    named = args.producer or env.get(PRODUCER_ENV)
+    if named:
+        return check_id(named, "producer")
+    seed = Credentials.from_args(args, env).nkey_seed_file
+    if seed is not None and seed.stem.startswith(PRODUCER_PREFIX):
+        return check_id(seed.stem.removeprefix(PRODUCER_PREFIX), "producer")
+    return DEFAULT_PRODUCER
 
 
 async def run(nc: Client, args: argparse.Namespace) -> int:
-    subjects = Subjects(args.prefix)
+    subjects, producer = Subjects(args.prefix), producer_of(args, os.environ)
     match args.batch_command:
         case "submit":
-            return await submit(nc, subjects, args.file, args.batch, args.model)
+            return await submit(nc, subjects, producer, args.file, args.batch, args.model)
         case "status":
-            return await _status_cmd(nc, subjects, args.batch_id, args.watch)
+            return await _status_cmd(nc, subjects, producer, args.batch_id, args.watch)
         case "results":
-            return await _results_cmd(nc, subjects, args.batch_id, args.output)
+            return await _results_cmd(nc, subjects, producer, args.batch_id, args.output)
         case _:
-            return await _cancel_cmd(nc, subjects, args.batch_id)
+            return await _cancel_cmd(nc, subjects, producer, args.batch_id)
 
 
-async def submit(nc: Client, subjects: Subjects, path: Path, batch: str | None, model: str) -> int:
+async def submit(
+    nc: Client, subjects: Subjects, producer: str, path: Path, batch: str | None, model: str
+) -> int:
     """Publish each line as one job; a malformed line is reported and published as a rejected
     job, so it gets its failed result like any other."""
     batch = batch or new_id("batch")
-    subject = subjects.batch_submit(batch)
+    subject = subjects.batch_submit(producer, batch)
     js = nc.jetstream()
     new = dupes = bad = 0  # jobs published: new + dupes; bad of them are malformed lines
     try:
@@ -84,9 +108,10 @@ async def submit(nc: Client, subjects: Subjects, path: Path, batch: str | None, 
             if not text.strip():
                 continue
             job = parse_line(text, number, model)
-            span = _send_span(subject, batch)  # each job's trace starts at its publish
+            span = _send_span(subject, producer, batch)  # each job's trace starts at its publish
             context = trace.set_span_in_context(span)
-            headers = tracing.inject({"Nats-Msg-Id": msg_id(batch, job.custom_id)}, context)
+            ids = {"Nats-Msg-Id": msg_id(producer, batch, job.custom_id)}
+            headers = tracing.inject(ids, context)
             if isinstance(job, LineError):
                 print(job.message, file=sys.stderr)
                 bad += 1
@@ -118,9 +143,11 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-async def request_status(nc: Client, subjects: Subjects, batch: str) -> BatchStatus | Error:
+async def request_status(
+    nc: Client, subjects: Subjects, producer: str, batch: str
+) -> BatchStatus | Error:
     msg = await nc.request(
-        subjects.batch_status, encode(BatchStatusRequest(batch_id=batch)), timeout=10
+        subjects.batch_status(producer), encode(BatchStatusRequest(batch_id=batch)), timeout=10
     )
     reply: BatchStatus | Error = _status(msg.data)
     return reply
@@ -142,10 +169,12 @@ def progress_line(s: BatchStatus) -> str:
     )
 
 
-async def _status_cmd(nc: Client, subjects: Subjects, batch: str, watch: bool) -> int:
-    events = await nc.subscribe(subjects.batch_event(batch)) if watch else None
+async def _status_cmd(
+    nc: Client, subjects: Subjects, producer: str, batch: str, watch: bool
+) -> int:
+    events = await nc.subscribe(subjects.batch_event(producer, batch)) if watch else None
     while True:
-        status = await request_status(nc, subjects, batch)
+        status = await request_status(nc, subjects, producer, batch)
         if isinstance(status, Error):
             return _failed(batch, status)
         if events is None or finished(status):
@@ -159,12 +188,15 @@ async def _status_cmd(nc: Client, subjects: Subjects, batch: str, watch: bool) -
     return 0
 
 
-async def _results_cmd(nc: Client, subjects: Subjects, batch: str, output: Path | None) -> int:
-    subjects.batch_submit(batch)  # validates the id (ProtocolError INVALID_ID)
-    js = nc.jetstream()
-    found = await results(js, subjects, batch)
-    if not found and not await known(js, subjects, batch):  # the orchestrator's rule for status
-        return _failed(batch, Error(code=ErrorCode.NOT_FOUND, message=UNKNOWN))
+async def _results_cmd(
+    nc: Client, subjects: Subjects, producer: str, batch: str, output: Path | None
+) -> int:
+    subjects.batch_submit(producer, batch)  # validates the ids (ProtocolError INVALID_ID)
+    found = await results(nc.jetstream(), subjects, producer, batch)
+    if not found:  # none yet, or an unknown batch: the orchestrator's status says which
+        status = await request_status(nc, subjects, producer, batch)
+        if isinstance(status, Error):
+            return _failed(batch, status)
     lines = "".join(encode(r).decode() + "\n" for r in found)
     if output is None:
         sys.stdout.write(lines)
@@ -176,9 +208,10 @@ async def _results_cmd(nc: Client, subjects: Subjects, batch: str, output: Path 
     return 0
 
 
-async def _cancel_cmd(nc: Client, subjects: Subjects, batch: str) -> int:
+async def _cancel_cmd(nc: Client, subjects: Subjects, producer: str, batch: str) -> int:
     message = encode(BatchCancelRequest(batch_id=batch))
-    reply = _cancel((await nc.request(subjects.batch_cancel, message, timeout=10)).data)
+    msg = await nc.request(subjects.batch_cancel(producer), message, timeout=10)
+    reply = _cancel(msg.data)
     if isinstance(reply, Error):
         return _failed(batch, reply)
     print(f"batch {batch} cancelled ({reply.running_cancelled} running jobs stopped)")
@@ -190,8 +223,8 @@ def _failed(batch: str, error: Error) -> int:
     return 1
 
 
-def _send_span(subject: str, batch: str) -> trace.Span:
-    name = tracing.template(subject, batch=batch)
+def _send_span(subject: str, producer: str, batch: str) -> trace.Span:
+    name = tracing.template(subject, producer=producer, batch=batch)
     attrs = tracing.messaging("send", subject, name)
     return tracing.tracer("llorch.cli").start_span(
         tracing.span_name("send", name), kind=tracing.PRODUCER, attributes=attrs

@@ -26,6 +26,12 @@ from ..settings import ConfigError
 BATCH_STREAM = "LLORCH_BATCH"
 RESULTS_STREAM = "LLORCH_RESULTS"
 CONSUMER = "llorch-orch"
+# A batch producer's identity is `producer-<namespace>`; its namespace is the token after the
+# subject's verb in every batch subject, and its permissions allow only that token.
+PRODUCER_PREFIX = "producer-"
+# The namespace when nothing names one: that of `producer-cli`, the identity `llorch up` makes
+# for this host's CLI, so the CLI needs no flag there or on an open server.
+DEFAULT_PRODUCER = "cli"
 DAY_S = 86_400.0
 # Messages nak'ed with a delay (a retry waiting for its backoff) stay pending in JetStream
 # without being in flight here: max_ack_pending leaves room for this many of them, so jobs
@@ -90,7 +96,7 @@ def batch_stream(cfg: BatchConfig, subjects: Subjects) -> StreamConfig:
     return StreamConfig(
         name=BATCH_STREAM,
         description="llorch batch jobs (work queue: a job leaves once its result is stored)",
-        subjects=[f"{subjects.prefix}.batch.submit.*"],
+        subjects=[subjects.batch_submit_all],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         discard=DiscardPolicy.NEW,  # full: producers get an error, no accepted job is dropped
@@ -106,7 +112,7 @@ def results_stream(cfg: BatchConfig, subjects: Subjects) -> StreamConfig:
     return StreamConfig(
         name=RESULTS_STREAM,
         description="llorch batch results, one per job, and batch cancel markers",
-        subjects=[f"{p}.batch.result.*.*", f"{p}.batch.cancelled.*"],
+        subjects=[f"{p}.batch.result.*.*.*", f"{p}.batch.cancelled.*.*"],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         discard=DiscardPolicy.OLD,
@@ -123,7 +129,7 @@ def consumer(cfg: BatchConfig, subjects: Subjects) -> ConsumerConfig:
     return ConsumerConfig(
         durable_name=CONSUMER,
         description="the orchestrator's batch runner",
-        filter_subject=f"{subjects.prefix}.batch.submit.*",
+        filter_subject=subjects.batch_submit_all,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=cfg.ack_wait_s,
         max_deliver=cfg.max_deliver,

@@ -30,6 +30,7 @@ from schemas import (
     ErrorCode,
     Event,
     ProtocolError,
+    check_id,
     decoder,
     encode,
     is_valid_id,
@@ -44,6 +45,8 @@ from .collect import Collector, failed, has_room, retry_delay, to_request
 from .config import BATCH_STREAM, CONSUMER, BatchConfig, consumer
 
 log = logging.getLogger("llorch.batch")
+
+Batch = tuple[str, str]  # (producer, batch id): a batch id is unique only in its namespace
 
 FETCH_WAIT_S = 5.0  # long-poll of one pull request
 RETRY_S = 1.0  # pause after a JetStream call failed (server away: nats-py reconnects)
@@ -68,6 +71,7 @@ class Flight:
     """A pulled job message, until its result is stored and it is acked (or nak'ed)."""
 
     msg: Msg
+    producer: str  # the namespace of its batch (the subject's token before the batch id)
     batch_id: str
     custom_id: str
     job_id: str
@@ -83,8 +87,8 @@ class BatchRunner:
     service: OrchestratorService
     cfg: BatchConfig
     flights: dict[str, Flight] = field(default_factory=dict)  # by job id
-    _cancelled: set[str] = field(default_factory=set)
-    _live: set[str] = field(default_factory=set)  # batches known not to be cancelled
+    _cancelled: set[Batch] = field(default_factory=set)
+    _live: set[Batch] = field(default_factory=set)  # batches known not to be cancelled
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _pull: JetStreamContext.PullSubscription | None = None  # once started
@@ -94,15 +98,17 @@ class BatchRunner:
         self.js = self.nc.jetstream()
         self.subjects = self.service.subjects
         self._inbox = f"{self.nc.new_inbox()}.batch"
+        self._submit_prefix = self.subjects.batch_submit_all.removesuffix("*.*")
 
     async def start(self) -> None:
         await store.ensure_streams(self.js, self.cfg, self.subjects)
         await self.js.add_consumer(BATCH_STREAM, consumer(self.cfg, self.subjects))
         self._pull = await self.js.pull_subscribe_bind(CONSUMER, BATCH_STREAM)
         await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_event)
-        await self.nc.subscribe(self.subjects.batch_status, queue="orch", cb=self._on_status)
+        status = self.subjects.batch_api_all("status")
+        await self.nc.subscribe(status, queue="orch", cb=self._on_status)
         # every orchestrator hears a cancel: each stops the jobs it runs
-        await self.nc.subscribe(self.subjects.batch_cancel, cb=self._on_cancel)
+        await self.nc.subscribe(self.subjects.batch_api_all("cancel"), cb=self._on_cancel)
         self._background(self._pull_loop())
         self._background(self._tick_loop())
 
@@ -169,36 +175,38 @@ class BatchRunner:
             await wait_event(self._changed, TICK_S)  # core changes we hear of wake us earlier
 
     async def _take(self, msg: Msg) -> None:
-        batch = self._batch_of(msg)
-        if batch is None:
+        ref = self._batch_of(msg)
+        if ref is None:
             await self._dead_letter(msg, "invalid_batch_id", _no_batch(msg))
             return
+        producer, batch = ref
         delivered = msg.metadata.num_delivered
         custom_id, job = _decode(msg)
-        if await store.has_result(self.js, self.subjects, batch, custom_id):
+        if await store.has_result(self.js, self.subjects, producer, batch, custom_id):
             await msg.ack_sync()  # ran before (a resubmission after the dedup window)
-            await self._notice(batch, custom_id, "duplicate")
+            await self._notice(producer, batch, custom_id, "duplicate")
             return
         if isinstance(job, BatchJob) and delivered >= self.cfg.max_deliver:  # kills its owners
             job = Error(code=ErrorCode.INTERNAL, message=f"delivered {delivered} times")
         if isinstance(job, Error):  # the message itself can never run
             await self._fail(msg, custom_id, job)
             return
-        if await self._is_cancelled(batch):
+        if await self._is_cancelled(ref):
             error = Error(code=ErrorCode.CANCELLED, message=f"batch {batch} cancelled")
             result = failed(batch, custom_id, delivered, time.time(), error)
-            await self._store_and_settle(msg, result)
+            await self._store_and_settle(msg, producer, result)
             return
-        running = self._running(batch, custom_id)
+        running = self._running(ref, custom_id)
         if running is not None:  # redelivered while it still runs here (keepalives were lost)
             running.msg, running.delivered = msg, delivered  # adopt the new delivery
             return
         job_id = new_id("bj")
         now = time.time()
         collector = Collector(now, has_stop=bool(job.stop), chat=job.messages is not None)
-        flight = Flight(msg, batch, custom_id, job_id, delivered, collector, kept_alive=now)
+        flight = Flight(msg, producer, batch, custom_id, job_id, delivered, collector, now)
         self.flights[job_id] = flight
-        log.info("batch %s job %s -> %s (delivery %d)", batch, custom_id, job_id, delivered)
+        log.info("batch %s/%s job %s -> %s (delivery %d)", producer, batch, custom_id, job_id,
+                 delivered)  # fmt: skip
         # the job's trace continues the producer's (its context rides in the message headers)
         try:
             await self.service.submit(
@@ -206,34 +214,37 @@ class BatchRunner:
                 f"{self._inbox}.{job_id}",
                 msg.headers,
                 msg.subject,
+                producer=producer,
                 batch=batch,
             )
         except Exception:  # settled by _process: no flight may outlive its message
             self._forget(flight)
             raise
 
-    def _batch_of(self, msg: Msg) -> str | None:
-        """The batch a message's subject names; None when it names no valid batch id, so no
-        result subject can be formed (a subject token may be any length, an id may not)."""
-        batch = msg.subject.rpartition(".")[2]
-        if is_valid_id(batch) and msg.subject == self.subjects.batch_submit(batch):
-            return batch
-        return None
+    def _batch_of(self, msg: Msg) -> Batch | None:
+        """(producer, batch) a message's subject names; None when either token is no valid
+        id, so no result subject can be formed (a subject token may be any length, an id may
+        not)."""
+        producer, _, batch = msg.subject.removeprefix(self._submit_prefix).partition(".")
+        if not (is_valid_id(producer) and is_valid_id(batch)):
+            return None
+        exact = msg.subject == self.subjects.batch_submit(producer, batch)  # no extra tokens
+        return (producer, batch) if exact else None
 
-    def _running(self, batch: str, custom_id: str) -> Flight | None:
+    def _running(self, ref: Batch, custom_id: str) -> Flight | None:
         for flight in self.flights.values():
-            if (flight.batch_id, flight.custom_id) == (batch, custom_id) and not flight.settling:
+            if _ref(flight) == ref and flight.custom_id == custom_id and not flight.settling:
                 return flight
         return None
 
-    async def _is_cancelled(self, batch: str) -> bool:
-        if batch in self._cancelled:
+    async def _is_cancelled(self, ref: Batch) -> bool:
+        if ref in self._cancelled:
             return True
-        if batch not in self._live:
-            if await store.is_cancelled(self.js, self.subjects, batch):
-                self._cancelled.add(batch)
+        if ref not in self._live:
+            if await store.is_cancelled(self.js, self.subjects, *ref):
+                self._cancelled.add(ref)
                 return True
-            self._live.add(batch)
+            self._live.add(ref)
         return False
 
     # ---- a job's events ------------------------------------------------------------------
@@ -255,20 +266,20 @@ class BatchRunner:
         try:
             terminal = flight.collector.terminal
             delay = retry_delay(terminal, flight.delivered, self.cfg)
-            if flight.batch_id in self._cancelled:
+            if _ref(flight) in self._cancelled:
                 delay = None
             if delay is not None:
                 code = terminal.code if isinstance(terminal, Error) else "lost"
                 log.info("batch job %s failed (%s): retry in %.1fs", flight.custom_id, code, delay)
                 with contextlib.suppress(Exception):  # unacked anyway: redelivered after ack_wait
                     await flight.msg.nak(delay=delay)
-                await self._notice(flight.batch_id, flight.custom_id, "retry")
+                await self._notice(flight.producer, flight.batch_id, flight.custom_id, "retry")
                 return
             now = time.time()
             result = flight.collector.result(
                 flight.batch_id, flight.custom_id, flight.delivered, now
             )
-            await self._store_and_settle(flight.msg, result)
+            await self._store_and_settle(flight.msg, flight.producer, result)
         except Exception as exc:  # a bug: the job still gets a result, and leaves the flights
             await self._fail(flight.msg, flight.custom_id, _internal(exc))
         finally:
@@ -281,20 +292,22 @@ class BatchRunner:
     async def _fail(self, msg: Msg, custom_id: str, error: Error) -> None:
         """A message that can never run: its error stored as the job's result, then the
         message terminated (never redelivered). No batch id: dead-lettered instead."""
-        batch = self._batch_of(msg)
-        if batch is None:
+        ref = self._batch_of(msg)
+        if ref is None:
             await self._dead_letter(msg, "invalid_batch_id", _no_batch(msg))
             return
+        producer, batch = ref
         result = failed(batch, custom_id, msg.metadata.num_delivered, time.time(), error)
-        await self._store_and_settle(msg, result, term=f"{error.code}: {clip(error.message)}")
+        term = f"{error.code}: {clip(error.message)}"
+        await self._store_and_settle(msg, producer, result, term=term)
 
     async def _store_and_settle(
-        self, msg: Msg, result: BatchResult, term: str | None = None
+        self, msg: Msg, producer: str, result: BatchResult, term: str | None = None
     ) -> None:
         """Ack the message (terminate it, with the reason `term`) only once its result is
         durable. A crash between the two is harmless: the redelivered message finds its
         result and is acked unrun."""
-        stored = await self._store(msg, result)
+        stored = await self._store(msg, producer, result)
         if stored is None:
             return
         try:
@@ -303,10 +316,10 @@ class BatchRunner:
             else:
                 await self._term(msg, term)
         except Exception as exc:  # stored: a redelivered copy is acked as a duplicate
-            log.warning("settling %s/%s: %r", result.batch_id, result.custom_id, exc)
-        await self._notice(stored.batch_id, stored.custom_id, stored.outcome)
+            log.warning("settling %s/%s/%s: %r", producer, result.batch_id, result.custom_id, exc)
+        await self._notice(producer, stored.batch_id, stored.custom_id, stored.outcome)
 
-    async def _store(self, msg: Msg, result: BatchResult) -> BatchResult | None:
+    async def _store(self, msg: Msg, producer: str, result: BatchResult) -> BatchResult | None:
         """The result as stored (store.store may put a stand-in in its place), or None when
         the message was handed back or dead-lettered instead. A failure that would repeat
         (the stream refused the message) is not retried: a stand-in that says why is stored
@@ -318,9 +331,11 @@ class BatchRunner:
         tries = 0
         while True:
             try:
-                return await store.store(self.js, self.subjects, result, msg.headers, limit)
+                return await store.store(
+                    self.js, self.subjects, producer, result, msg.headers, limit
+                )
             except Exception as exc:
-                where = f"{result.batch_id}/{result.custom_id}"
+                where = f"{producer}/{result.batch_id}/{result.custom_id}"
                 reason = clip(repr(exc), 200)
                 if not store.transient(exc):
                     if refused:
@@ -354,10 +369,10 @@ class BatchRunner:
         with contextlib.suppress(Exception):  # lost: it comes back and is dead-lettered again
             await self._term(msg, f"dead letter ({kind}): {reason}")
 
-    async def _notice(self, batch: str, custom_id: str, outcome: str) -> None:
+    async def _notice(self, producer: str, batch: str, custom_id: str, outcome: str) -> None:
         event = BatchEvent(batch_id=batch, custom_id=custom_id, outcome=outcome)  # type: ignore[arg-type]
         with contextlib.suppress(Exception):  # a notice only: results are the record
-            await self.nc.publish(self.subjects.batch_event(batch), encode(event))
+            await self.nc.publish(self.subjects.batch_event(producer, batch), encode(event))
 
     # ---- keepalive and loss ----------------------------------------------------------------
     async def _tick_loop(self) -> None:
@@ -389,56 +404,71 @@ class BatchRunner:
     # ---- request/reply API ---------------------------------------------------------------
     async def _on_status(self, msg: Msg) -> None:
         try:
-            batch = _status_req(msg.data).batch_id
-            reply: BatchStatus | Error = await self.status(batch)
+            ref = (_producer_of(msg), _status_req(msg.data).batch_id)
+            reply: BatchStatus | Error = await self.status(ref)
         except ProtocolError as exc:
             reply = Error(code=exc.code, message=exc.message)
         except Exception as exc:  # JetStream unavailable
             reply = Error(code=ErrorCode.INTERNAL, message=f"batch status: {exc!r}")
         await msg.respond(encode(reply))
 
-    async def status(self, batch: str) -> BatchStatus:
-        await self._check_known(batch)
-        waiting = await store.waiting(self.js, self.subjects, batch)
-        done, failed_, empty = await store.outcomes(self.js, self.subjects, batch)
-        in_flight = sum(f.batch_id == batch for f in self.flights.values())
+    async def status(self, ref: Batch) -> BatchStatus:
+        await self._check_known(ref)
+        waiting = await store.waiting(self.js, self.subjects, *ref)
+        done, failed_, empty = await store.outcomes(self.js, self.subjects, *ref)
+        in_flight = sum(_ref(f) == ref for f in self.flights.values())
         return BatchStatus(
-            batch_id=batch, total=done + failed_ + waiting, done=done, failed=failed_,
+            batch_id=ref[1], total=done + failed_ + waiting, done=done, failed=failed_,
             empty=empty, in_flight=in_flight, queued=max(0, waiting - in_flight),
-            cancelled=await self._is_cancelled(batch),
+            cancelled=await self._is_cancelled(ref),
         )  # fmt: skip
 
-    async def _check_known(self, batch: str) -> None:
-        """A valid id of a batch the streams hold something of; else a coded error, so a
-        typo is never answered with an empty batch (status) or a marker for nothing (cancel)."""
-        self.subjects.batch_submit(batch)  # validates the id
-        if not await store.known(self.js, self.subjects, batch):
+    async def _check_known(self, ref: Batch) -> None:
+        """Valid ids of a batch the streams hold something of; else a coded error, so a
+        typo is never answered with an empty batch (status) or a marker for nothing (cancel).
+        Known means known in the caller's namespace: another producer's batch of the same id
+        is NOT_FOUND here."""
+        self.subjects.batch_submit(*ref)  # validates the ids
+        if not await store.known(self.js, self.subjects, *ref):
             raise ProtocolError(ErrorCode.NOT_FOUND, store.UNKNOWN)
 
     async def _on_cancel(self, msg: Msg) -> None:
         try:
-            batch = _cancel_req(msg.data).batch_id
-            await self._check_known(batch)
+            ref = (_producer_of(msg), _cancel_req(msg.data).batch_id)
+            await self._check_known(ref)
         except ProtocolError as exc:
             await msg.respond(encode(Error(code=exc.code, message=exc.message)))
             return
+        producer, batch = ref
         marker = encode(BatchCancelRequest(batch_id=batch))
-        headers = {"Nats-Msg-Id": f"cancel.{batch}"}
-        await self.js.publish(self.subjects.batch_cancelled(batch), marker, headers=headers)
-        self._cancelled.add(batch)
-        running = [f for f in self.flights.values() if f.batch_id == batch and not f.settling]
+        headers = {"Nats-Msg-Id": f"cancel.{producer}.{batch}"}
+        subject = self.subjects.batch_cancelled(producer, batch)
+        await self.js.publish(subject, marker, headers=headers)
+        self._cancelled.add(ref)
+        running = [f for f in self.flights.values() if _ref(f) == ref and not f.settling]
         for flight in running:  # in process: the orchestrator's role needs no api.cancel right
             await self.service.cancel(flight.job_id)
         self._changed.set()
         await msg.respond(encode(BatchCancelReply(batch_id=batch, running_cancelled=len(running))))
 
 
+def _ref(flight: Flight) -> Batch:
+    return flight.producer, flight.batch_id
+
+
+def _producer_of(msg: Msg) -> str:
+    """The namespace of a status or cancel request: its subject's token before the verb, the
+    one token a producer's permissions let it publish under (`<p>.api.batch.<producer>.*`)."""
+    return check_id(msg.subject.split(".")[-2], "producer")
+
+
 def _custom_id(msg: Msg) -> str:
-    """The job id a message's headers give (`Llorch-Custom-Id`, else the part after the
-    batch in `Nats-Msg-Id`), else `seq-<stream sequence>`: the id of a job that cannot be
-    decoded, so even that one gets a result."""
+    """The job id a message's headers give (`Llorch-Custom-Id`, else the last of the three
+    tokens `<producer>.<batch>.<custom_id>` of `Nats-Msg-Id`), else `seq-<stream sequence>`:
+    the id of a job that cannot be decoded, so even that one gets a result."""
     headers = msg.headers or {}
-    custom_id = headers.get(CUSTOM_ID) or headers.get("Nats-Msg-Id", "").partition(".")[2]
+    ids = headers.get("Nats-Msg-Id", "").split(".")
+    custom_id = headers.get(CUSTOM_ID) or (ids[2] if len(ids) == 3 else "")
     return custom_id if is_valid_id(custom_id) else f"seq-{msg.metadata.sequence.stream}"
 
 
@@ -459,8 +489,8 @@ def _decode(msg: Msg) -> tuple[str, BatchJob | Error]:
 
 
 def _no_batch(msg: Msg) -> str:
-    token = msg.subject.rpartition(".")[2]
-    return f"subject token {clip(token)!r} ({len(token)} characters) is not a batch id"
+    tail = msg.subject.partition(".batch.submit.")[2]
+    return f"subject tail {clip(tail)!r} ({len(tail)} characters) is not <producer>.<batch> ids"
 
 
 def _internal(exc: Exception) -> Error:

@@ -20,6 +20,7 @@ from schemas import (
     Subjects,
     decoder,
     encode,
+    new_id,
     tracing,
 )
 from schemas.codec import wire_size
@@ -53,8 +54,10 @@ _TRANSIENT = (
 _result = decoder(BatchResult)
 
 
-def msg_id(batch_id: str, custom_id: str) -> str:
-    return f"{batch_id}.{custom_id}"
+def msg_id(producer: str, batch_id: str, custom_id: str) -> str:
+    """The job's (and its result's) Nats-Msg-Id: a stream de-duplicates on it across every
+    namespace, so it names the producer too."""
+    return f"{producer}.{batch_id}.{custom_id}"
 
 
 async def ensure_streams(js: JetStreamContext, cfg: BatchConfig, subjects: Subjects) -> None:
@@ -66,17 +69,22 @@ async def ensure_streams(js: JetStreamContext, cfg: BatchConfig, subjects: Subje
             await js.update_stream(config)
 
 
-async def has_result(js: JetStreamContext, subjects: Subjects, batch: str, custom_id: str) -> bool:
+async def has_result(
+    js: JetStreamContext, subjects: Subjects, producer: str, batch: str, custom_id: str
+) -> bool:
+    subject = subjects.batch_result(producer, batch, custom_id)
     try:
-        await js.get_last_msg(RESULTS_STREAM, subjects.batch_result(batch, custom_id), direct=True)
+        await js.get_last_msg(RESULTS_STREAM, subject, direct=True)
     except NotFoundError:
         return False
     return True
 
 
-async def is_cancelled(js: JetStreamContext, subjects: Subjects, batch: str) -> bool:
+async def is_cancelled(js: JetStreamContext, subjects: Subjects, producer: str, batch: str) -> bool:
     try:
-        await js.get_last_msg(RESULTS_STREAM, subjects.batch_cancelled(batch), direct=True)
+        await js.get_last_msg(
+            RESULTS_STREAM, subjects.batch_cancelled(producer, batch), direct=True
+        )
     except NotFoundError:
         return False
     return True
@@ -85,6 +93,7 @@ async def is_cancelled(js: JetStreamContext, subjects: Subjects, batch: str) -> 
 async def store(
     js: JetStreamContext,
     subjects: Subjects,
+    producer: str,
     result: BatchResult,
     job_headers: Mapping[str, str] | None = None,
     max_bytes: int = MAX_MESSAGE_BYTES,
@@ -96,9 +105,9 @@ async def store(
     Returns the result as stored: one whose message (headers included) would exceed
     `max_bytes` is stored as a failed stand-in saying so. Never publish it as is: the stream
     refuses it, and over the server's max_payload the server closes the connection."""
-    subject = subjects.batch_result(result.batch_id, result.custom_id)
+    subject = subjects.batch_result(producer, result.batch_id, result.custom_id)
     result = bounded(result)
-    ids = {"Nats-Msg-Id": msg_id(result.batch_id, result.custom_id)}
+    ids = {"Nats-Msg-Id": msg_id(producer, result.batch_id, result.custom_id)}
     trace = tracing.inject(ids, tracing.extract(job_headers)) or ids
     data, headers = _message(result, trace)
     size = wire_size(data, headers)
@@ -144,45 +153,52 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, _TRANSIENT)
 
 
-async def waiting(js: JetStreamContext, subjects: Subjects, batch: str) -> int:
+async def waiting(js: JetStreamContext, subjects: Subjects, producer: str, batch: str) -> int:
     """Messages of the batch still in the work-queue stream (queued or in flight)."""
-    subject = subjects.batch_submit(batch)
+    subject = subjects.batch_submit(producer, batch)
     info = await js.stream_info(BATCH_STREAM, subjects_filter=subject)
     return (info.state.subjects or {}).get(subject, 0)
 
 
-async def result_count(js: JetStreamContext, subjects: Subjects, batch: str) -> int:
+async def result_count(js: JetStreamContext, subjects: Subjects, producer: str, batch: str) -> int:
     """Results of the batch in the results stream (one per settled job)."""
-    info = await js.stream_info(RESULTS_STREAM, subjects_filter=subjects.batch_result(batch))
+    subject = subjects.batch_result(producer, batch)
+    info = await js.stream_info(RESULTS_STREAM, subjects_filter=subject)
     return sum((info.state.subjects or {}).values())
 
 
-async def known(js: JetStreamContext, subjects: Subjects, batch: str) -> bool:
+async def known(js: JetStreamContext, subjects: Subjects, producer: str, batch: str) -> bool:
     """Whether the streams hold anything of the batch: a job still in the work queue (queued
     or running: a running job is acked only after its result is stored), a result, or its
     cancel marker. A batch whose results all expired is unknown again."""
-    if await waiting(js, subjects, batch) or await result_count(js, subjects, batch):
+    if await waiting(js, subjects, producer, batch):
         return True
-    return await is_cancelled(js, subjects, batch)
+    if await result_count(js, subjects, producer, batch):
+        return True
+    return await is_cancelled(js, subjects, producer, batch)
 
 
 async def scan(
-    js: JetStreamContext, subjects: Subjects, batch: str, headers_only: bool = False
+    js: JetStreamContext, subjects: Subjects, producer: str, batch: str, headers_only: bool = False
 ) -> AsyncIterator[tuple[str, bytes, dict[str, str]]]:
     """(subject, data, headers) of every stored result of a batch, through an ephemeral
-    consumer that the server deletes after the scan (or 30 s after a crashed scan)."""
+    consumer that the server deletes 30 s after the scan.
+
+    The consumer is named, so it is created on `$JS.API.CONSUMER.CREATE.<stream>.<name>.
+    <filter>`: the subject carries the filter, which a producer may only set to its own
+    namespace (no stream info needed either: the create reply says how many results wait)."""
     config = ConsumerConfig(
+        name=new_id("scan"),
+        filter_subject=subjects.batch_result(producer, batch),
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.NONE,
         headers_only=headers_only,
         inactive_threshold=30.0,
     )
-    left = await result_count(js, subjects, batch)
+    left = (await js.add_consumer(RESULTS_STREAM, config)).num_pending or 0
     if left == 0:
         return
-    sub = await js.pull_subscribe(
-        subjects.batch_result(batch), stream=RESULTS_STREAM, config=config
-    )
+    sub = await js.pull_subscribe_bind(config.name, stream=RESULTS_STREAM)
     try:
         while left > 0:
             for msg in await sub.fetch(min(left, 256), timeout=10):
@@ -192,15 +208,19 @@ async def scan(
         await sub.unsubscribe()
 
 
-async def results(js: JetStreamContext, subjects: Subjects, batch: str) -> list[BatchResult]:
-    return [_result(data) async for _, data, _ in scan(js, subjects, batch)]
+async def results(
+    js: JetStreamContext, subjects: Subjects, producer: str, batch: str
+) -> list[BatchResult]:
+    return [_result(data) async for _, data, _ in scan(js, subjects, producer, batch)]
 
 
-async def outcomes(js: JetStreamContext, subjects: Subjects, batch: str) -> tuple[int, int, int]:
+async def outcomes(
+    js: JetStreamContext, subjects: Subjects, producer: str, batch: str
+) -> tuple[int, int, int]:
     """(done, failed, empty) of a batch, reading result headers only; `empty` counts the
     done ones without text."""
     done = failed = empty = 0
-    async for _, _, headers in scan(js, subjects, batch, headers_only=True):
+    async for _, _, headers in scan(js, subjects, producer, batch, headers_only=True):
         if headers.get(OUTCOME) == "ok":
             done += 1
             empty += EMPTY in headers

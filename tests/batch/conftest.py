@@ -15,7 +15,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from llorch_orch.batch import store
 from llorch_orch.batch.cli import finished, request_status, submit
-from llorch_orch.batch.config import RESULTS_STREAM
+from llorch_orch.batch.config import DEFAULT_PRODUCER, RESULTS_STREAM
 from schemas import BatchResult, BatchStatus, Heartbeat, Subjects, decoder
 from tests.e2e.conftest import MODEL, Cluster, ClusterFactory, make_cluster
 
@@ -25,6 +25,7 @@ SETTLE_S = 120.0  # no batch event for this long fails the test
 REFRESH_S = 5.0  # status is asked again after this long without an event
 # fast redelivery after an owner dies, short retry backoff: keeps the suite quick
 FAST = "[batch]\nack_wait_s = 3\nbackoff_s = [0.5]\nlost_grace_s = 3\n"
+PRODUCER = DEFAULT_PRODUCER  # the namespace of the tests' batches (the CLI's on an open server)
 _heartbeat = decoder(Heartbeat)
 
 
@@ -38,20 +39,22 @@ def jobs_file(tmp_path: Path, n: int, max_tokens: int = 4, name: str = "jobs.jso
     return path
 
 
-async def submit_file(cluster: Cluster, path: Path, batch: str) -> None:
-    assert await submit(cluster.nc, cluster.subjects, path, batch, MODEL) == 0
+async def submit_file(cluster: Cluster, path: Path, batch: str, producer: str = PRODUCER) -> None:
+    assert await submit(cluster.nc, cluster.subjects, producer, path, batch, MODEL) == 0
 
 
-async def wait_settled(nc: Client, batch: str, expected: int) -> BatchStatus:
+async def wait_settled(
+    nc: Client, batch: str, expected: int, producer: str = PRODUCER
+) -> BatchStatus:
     """Until `expected` jobs have results and nothing waits; woken by each settled job."""
     subjects = Subjects()
-    events = await nc.subscribe(subjects.batch_event(batch))
+    events = await nc.subscribe(subjects.batch_event(producer, batch))
     try:
         quiet = 0.0
         while True:
             # no answer while the orchestrator or the server restarts: ask again later
             with contextlib.suppress(NoRespondersError, NatsTimeout):
-                status = await request_status(nc, subjects, batch)
+                status = await request_status(nc, subjects, producer, batch)
                 assert isinstance(status, BatchStatus), status
                 if finished(status) and status.done + status.failed == expected:
                     return status
@@ -65,8 +68,8 @@ async def wait_settled(nc: Client, batch: str, expected: int) -> BatchStatus:
         await events.unsubscribe()
 
 
-async def stored(nc: Client, batch: str) -> list[BatchResult]:
-    return await store.results(nc.jetstream(), Subjects(), batch)
+async def stored(nc: Client, batch: str, producer: str = PRODUCER) -> list[BatchResult]:
+    return await store.results(nc.jetstream(), Subjects(), producer, batch)
 
 
 async def results_written(nc: Client) -> int:

@@ -26,6 +26,7 @@ from schemas import (
 from .conftest import (
     FAST,
     MODEL,
+    PRODUCER,
     Cluster,
     ClusterFactory,
     jobs_file,
@@ -56,11 +57,11 @@ async def test_fifty_jobs_one_result_each_and_resubmission_adds_none(
     assert await results_written(cluster.nc) == 52  # never a second write for a job
     # a producer publishing again without Nats-Msg-Id is what the stream sees once the window
     # has passed: the jobs enter the stream, and the runner acks them unrun
-    events = await cluster.nc.subscribe(cluster.subjects.batch_event("b50"))
+    events = await cluster.nc.subscribe(cluster.subjects.batch_event(PRODUCER, "b50"))
     js = cluster.nc.jetstream()
     for line in path.read_text().splitlines():
         job = BatchJob(model=MODEL, **json.loads(line))
-        await js.publish(cluster.subjects.batch_submit("b50"), encode(job))
+        await js.publish(cluster.subjects.batch_submit(PRODUCER, "b50"), encode(job))
     outcomes = [json.loads((await events.next_msg(timeout=60)).data)["outcome"] for _ in range(52)]
     assert outcomes == ["duplicate"] * 52
     assert await results_written(cluster.nc) == 52
@@ -92,7 +93,7 @@ async def test_cli_after_dedup_window_and_malformed_lines(
     assert by_id["oa"].outcome == "ok" and by_id["oa"].text
     written = await results_written(cluster.nc)
     # the window (1 s) passed while the jobs ran: the stream takes every line again ...
-    events = await cluster.nc.subscribe(cluster.subjects.batch_event("cli1"))
+    events = await cluster.nc.subscribe(cluster.subjects.batch_event(PRODUCER, "cli1"))
     await cluster.nc.flush()
     again = _cli(cluster, "submit", str(path), "--batch", "cli1")
     # (the stream no longer knows them: past its window a copy counts as new)
@@ -150,7 +151,7 @@ async def test_unknown_batch_is_not_found_and_a_resubmission_counts_jobs(
 
 async def _ask_status(cluster: Cluster, batch: str) -> BatchStatus | Error:
     request = encode(BatchStatusRequest(batch_id=batch))
-    msg = await cluster.nc.request(cluster.subjects.batch_status, request, timeout=10)
+    msg = await cluster.nc.request(cluster.subjects.batch_status(PRODUCER), request, timeout=10)
     reply: BatchStatus | Error = _status_reply(msg.data)
     return reply
 
@@ -212,7 +213,7 @@ async def test_orchestrator_killed_mid_batch_finishes_after_restart(
     make_cluster: ClusterFactory, tmp_path: Path
 ) -> None:
     cluster = await make_cluster(FAST)
-    events = await cluster.nc.subscribe(cluster.subjects.batch_event("k9"))
+    events = await cluster.nc.subscribe(cluster.subjects.batch_event(PRODUCER, "k9"))
     await submit_file(cluster, jobs_file(tmp_path, 16, max_tokens=8), "k9")
     for _ in range(3):
         await events.next_msg(timeout=120)
@@ -252,7 +253,7 @@ async def test_nats_server_restart_mid_batch(
     from llorch_orch.natsserver import NatsServer
 
     cluster = await make_cluster(FAST)
-    events = await cluster.nc.subscribe(cluster.subjects.batch_event("nr"))
+    events = await cluster.nc.subscribe(cluster.subjects.batch_event(PRODUCER, "nr"))
     await submit_file(cluster, jobs_file(tmp_path, 12, max_tokens=8), "nr")
     for _ in range(3):
         await events.next_msg(timeout=120)

@@ -18,7 +18,16 @@ from llorch_orch.natsserver import free_port
 from schemas import MAX_MESSAGE_BYTES, BatchJob, BatchResult, ErrorCode, Subjects, encode
 from tests.telemetry.test_metrics import scrape, value
 
-from .conftest import FAST, MODEL, ClusterFactory, jobs_file, stored, submit_file, wait_settled
+from .conftest import (
+    FAST,
+    MODEL,
+    PRODUCER,
+    ClusterFactory,
+    jobs_file,
+    stored,
+    submit_file,
+    wait_settled,
+)
 
 TERMINATED = f"$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{BATCH_STREAM}.{CONSUMER}"
 BOUND = 4096  # bytes of a stored poison result, characters of an orchestrator log line, at most
@@ -32,18 +41,18 @@ async def test_poison_messages_are_settled_and_a_healthy_job_still_runs(
     cluster = await make_cluster(FAST, pool_args=("--metrics-port", "0"))
     nc, js, subjects = cluster.nc, cluster.nc.jetstream(), cluster.subjects
     terminated = await nc.subscribe(TERMINATED)
-    poison = subjects.batch_submit("poison")
+    poison = subjects.batch_submit(PRODUCER, "poison")
     model = MODEL.encode()
     messages = [  # (subject, body, headers): each published by a raw producer
         # a valid subject token, an invalid batch id: no result subject can be formed
-        (f"{subjects.prefix}.batch.submit.{'b' * 65}",
+        (f"{subjects.prefix}.batch.submit.{PRODUCER}.{'b' * 65}",
          encode(BatchJob(model=MODEL, custom_id="nobatch", prompt="Hi")), None),
         # invalid UTF-8 inside a JSON string, as raw bytes
         (poison, b'{"custom_id":"utf8","model":"' + model + b'","prompt":"caf\xc3\xa9 \xff\xfe"}',
-         {"Nats-Msg-Id": "poison.utf8"}),
+         {"Nats-Msg-Id": f"{PRODUCER}.poison.utf8"}),
         # a model name of ~1 MiB: the whole message still fits the stream
         (poison, b'{"custom_id":"big-model","model":"' + b"m" * 1_000_000 + b'","prompt":"Hi"}',
-         {"Nats-Msg-Id": "poison.big-model"}),
+         {"Nats-Msg-Id": f"{PRODUCER}.poison.big-model"}),
         # not JSON, no headers: the job is known by its stream sequence
         (poison, b"this is not JSON", None),
         # a line its producer rejected, with a 50 kB reason: stored clipped, never echoed whole
@@ -89,8 +98,9 @@ async def test_a_result_too_large_to_store_is_stored_as_a_failed_stand_in(
     result = msgspec.structs.replace(empty, text="x" * (room + 1 if over == "payload" else room))
     assert len(encode(result)) == MAX_MESSAGE_BYTES + (over == "payload")
 
-    kept = await store.store(js, subjects, result)
+    kept = await store.store(js, subjects, PRODUCER, result)
     assert (kept.outcome, kept.text, kept.finish_reason) == ("failed", "", None)
     assert kept.error and kept.error.code == ErrorCode.PAYLOAD_TOO_LARGE
     assert nc.is_connected
-    assert [r for r in await store.results(js, subjects, "big") if r.custom_id == over] == [kept]
+    found = await store.results(js, subjects, PRODUCER, "big")
+    assert [r for r in found if r.custom_id == over] == [kept]

@@ -9,11 +9,22 @@ from typing import Literal
 import pytest
 
 from llorch_orch import settings
-from llorch_orch.batch.cli import submit_summary
+from llorch_orch.batch.cli import producer_of, submit_summary
 from llorch_orch.batch.collect import Collector, has_room, retry_delay, to_request
 from llorch_orch.batch.config import BatchConfig, BatchConfigError, load
 from llorch_orch.batch.lines import LineError, parse_line
-from schemas import BatchJob, ChatMessage, End, Error, ErrorCode, Started, Token, encode
+from llorch_orch.cli import build_parser
+from schemas import (
+    BatchJob,
+    ChatMessage,
+    End,
+    Error,
+    ErrorCode,
+    ProtocolError,
+    Started,
+    Token,
+    encode,
+)
 
 CFG = BatchConfig(max_attempts=3, backoff_s=(1.0, 5.0))
 
@@ -128,6 +139,31 @@ def test_submit_summary_counts_jobs() -> None:
     assert submit_summary(0, 6, 1) == "6 jobs (1 of them a malformed line): 0 new, 6 duplicates"
     assert submit_summary(7, 0, 2) == "7 jobs (2 of them malformed lines): 7 new, 0 duplicates"
     assert submit_summary(0, 1, 0) == "1 job: 0 new, 1 duplicate"
+
+
+@pytest.mark.parametrize(
+    "flags,env,expected",
+    [
+        ([], {}, "cli"),  # `llorch up`'s producer-cli, or an open server
+        (["--nkey-seed", "/c/producer-etl.nk"], {}, "etl"),  # the identity's own namespace
+        ([], {"LLORCH_NATS_NKEY_SEED": "/c/producer-etl.nk"}, "etl"),
+        (["--nkey-seed", "/c/someone.nk"], {}, "cli"),  # not a producer's seed file name
+        (["--producer", "ml", "--nkey-seed", "/c/producer-etl.nk"], {}, "ml"),
+        ([], {"LLORCH_PRODUCER": "ml"}, "ml"),
+    ],
+)
+def test_the_cli_works_in_the_namespace_of_its_producer_identity(
+    flags: list[str], env: dict[str, str], expected: str
+) -> None:
+    args = build_parser().parse_args(["batch", "status", "b1", *flags])
+    assert producer_of(args, env) == expected
+
+
+def test_a_producer_namespace_must_be_an_id() -> None:
+    args = build_parser().parse_args(["batch", "status", "b1", "--producer", "a.>"])
+    with pytest.raises(ProtocolError) as err:
+        producer_of(args, {})
+    assert err.value.code == ErrorCode.INVALID_ID
 
 
 def _started(seq: int) -> Started:

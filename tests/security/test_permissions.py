@@ -14,6 +14,7 @@ from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
 from llorch_orch import natsconf
+from llorch_orch.batch.config import RESULTS_STREAM
 from schemas import Subjects
 from schemas.connect import DEFAULT_INBOX
 from tests.security.conftest import WAIT_S, ConnectAs, Secured
@@ -57,14 +58,17 @@ def cases(secured: Secured) -> list[Case]:
         Case("client-alice",
              (S.generate, S.state, S.cancel),
              (S.heartbeat("p1"), S.spawn("p1"), S.stop("p1"), S.execute("w1"), S.ready("w1"),
-              S.job_status("j1"), S.batch_submit("b1"), f"{bob}.r1", "$JS.API.INFO"),
+              S.job_status("j1"), S.batch_submit("etl", "b1"), f"{bob}.r1", "$JS.API.INFO"),
              (f"{alice}.r1",),
              (f"{bob}.>", f"{DEFAULT_INBOX}.>", S.generate, S.heartbeat_all, S.execute("w1"))),
-        Case("producer-etl",
-             (S.batch_submit("b1"), S.batch_status),
-             (S.generate, S.heartbeat("p1"), S.batch_result("b1", "c1"), f"{alice}.r1"),
-             (S.batch_event("b1"),),
-             (f"{alice}.>", S.generate, S.batch_result("b1"))),
+        Case("producer-etl",  # its own namespace `etl` only
+             (S.batch_submit("etl", "b1"), S.batch_status("etl"), S.batch_cancel("etl")),
+             (S.generate, S.heartbeat("p1"), S.batch_result("etl", "b1", "c1"), f"{alice}.r1",
+              S.batch_submit("ml", "b1"), S.batch_status("ml"), S.batch_cancel("ml"),
+              f"$JS.API.STREAM.INFO.{RESULTS_STREAM}"),
+             (S.batch_event("etl", "b1"),),
+             (f"{alice}.>", S.generate, S.batch_result("etl", "b1"), S.batch_event("ml", "b1"),
+              f"{S.prefix}.batch.event.>")),
     ]  # fmt: skip
 
 
