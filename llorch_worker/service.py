@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
+import math
 import os
 import signal
 import sys
+import time
 
 import nats
 from nats.aio.client import Client
@@ -43,6 +45,9 @@ log = logging.getLogger("llorch.worker")
 EXIT_OK = 0
 EXIT_LOAD_FAILED = 3
 _NO_RESPONDERS = "503"
+# After our own reconnect, clients reconnect too (nats-py waits 2 s between attempts, plus
+# jitter): their inbox is without a subscriber meanwhile, which does not mean they left.
+RECONNECT_GRACE_S = 5.0
 
 
 def _abandon_when_parent_dies() -> None:
@@ -66,6 +71,7 @@ class Worker:
         self._stopped = asyncio.Event()
         self._gpu_before = 0  # device memory in use before our load (GPU workers)
         self._load_context = Context()  # the load span's, once loading began
+        self._probes_trusted_from = 0.0  # monotonic; later while NATS is away or just back
 
     async def run(self) -> int:
         """Exit status of the process: 0 after a drain, 3 when the model could not be loaded,
@@ -77,6 +83,8 @@ class Worker:
         nc = await nats.connect(
             self.cfg.nats_url,
             name=f"llorch-worker-{self.cfg.worker_id}",
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
             **lifeline.options(),
             **self.cfg.credentials.connect_options(),
         )
@@ -310,10 +318,19 @@ class Worker:
         await job.done.wait()
         return job.final or Ack(detail="not running")
 
+    async def _on_disconnected(self) -> None:
+        self._probes_trusted_from = math.inf  # what we buffered goes out on reconnect
+
+    async def _on_reconnected(self) -> None:
+        self._probes_trusted_from = time.monotonic() + RECONNECT_GRACE_S
+
     async def _on_probe_reply(self, msg: Msg) -> None:
-        """A no-responders status for a probe means the client's inbox has no subscriber."""
+        """A no-responders status for a probe means the client's inbox has no subscriber;
+        except just after a reconnect (a NATS restart), when the client may not be back yet."""
         if not msg.headers or msg.headers.get("Status") != _NO_RESPONDERS:
             return
+        if time.monotonic() < self._probes_trusted_from:
+            return  # the next probe, after the grace, tells
         job = self._job
         if job is not None and msg.subject == f"{self._ctx.probe_prefix}.{job.job_id}":
             job.cancel("client gone: its stream subject has no subscriber")

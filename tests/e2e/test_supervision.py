@@ -258,9 +258,9 @@ async def test_components_exit_when_the_server_closes_their_connection(
 async def test_a_request_sent_while_nats_is_down_gets_a_terminal_event(
     reloadable_server: tuple[NatsServer, Path], tmp_path: Path
 ) -> None:
-    """The server goes away and comes back on the same port: the request a client sent
-    meanwhile (nats-py holds it until it reconnects) is served, or refused with a code, never
-    met with silence; and the next request is served."""
+    """The server goes away and comes back on the same port: a stream in flight goes on to its
+    end; the request a client sent meanwhile (nats-py holds it until it reconnects) is served,
+    or refused with a code, never met with silence; and the next request is served."""
     server, config = reloadable_server
     stack = Stack(data_dir=tmp_path / "data", nats_url=server.url, prefix=Subjects().prefix)
     (stack.data_dir / "logs").mkdir(parents=True)
@@ -283,7 +283,10 @@ async def test_a_request_sent_while_nats_is_down_gets_a_terminal_event(
         cluster.spawn_pool("p1")
         await cluster.wait_for_pools("p1")
         assert isinstance(terminal(await cluster.run(prompt="Hi", max_tokens=2)), End)  # warm
+        in_flight = Stream(nc, LONG)
+        await in_flight.first(Token)
 
+        assert not in_flight.task.done()  # still streaming as the server goes
         server.stop()
         await asyncio.wait_for(disconnected.wait(), 60)
         while_down = Stream(nc, SHORT)  # published while the server starts again
@@ -293,6 +296,10 @@ async def test_a_request_sent_while_nats_is_down_gets_a_terminal_event(
         await asyncio.wait_for(reconnected.wait(), 60)
         end = await while_down.end()
         assert isinstance(end, End) or end.code, while_down.events
+        # the stream in flight rides the restart out: the worker does not take its client,
+        # reconnecting too, for gone
+        streamed = await in_flight.end()
+        assert isinstance(streamed, End), in_flight.events
         await cluster.wait_for_pools("p1")
         after = await cluster.run(prompt="Hi", max_tokens=2)
         assert isinstance(terminal(after), End), after
