@@ -238,6 +238,12 @@ async def _dispatch(args: argparse.Namespace) -> int:
         reply = await client.cancel(nc, args.job_id, Subjects(args.prefix))
         print(_ok(reply).outcome)
         return 0
+    except nats.errors.TimeoutError:
+        # a publish the server refused (permissions) is never answered: say that, not "late"
+        refused = nc.last_error
+        if refused is not None and "permissions violation" in str(refused).lower():
+            raise StackError(f"NATS refused it: {refused}") from None
+        raise
     finally:
         await nc.close()
 
