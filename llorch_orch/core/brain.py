@@ -357,6 +357,8 @@ class Core(RecoveryMixin):
         for info in reported.values():  # workers we never spawned: adopt (orchestrator restart)
             if info.worker_id in self._given_up:
                 continue  # a worker we gave up on (and asked to stop): not ours any more
+            if self._fenced_on(info.worker_id):
+                continue  # it may still run that job: adopted once the abandon is answered
             if info.state in ("ready", "busy", "draining"):
                 phase: WorkerPhase = "draining" if info.state == "draining" else "idle"
                 adopted = self.view.add(WorkerRec(
@@ -365,6 +367,9 @@ class Core(RecoveryMixin):
                 ))  # fmt: skip
                 if info.memory_bytes:
                     self._learn(adopted, info.memory_bytes)
+
+    def _fenced_on(self, worker_id: str) -> bool:
+        return any(j.phase == "fenced" and j.worker_id == worker_id for j in self._active.values())
 
     def _reconcile(self, now: float, worker: WorkerRec, info: WorkerInfo | None) -> None:
         """One worker we track against what its pool's heartbeat says about it."""
