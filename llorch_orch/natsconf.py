@@ -106,7 +106,7 @@ def permissions(ident: Identity, s: Subjects) -> Permissions:
             # Its namespace is the one token of a batch subject it may use: no other
             # producer's batches to submit into, read, cancel or watch (docs/batch.md).
             ns = ident.name.removeprefix(PRODUCER_PREFIX)
-            pub = (f"{p}.batch.submit.{ns}.*", f"{p}.api.batch.{ns}.*", "$JS.API.INFO",
+            pub = (f"{p}.batch.submit.{ns}.*.*", f"{p}.api.batch.{ns}.*", "$JS.API.INFO",
                    *_results_reader(s, ns))  # fmt: skip
             return Permissions(pub, (inbox, f"{p}.batch.event.{ns}.*"), responses=False)
         case "admin":

@@ -11,10 +11,9 @@ BatchOutcome = Literal["ok", "failed"]
 class BatchJob(GenerateRequest, tag="batch_job", kw_only=True):
     """One job of a batch: a GenerateRequest plus the producer's id for it.
 
-    Published on `<prefix>.batch.submit.<producer>.<batch>` with
-    `Nats-Msg-Id: <producer>.<batch>.<custom_id>`;
-    `priority` and `job_id` are ignored (batch jobs always run at batch priority).
-    The `type` tag may be omitted by producers.
+    Published on `<prefix>.batch.submit.<producer>.<batch>.<custom_id>` (its `custom_id` must
+    be the subject's); `priority` and `job_id` are ignored (batch jobs always run at batch
+    priority). The `type` tag may be omitted by producers.
     """
 
     custom_id: str  # unique within its batch, [A-Za-z0-9_-]{1,64} (it is a subject token)

@@ -92,12 +92,16 @@ class Subjects:
 
     # batch (JetStream). Every batch subject names its producer's namespace before the batch
     # id, so the server's permissions keep producers apart (docs/batch.md#namespaces).
-    def batch_submit(self, producer: str, batch: str) -> str:
-        return f"{self.prefix}.batch.submit.{_batch(producer, batch)}"
+    def batch_submit(self, producer: str, batch: str, custom_id: str | None = None) -> str:
+        """One job's submit subject, or all of a batch's jobs when `custom_id` is None. The
+        custom id is in the subject so that the stream keeps one message per job on a subject
+        only its producer may publish to (docs/batch.md#de-duplication)."""
+        tail = "*" if custom_id is None else check_id(custom_id, "custom id")
+        return f"{self.prefix}.batch.submit.{_batch(producer, batch)}.{tail}"
 
     @property
     def batch_submit_all(self) -> str:
-        return f"{self.prefix}.batch.submit.*.*"
+        return f"{self.prefix}.batch.submit.*.*.*"
 
     def batch_result(self, producer: str, batch: str, custom_id: str | None = None) -> str:
         """One job's result subject, or all of a batch's results when `custom_id` is None."""

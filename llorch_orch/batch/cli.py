@@ -11,7 +11,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from nats.aio.client import Client
+from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js.client import JetStreamContext
 from nats.js.errors import NoStreamResponseError
 from opentelemetry import trace
 
@@ -32,8 +34,8 @@ from schemas.connect import Credentials
 
 from .config import DEFAULT_PRODUCER, PRODUCER_PREFIX
 from .lines import LineError, parse_line
-from .runner import CUSTOM_ID, REJECTED
-from .store import msg_id, results
+from .runner import REJECTED
+from .store import has_result, is_duplicate, results
 
 DEFAULT_MODEL = "smollm2-135m"
 PRODUCER_ENV = "LLORCH_PRODUCER"
@@ -98,31 +100,36 @@ async def submit(
     nc: Client, subjects: Subjects, producer: str, path: Path, batch: str | None, model: str
 ) -> int:
     """Publish each line as one job; a malformed line is reported and published as a rejected
-    job, so it gets its failed result like any other."""
+    job, so it gets its failed result like any other. A job of the same id that is queued or
+    running (the stream refuses it) or has a result (not sent: the runner would ack it unrun)
+    is counted as a duplicate."""
     batch = batch or new_id("batch")
-    subject = subjects.batch_submit(producer, batch)
     js = nc.jetstream()
-    new = dupes = bad = 0  # jobs published: new + dupes; bad of them are malformed lines
+    new = dupes = bad = 0  # jobs: new + dupes; bad of them are malformed lines
     try:
         for number, text in enumerate(path.read_text().splitlines(), start=1):
             if not text.strip():
                 continue
             job = parse_line(text, number, model)
-            span = _send_span(subject, producer, batch)  # each job's trace starts at its publish
-            context = trace.set_span_in_context(span)
-            ids = {"Nats-Msg-Id": msg_id(producer, batch, job.custom_id)}
-            headers = tracing.inject(ids, context)
             if isinstance(job, LineError):
                 print(job.message, file=sys.stderr)
                 bad += 1
-                headers |= {CUSTOM_ID: job.custom_id, REJECTED: job.message}
-                ack = await js.publish(subject, text.encode()[:4096], headers=headers)
+            if await has_result(js, subjects, producer, batch, job.custom_id):
+                dupes += 1
+                continue
+            subject = subjects.batch_submit(producer, batch, job.custom_id)
+            span = _send_span(subject, producer, batch, job.custom_id)  # the job's trace starts
+            headers = tracing.inject(None, trace.set_span_in_context(span))
+            if isinstance(job, LineError):
+                headers = {**(headers or {}), REJECTED: job.message}
+                data = text.encode()[:4096]
             else:
-                ack = await js.publish(subject, encode(job), headers=headers)
+                data = encode(job)
+            taken = await _publish(js, subject, data, headers)
             span.end()
-            dupes += ack.duplicate or 0
-            new += not ack.duplicate
-    except NoStreamResponseError:
+            new += taken
+            dupes += not taken
+    except (NoStreamResponseError, NoRespondersError):  # no job stream, or no results stream
         print("llorch: no LLORCH_BATCH stream: is the orchestrator running?", file=sys.stderr)
         return 1
     print(batch)
@@ -130,9 +137,25 @@ async def submit(
     return 0
 
 
+async def _publish(
+    js: JetStreamContext, subject: str, data: bytes, headers: dict[str, str] | None
+) -> bool:
+    """Whether the stream took the job: it refuses one of which a message is still queued or
+    running. (One that ran since `submit` looked for its result left the work queue, so a copy
+    is taken: the runner finds the result and acks it unrun.)"""
+    try:
+        await js.publish(subject, data, headers=headers)
+    except Exception as exc:
+        if is_duplicate(exc):
+            return False
+        raise
+    return True
+
+
 def submit_summary(new: int, dupes: int, bad: int) -> str:
     """Counts jobs: every non-blank line is one job (a malformed one too: it is published as
-    a rejected job and gets a failed result), new to the stream or dropped as a duplicate."""
+    a rejected job and gets a failed result), new, or a duplicate of a job of the same id
+    queued, running or done."""
     jobs = _count(new + dupes, "job")
     if bad:
         jobs += f" ({bad} of them {'a malformed line' if bad == 1 else 'malformed lines'})"
@@ -223,8 +246,8 @@ def _failed(batch: str, error: Error) -> int:
     return 1
 
 
-def _send_span(subject: str, producer: str, batch: str) -> trace.Span:
-    name = tracing.template(subject, producer=producer, batch=batch)
+def _send_span(subject: str, producer: str, batch: str, custom_id: str) -> trace.Span:
+    name = tracing.template(subject, producer=producer, batch=batch, custom_id=custom_id)
     attrs = tracing.messaging("send", subject, name)
     return tracing.tracer("llorch.cli").start_span(
         tracing.span_name("send", name), kind=tracing.PRODUCER, attributes=attrs

@@ -37,6 +37,11 @@ DAY_S = 86_400.0
 # without being in flight here: max_ack_pending leaves room for this many of them, so jobs
 # that keep failing cannot stop deliveries to the runner (it gates its own pulls).
 RETRY_PENDING = 1000
+# The job stream de-duplicates on its subjects, which permissions bind to their producer, not
+# on Nats-Msg-Id, which any producer may set to another's id (the stream matches it across
+# every namespace). Its Msg-Id window is therefore the server's minimum, so that an id a
+# producer sets anyway cannot make another's job a "duplicate" for longer than that.
+SUBMIT_DUPLICATE_WINDOW_S = 0.1
 GiB = 1024**3
 
 
@@ -54,7 +59,7 @@ class BatchConfig:
     core_batch_queue: int = 1  # batch jobs waiting in the core's queue at most (pull gate)
     max_in_flight: int = 64  # jobs pulled and not yet stored, at most
     lost_grace_s: float = 10.0  # core forgot the job and no terminal event for this long: retry
-    duplicate_window_s: float = 120.0  # Nats-Msg-Id dedup window of both streams
+    duplicate_window_s: float = 120.0  # Nats-Msg-Id dedup window of the results stream
     submit_max_msgs: int = 1_000_000  # waiting jobs, all batches (publish refused beyond)
     submit_max_bytes: int = 1 * GiB
     results_max_age_s: float = 7 * DAY_S  # results expire after this (0 = never)
@@ -100,10 +105,14 @@ def batch_stream(cfg: BatchConfig, subjects: Subjects) -> StreamConfig:
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         discard=DiscardPolicy.NEW,  # full: producers get an error, no accepted job is dropped
+        # one message per job subject: a second copy of a queued or running job is refused
+        # (the producer's duplicate); once the job is acked, a copy is taken again
+        max_msgs_per_subject=1,
+        discard_new_per_subject=True,
         max_msgs=cfg.submit_max_msgs,
         max_bytes=cfg.submit_max_bytes,
         max_msg_size=MAX_MESSAGE_BYTES,
-        duplicate_window=cfg.duplicate_window_s,
+        duplicate_window=SUBMIT_DUPLICATE_WINDOW_S,
     )
 
 

@@ -47,12 +47,12 @@ from .config import BATCH_STREAM, CONSUMER, BatchConfig, consumer
 log = logging.getLogger("llorch.batch")
 
 Batch = tuple[str, str]  # (producer, batch id): a batch id is unique only in its namespace
+JobRef = tuple[str, str, str]  # (producer, batch id, custom id): a job message's subject
 
 FETCH_WAIT_S = 5.0  # long-poll of one pull request
 RETRY_S = 1.0  # pause after a JetStream call failed (server away: nats-py reconnects)
 STORE_TRIES = 300  # a store failing this often RETRY_S apart (server away ~5 min): nak the job
 TICK_S = 1.0  # keepalive / loss check period (each message is kept alive every keepalive_s)
-CUSTOM_ID = "Llorch-Custom-Id"  # header naming the job of an undecodable message
 REJECTED = "Llorch-Error"  # header of a line the producer rejected: stored as failed as is
 
 _event = decoder(Event)
@@ -98,7 +98,7 @@ class BatchRunner:
         self.js = self.nc.jetstream()
         self.subjects = self.service.subjects
         self._inbox = f"{self.nc.new_inbox()}.batch"
-        self._submit_prefix = self.subjects.batch_submit_all.removesuffix("*.*")
+        self._submit_prefix = self.subjects.batch_submit_all.removesuffix("*.*.*")
 
     async def start(self) -> None:
         await store.ensure_streams(self.js, self.cfg, self.subjects)
@@ -163,7 +163,7 @@ class BatchRunner:
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=RETRY_S)
                 return
-            await self._fail(msg, _custom_id(msg), _internal(exc))
+            await self._fail(msg, _internal(exc))
 
     async def _wait_for_room(self) -> None:
         core = self.service.core
@@ -175,21 +175,23 @@ class BatchRunner:
             await wait_event(self._changed, TICK_S)  # core changes we hear of wake us earlier
 
     async def _take(self, msg: Msg) -> None:
-        ref = self._batch_of(msg)
-        if ref is None:
+        ids = self._job_of(msg)
+        if ids is None:
             await self._dead_letter(msg, "invalid_batch_id", _no_batch(msg))
             return
-        producer, batch = ref
+        producer, batch, custom_id = ids
+        ref = (producer, batch)
         delivered = msg.metadata.num_delivered
-        custom_id, job = _decode(msg)
+        job = _decode(msg, custom_id)
         if await store.has_result(self.js, self.subjects, producer, batch, custom_id):
-            await msg.ack_sync()  # ran before (a resubmission after the dedup window)
+            # ran before: the stream took this copy once the job's message was acked
+            await msg.ack_sync()
             await self._notice(producer, batch, custom_id, "duplicate")
             return
         if isinstance(job, BatchJob) and delivered >= self.cfg.max_deliver:  # kills its owners
             job = Error(code=ErrorCode.INTERNAL, message=f"delivered {delivered} times")
         if isinstance(job, Error):  # the message itself can never run
-            await self._fail(msg, custom_id, job)
+            await self._fail(msg, job)
             return
         if await self._is_cancelled(ref):
             error = Error(code=ErrorCode.CANCELLED, message=f"batch {batch} cancelled")
@@ -216,20 +218,22 @@ class BatchRunner:
                 msg.subject,
                 producer=producer,
                 batch=batch,
+                custom_id=custom_id,
             )
         except Exception:  # settled by _process: no flight may outlive its message
             self._forget(flight)
             raise
 
-    def _batch_of(self, msg: Msg) -> Batch | None:
-        """(producer, batch) a message's subject names; None when either token is no valid
-        id, so no result subject can be formed (a subject token may be any length, an id may
-        not)."""
-        producer, _, batch = msg.subject.removeprefix(self._submit_prefix).partition(".")
-        if not (is_valid_id(producer) and is_valid_id(batch)):
+    def _job_of(self, msg: Msg) -> JobRef | None:
+        """(producer, batch, custom id) a message's subject names; None when a token is no
+        valid id, so no result subject can be formed (a subject token may be any length, an
+        id may not)."""
+        ids = msg.subject.removeprefix(self._submit_prefix).split(".")
+        if len(ids) != 3 or not all(map(is_valid_id, ids)):
             return None
-        exact = msg.subject == self.subjects.batch_submit(producer, batch)  # no extra tokens
-        return (producer, batch) if exact else None
+        producer, batch, custom_id = ids
+        exact = msg.subject == self.subjects.batch_submit(producer, batch, custom_id)
+        return (producer, batch, custom_id) if exact else None
 
     def _running(self, ref: Batch, custom_id: str) -> Flight | None:
         for flight in self.flights.values():
@@ -281,7 +285,7 @@ class BatchRunner:
             )
             await self._store_and_settle(flight.msg, flight.producer, result)
         except Exception as exc:  # a bug: the job still gets a result, and leaves the flights
-            await self._fail(flight.msg, flight.custom_id, _internal(exc))
+            await self._fail(flight.msg, _internal(exc))
         finally:
             self._forget(flight)
 
@@ -289,14 +293,14 @@ class BatchRunner:
         self.flights.pop(flight.job_id, None)
         self._changed.set()
 
-    async def _fail(self, msg: Msg, custom_id: str, error: Error) -> None:
+    async def _fail(self, msg: Msg, error: Error) -> None:
         """A message that can never run: its error stored as the job's result, then the
-        message terminated (never redelivered). No batch id: dead-lettered instead."""
-        ref = self._batch_of(msg)
-        if ref is None:
+        message terminated (never redelivered). No job ids: dead-lettered instead."""
+        ids = self._job_of(msg)
+        if ids is None:
             await self._dead_letter(msg, "invalid_batch_id", _no_batch(msg))
             return
-        producer, batch = ref
+        producer, batch, custom_id = ids
         result = failed(batch, custom_id, msg.metadata.num_delivered, time.time(), error)
         term = f"{error.code}: {clip(error.message)}"
         await self._store_and_settle(msg, producer, result, term=term)
@@ -462,35 +466,29 @@ def _producer_of(msg: Msg) -> str:
     return check_id(msg.subject.split(".")[-2], "producer")
 
 
-def _custom_id(msg: Msg) -> str:
-    """The job id a message's headers give (`Llorch-Custom-Id`, else the last of the three
-    tokens `<producer>.<batch>.<custom_id>` of `Nats-Msg-Id`), else `seq-<stream sequence>`:
-    the id of a job that cannot be decoded, so even that one gets a result."""
-    headers = msg.headers or {}
-    ids = headers.get("Nats-Msg-Id", "").split(".")
-    custom_id = headers.get(CUSTOM_ID) or (ids[2] if len(ids) == 3 else "")
-    return custom_id if is_valid_id(custom_id) else f"seq-{msg.metadata.sequence.stream}"
-
-
-def _decode(msg: Msg) -> tuple[str, BatchJob | Error]:
-    """(custom_id, the job or why it cannot run): an undecodable message still has an id."""
-    custom_id = _custom_id(msg)
+def _decode(msg: Msg, custom_id: str) -> BatchJob | Error:
+    """The job of the subject's `custom_id`, or why it cannot run. The subject is the job's
+    key (its de-duplication and its result's subject), so a body naming another id is
+    refused rather than stored under an id its producer did not mean."""
     headers = msg.headers or {}
     if REJECTED in headers:
-        return custom_id, Error(code=ErrorCode.INVALID_PARAMS, message=headers[REJECTED])
+        return Error(code=ErrorCode.INVALID_PARAMS, message=headers[REJECTED])
     try:
-        job = _job(msg.data)
+        job: BatchJob = _job(msg.data)
     except ProtocolError as exc:
-        return custom_id, Error(code=exc.code, message=exc.message)
-    if not is_valid_id(job.custom_id):
-        message = f"custom_id {clip(job.custom_id)!r} must match [A-Za-z0-9_-]{{1,64}}"
-        return custom_id, Error(code=ErrorCode.INVALID_ID, message=message)
-    return job.custom_id, job
+        return Error(code=exc.code, message=exc.message)
+    if job.custom_id != custom_id:
+        message = f"custom_id {clip(job.custom_id)!r} is not the subject's {custom_id!r}"
+        return Error(code=ErrorCode.INVALID_ID, message=message)
+    return job
 
 
 def _no_batch(msg: Msg) -> str:
     tail = msg.subject.partition(".batch.submit.")[2]
-    return f"subject tail {clip(tail)!r} ({len(tail)} characters) is not <producer>.<batch> ids"
+    return (
+        f"subject tail {clip(tail)!r} ({len(tail)} characters) is not "
+        "<producer>.<batch>.<custom_id> ids"
+    )
 
 
 def _internal(exc: Exception) -> Error:

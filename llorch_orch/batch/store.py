@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 
@@ -54,10 +55,28 @@ _TRANSIENT = (
 _result = decoder(BatchResult)
 
 
+# How the job stream refuses a second message on a job's subject (max_msgs_per_subject 1,
+# discard new per subject): a 503 store error, whose code it shares with other store
+# failures (a full stream), so the description tells them apart.
+_STORE_FAILED = 10077
+_PER_SUBJECT_LIMIT = "maximum messages per subject exceeded"
+
+
 def msg_id(producer: str, batch_id: str, custom_id: str) -> str:
-    """The job's (and its result's) Nats-Msg-Id: a stream de-duplicates on it across every
-    namespace, so it names the producer too."""
+    """A result's Nats-Msg-Id: the results stream de-duplicates on it across every namespace,
+    so it names the producer too. Only the orchestrator publishes results (a job's message
+    carries none: see config.SUBMIT_DUPLICATE_WINDOW_S)."""
     return f"{producer}.{batch_id}.{custom_id}"
+
+
+def is_duplicate(exc: BaseException) -> bool:
+    """Whether a refused publish of a job means that a message of that job is still queued or
+    running (the job stream holds at most one per job subject)."""
+    return (
+        isinstance(exc, js_errors.APIError)
+        and exc.err_code == _STORE_FAILED
+        and exc.description == _PER_SUBJECT_LIMIT
+    )
 
 
 async def ensure_streams(js: JetStreamContext, cfg: BatchConfig, subjects: Subjects) -> None:
@@ -154,10 +173,13 @@ def transient(exc: BaseException) -> bool:
 
 
 async def waiting(js: JetStreamContext, subjects: Subjects, producer: str, batch: str) -> int:
-    """Messages of the batch still in the work-queue stream (queued or in flight)."""
-    subject = subjects.batch_submit(producer, batch)
-    info = await js.stream_info(BATCH_STREAM, subjects_filter=subject)
-    return (info.state.subjects or {}).get(subject, 0)
+    """Messages of the batch still in the work-queue stream (queued or in flight): one per
+    job subject, so the number of the batch's subjects. The server lists at most 100,000
+    subjects per answer but says how many matched (`total`, which nats-py's stream_info
+    drops: hence its raw API request, which raises the server's error like stream_info)."""
+    request = json.dumps({"subjects_filter": subjects.batch_submit(producer, batch)})
+    info = await js._api_request(f"{js._prefix}.STREAM.INFO.{BATCH_STREAM}", request.encode())
+    return int(info.get("total", 0))
 
 
 async def result_count(js: JetStreamContext, subjects: Subjects, producer: str, batch: str) -> int:

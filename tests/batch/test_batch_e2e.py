@@ -47,7 +47,7 @@ async def test_fifty_jobs_one_result_each_and_resubmission_adds_none(
     cluster = await make_cluster()
     path = jobs_file(tmp_path, 52)
     await submit_file(cluster, path, "b50")
-    await submit_file(cluster, path, "b50")  # inside the dedup window: refused by the stream
+    await submit_file(cluster, path, "b50")  # queued, running or done: each a duplicate
     assert "52 jobs: 0 new, 52 duplicates" in capsys.readouterr().err
     status = await wait_settled(cluster.nc, "b50", 52)
     assert (status.total, status.done, status.failed) == (52, 52, 0)
@@ -55,13 +55,14 @@ async def test_fifty_jobs_one_result_each_and_resubmission_adds_none(
     assert sorted(r.custom_id for r in results) == sorted(f"j{i}" for i in range(52))
     assert all(r.outcome == "ok" and r.text and r.tokens_out > 0 for r in results)
     assert await results_written(cluster.nc) == 52  # never a second write for a job
-    # a producer publishing again without Nats-Msg-Id is what the stream sees once the window
-    # has passed: the jobs enter the stream, and the runner acks them unrun
+    # once a job ran, its message left the work queue: a producer that publishes it again
+    # (the CLI does not: it finds the results) gets it taken, and the runner acks it unrun
     events = await cluster.nc.subscribe(cluster.subjects.batch_event(PRODUCER, "b50"))
     js = cluster.nc.jetstream()
     for line in path.read_text().splitlines():
         job = BatchJob(model=MODEL, **json.loads(line))
-        await js.publish(cluster.subjects.batch_submit(PRODUCER, "b50"), encode(job))
+        await js.publish(cluster.subjects.batch_submit(PRODUCER, "b50", job.custom_id),
+                         encode(job))  # fmt: skip
     outcomes = [json.loads((await events.next_msg(timeout=60)).data)["outcome"] for _ in range(52)]
     assert outcomes == ["duplicate"] * 52
     assert await results_written(cluster.nc) == 52
@@ -69,10 +70,10 @@ async def test_fifty_jobs_one_result_each_and_resubmission_adds_none(
     assert (status.total, status.queued, status.in_flight) == (52, 0, 0)
 
 
-async def test_cli_after_dedup_window_and_malformed_lines(
+async def test_cli_resubmission_after_the_jobs_ran_and_malformed_lines(
     make_cluster: ClusterFactory, tmp_path: Path
 ) -> None:
-    cluster = await make_cluster("[batch]\nduplicate_window_s = 1\n")
+    cluster = await make_cluster()
     path = jobs_file(tmp_path, 4)
     with path.open("a") as f:
         f.write("{not json\n")
@@ -92,14 +93,12 @@ async def test_cli_after_dedup_window_and_malformed_lines(
     assert by_id["bad-temp"].outcome == "failed" and "line 6" in by_id["bad-temp"].error.message
     assert by_id["oa"].outcome == "ok" and by_id["oa"].text
     written = await results_written(cluster.nc)
-    # the window (1 s) passed while the jobs ran: the stream takes every line again ...
-    events = await cluster.nc.subscribe(cluster.subjects.batch_event(PRODUCER, "cli1"))
-    await cluster.nc.flush()
+    # the jobs ran and left the work queue: the CLI finds their results and sends none again
     again = _cli(cluster, "submit", str(path), "--batch", "cli1")
-    # (the stream no longer knows them: past its window a copy counts as new)
-    assert "7 jobs (2 of them malformed lines): 7 new, 0 duplicates" in again.stderr
-    outcomes = [json.loads((await events.next_msg(timeout=60)).data)["outcome"] for _ in range(7)]
-    assert outcomes == ["duplicate"] * 7  # ... and the runner runs none of them again
+    assert "line 5: malformed JSON" in again.stderr
+    assert "7 jobs (2 of them malformed lines): 0 new, 7 duplicates" in again.stderr
+    status = await wait_settled(cluster.nc, "cli1", 7)
+    assert (status.total, status.queued, status.in_flight) == (7, 0, 0)
     assert await results_written(cluster.nc) == written
     target = tmp_path / "out.jsonl"
     _cli(cluster, "results", "cli1", "-o", str(target))

@@ -41,22 +41,27 @@ async def test_poison_messages_are_settled_and_a_healthy_job_still_runs(
     cluster = await make_cluster(FAST, pool_args=("--metrics-port", "0"))
     nc, js, subjects = cluster.nc, cluster.nc.jetstream(), cluster.subjects
     terminated = await nc.subscribe(TERMINATED)
-    poison = subjects.batch_submit(PRODUCER, "poison")
+
+    def poison(custom_id: str) -> str:
+        return subjects.batch_submit(PRODUCER, "poison", custom_id)
+
     model = MODEL.encode()
     messages = [  # (subject, body, headers): each published by a raw producer
         # a valid subject token, an invalid batch id: no result subject can be formed
-        (f"{subjects.prefix}.batch.submit.{PRODUCER}.{'b' * 65}",
+        (f"{subjects.prefix}.batch.submit.{PRODUCER}.{'b' * 65}.nobatch",
          encode(BatchJob(model=MODEL, custom_id="nobatch", prompt="Hi")), None),
         # invalid UTF-8 inside a JSON string, as raw bytes
-        (poison, b'{"custom_id":"utf8","model":"' + model + b'","prompt":"caf\xc3\xa9 \xff\xfe"}',
-         {"Nats-Msg-Id": f"{PRODUCER}.poison.utf8"}),
+        (poison("utf8"),
+         b'{"custom_id":"utf8","model":"' + model + b'","prompt":"caf\xc3\xa9 \xff\xfe"}', None),
         # a model name of ~1 MiB: the whole message still fits the stream
-        (poison, b'{"custom_id":"big-model","model":"' + b"m" * 1_000_000 + b'","prompt":"Hi"}',
-         {"Nats-Msg-Id": f"{PRODUCER}.poison.big-model"}),
-        # not JSON, no headers: the job is known by its stream sequence
-        (poison, b"this is not JSON", None),
+        (poison("big-model"),
+         b'{"custom_id":"big-model","model":"' + b"m" * 1_000_000 + b'","prompt":"Hi"}', None),
+        # not JSON: the job is known by its subject
+        (poison("not-json"), b"this is not JSON", None),
         # a line its producer rejected, with a 50 kB reason: stored clipped, never echoed whole
-        (poison, b"", {"Llorch-Custom-Id": "rejected", "Llorch-Error": "e" * 50_000}),
+        (poison("rejected"), b"", {"Llorch-Error": "e" * 50_000}),
+        # a body naming another job than its subject: refused, under the subject's id
+        (poison("mismatch"), encode(BatchJob(model=MODEL, custom_id="other", prompt="Hi")), None),
     ]  # fmt: skip
     seqs = [(await js.publish(s, body, headers=h)).seq for s, body, h in messages]
     await submit_file(cluster, jobs_file(tmp_path, 1), "healthy")
@@ -69,10 +74,11 @@ async def test_poison_messages_are_settled_and_a_healthy_job_still_runs(
         reasons[advisory["stream_seq"]] = advisory.get("reason", "")
     assert reasons[seqs[0]].startswith("dead letter (invalid_batch_id)")
     results = {r.custom_id: r for r in await stored(nc, "poison")}
-    assert sorted(results) == sorted(["utf8", "big-model", f"seq-{seqs[3]}", "rejected"])
-    for result in results.values():  # the model name is over its bound: refused at decode
+    assert sorted(results) == sorted(["utf8", "big-model", "not-json", "rejected", "mismatch"])
+    for custom_id, result in results.items():  # the model name is over its bound: refused
         assert result.outcome == "failed" and result.error, result
-        assert result.error.code == ErrorCode.INVALID_PARAMS, result.error
+        code = ErrorCode.INVALID_ID if custom_id == "mismatch" else ErrorCode.INVALID_PARAMS
+        assert result.error.code == code, result.error
         assert len(encode(result)) < BOUND
     assert results["rejected"].error and results["rejected"].error.message.startswith("eee")
 

@@ -18,6 +18,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, PubAck
 from llorch_orch import natsconf
 from llorch_orch.batch import store
 from llorch_orch.batch.cli import request_status
+from llorch_orch.batch.cli import submit as cli_submit
 from llorch_orch.batch.config import RESULTS_STREAM
 from llorch_orch.natsserver import NatsServer
 from llorch_orch.stack import Stack
@@ -90,13 +91,16 @@ async def _connect(stack: Stack, identity: str) -> Conn:
     return Conn(nc, denials)
 
 
-async def submit(nc: Client, producer: str, custom_id: str, prompt: str) -> PubAck:
-    """One job as any producer publishes it: on its namespace's subject, with its Msg-Id."""
-    job = BatchJob(model=MODEL, custom_id=custom_id, prompt=prompt, max_tokens=4, seed=1)
-    headers = {"Nats-Msg-Id": store.msg_id(producer, BATCH, custom_id)}
-    return await nc.jetstream().publish(
-        S.batch_submit(producer, BATCH), encode(job), headers=headers
-    )
+def job(custom_id: str, prompt: str) -> BatchJob:
+    return BatchJob(model=MODEL, custom_id=custom_id, prompt=prompt, max_tokens=4, seed=1)
+
+
+async def submit(
+    nc: Client, producer: str, custom_id: str, prompt: str, headers: dict[str, str] | None = None
+) -> PubAck:
+    """One job as any producer publishes it: on its own subject in its namespace."""
+    subject = S.batch_submit(producer, BATCH, custom_id)
+    return await nc.jetstream().publish(subject, encode(job(custom_id, prompt)), headers=headers)
 
 
 async def test_two_producers_with_the_same_batch_and_custom_ids_each_get_their_own_results(
@@ -130,10 +134,10 @@ async def test_a_producer_cannot_submit_into_read_watch_or_cancel_another_produc
     await wait_settled(etl.nc, BATCH, 1, "etl")
     [before] = await stored(etl.nc, BATCH, "etl")
 
-    job = encode(BatchJob(model=MODEL, custom_id="a", prompt=LONG, max_tokens=4))
+    body = encode(job("a", LONG))
     r, theirs = RESULTS_STREAM, S.batch_result("etl", BATCH)
     denied = [  # the server refuses each: the namespace `etl` is not ml's
-        S.batch_submit("etl", BATCH),
+        S.batch_submit("etl", BATCH, "a"),
         S.batch_status("etl"),
         S.batch_cancel("etl"),
         # every JetStream API subject that could read etl's results or list its batches
@@ -147,7 +151,7 @@ async def test_a_producer_cannot_submit_into_read_watch_or_cancel_another_produc
         f"$JS.API.STREAM.INFO.{r}",
     ]
     for subject in denied:
-        await ml.nc.publish(subject, job)
+        await ml.nc.publish(subject, body)
         await ml.denied("Publish", subject)
     await ml.nc.subscribe(S.batch_event("etl", BATCH))
     await ml.denied("Subscription", S.batch_event("etl", BATCH))
@@ -173,3 +177,31 @@ async def test_a_producer_cannot_submit_into_read_watch_or_cancel_another_produc
     assert isinstance(status, BatchStatus) and not status.cancelled, status
     assert (status.total, status.done) == (1, 1)
     assert await stored(etl.nc, BATCH, "etl") == [before]
+
+
+async def test_a_job_another_producer_sent_first_with_its_ids_still_runs_as_its_own(
+    tenants: Tenants, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 12: one producer cannot make another's job a "duplicate". ml sends first a job
+    with every key etl's job has: the same batch and custom id in ml's namespace, carrying the
+    Msg-Id a job of etl's had (`etl.nightly.a`, which a stream matches across namespaces);
+    etl's own subject, the key the stream de-duplicates on, is refused to ml."""
+    etl, ml = tenants.etl, tenants.ml
+    forged = {"Nats-Msg-Id": store.msg_id("etl", BATCH, "a")}
+    assert not (await submit(ml.nc, "ml", "a", LONG, forged)).duplicate
+    await ml.nc.publish(S.batch_submit("etl", BATCH, "a"), encode(job("a", LONG)), headers=forged)
+    await ml.denied("Publish", S.batch_submit("etl", BATCH, "a"))
+
+    path = tmp_path / "etl.jsonl"
+    path.write_text(encode(job("a", SHORT)).decode() + "\n")
+    assert await cli_submit(etl.nc, S, "etl", path, BATCH, MODEL) == 0
+    assert "1 job: 1 new, 0 duplicates" in capsys.readouterr().err
+
+    for nc, producer in ((etl.nc, "etl"), (ml.nc, "ml")):
+        status = await wait_settled(nc, BATCH, 1, producer)
+        assert (status.total, status.done, status.failed) == (1, 1, 0), status
+    [own] = await stored(etl.nc, BATCH, "etl")
+    [other] = await stored(ml.nc, BATCH, "ml")
+    assert own.custom_id == other.custom_id == "a"
+    assert own.outcome == other.outcome == "ok", (own, other)
+    assert own.tokens_in < other.tokens_in and own.text != other.text  # etl's prompt, not ml's

@@ -119,11 +119,11 @@ async def test_a_request_without_traceparent_starts_a_new_root(traced: Traced) -
 async def test_a_batch_job_continues_the_trace_of_its_publish(traced: Traced) -> None:
     trace_id, producer_span = secrets.token_hex(16), secrets.token_hex(8)
     job = BatchJob(model=MODEL, prompt="Once", max_tokens=4, seed=1, custom_id="c1")
-    headers = {"Nats-Msg-Id": "p1.b1.c1", "traceparent": f"00-{trace_id}-{producer_span}-01"}
+    headers = {"traceparent": f"00-{trace_id}-{producer_span}-01"}
     await traced.cluster.nc.jetstream().publish(
-        Subjects().batch_submit("p1", "b1"), encode(job), headers=headers
+        Subjects().batch_submit("p1", "b1", "c1"), encode(job), headers=headers
     )
-    batch_span = "process llorch.v1.batch.submit.{producer}.{batch}"
+    batch_span = "process llorch.v1.batch.submit.{producer}.{batch}.{custom_id}"
 
     def done(spans: list[Span]) -> bool:
         return {batch_span, EXECUTE} <= {s.name for s in spans if s.trace_id == trace_id}
@@ -132,7 +132,7 @@ async def test_a_batch_job_continues_the_trace_of_its_publish(traced: Traced) ->
     mine = {s.name: s for s in spans if s.trace_id == trace_id}
     assert mine[batch_span].parent_id == producer_span
     assert mine[batch_span].attrs["llorch.priority"] == "batch"
-    assert mine[batch_span].attrs["messaging.destination.name"] == "llorch.v1.batch.submit.p1.b1"
+    assert mine[batch_span].attrs["messaging.destination.name"] == "llorch.v1.batch.submit.p1.b1.c1"
     # ... and the stored result carries the same trace: a consumer of results can join it
     js = traced.cluster.nc.jetstream()
     sub = await js.subscribe(Subjects().batch_result("p1", "b1", "c1"), ordered_consumer=True)

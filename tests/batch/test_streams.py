@@ -1,0 +1,63 @@
+"""The job stream de-duplicates on its subjects (docs/batch.md#de-duplication), and the stream
+of an existing deployment is brought to that config in place. A real nats-server."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from nats.aio.client import Client
+from nats.js.errors import APIError
+
+from llorch_orch.batch import store
+from llorch_orch.batch.config import BATCH_STREAM, CONSUMER, BatchConfig, batch_stream, consumer
+from schemas import Subjects
+
+from .conftest import PRODUCER
+
+S = Subjects()
+
+
+async def test_the_previous_versions_job_stream_and_consumer_are_updated_in_place(
+    nc: Client,
+) -> None:
+    js, cfg = nc.jetstream(), BatchConfig()
+    ours = batch_stream(cfg, S)
+    # the previous version's: one subject per batch, de-duplicated by Nats-Msg-Id
+    before = f"{S.prefix}.batch.submit.*.*"
+    await js.add_stream(
+        dataclasses.replace(
+            ours, subjects=[before], max_msgs_per_subject=-1, discard_new_per_subject=False,
+            duplicate_window=cfg.duplicate_window_s,
+        )
+    )  # fmt: skip
+    previous = dataclasses.replace(consumer(cfg, S), filter_subject=before)
+    await js.add_consumer(BATCH_STREAM, previous)
+
+    await store.ensure_streams(js, cfg, S)  # what the runner does at start
+    await js.add_consumer(BATCH_STREAM, consumer(cfg, S))
+
+    config = (await js.stream_info(BATCH_STREAM)).config
+    assert config.subjects == [S.batch_submit_all]
+    assert (config.max_msgs_per_subject, config.discard_new_per_subject) == (1, True)
+    assert config.duplicate_window == ours.duplicate_window
+    assert (await js.consumer_info(BATCH_STREAM, CONSUMER)).config.filter_subject == (
+        S.batch_submit_all
+    )
+    for custom_id in ("a", "b", "c"):
+        await js.publish(S.batch_submit(PRODUCER, "b1", custom_id), b"{}")
+    with pytest.raises(APIError) as refused:  # a second message of job `a`: its duplicate
+        await js.publish(S.batch_submit(PRODUCER, "b1", "a"), b"{}")
+    assert store.is_duplicate(refused.value)
+    assert await store.waiting(js, S, PRODUCER, "b1") == 3
+    assert await store.waiting(js, S, PRODUCER, "b2") == 0
+
+
+async def test_a_full_stream_is_not_a_duplicate(nc: Client) -> None:
+    js = nc.jetstream()
+    small = dataclasses.replace(batch_stream(BatchConfig(), S), max_msgs=1)
+    await js.add_stream(small)
+    await js.publish(S.batch_submit(PRODUCER, "b1", "a"), b"{}")
+    with pytest.raises(APIError) as refused:
+        await js.publish(S.batch_submit(PRODUCER, "b1", "b"), b"{}")
+    assert not store.is_duplicate(refused.value)
