@@ -76,12 +76,7 @@ async def test_sigint_ends_the_running_job_with_a_retriable_worker_lost_and_exit
     nc = await nats.connect(nats_server.url)
     try:
         async with Stream(nc, "job-stop") as stream:
-            # greedy and long: it cannot end by chance before the signal
-            long = {"prompt": "Write a long story about a dragon:", "max_tokens": N_CTX // 2}
-            run = JobRun(await stream.execute("w-stop", **long))
-            assert isinstance(run.reply, Ack)
-            while not isinstance(await stream.next_event(run), Token):
-                pass
+            run = await _streaming(stream, "w-stop")
             worker.proc.send_signal(signal.SIGINT)
             await stream.finish(run)
         assert isinstance(run.terminal, Error), run.terminal
@@ -100,11 +95,7 @@ async def test_sighup_abandons_the_running_job_silently_and_exits_0(
     nc = await nats.connect(nats_server.url)
     try:
         async with Stream(nc, "job-hup") as stream:
-            long = {"prompt": "Write a long story about a dragon:", "max_tokens": N_CTX // 2}
-            run = JobRun(await stream.execute("w-hup", **long))
-            assert isinstance(run.reply, Ack)
-            while not isinstance(await stream.next_event(run), Token):
-                pass
+            run = await _streaming(stream, "w-hup")
             worker.proc.send_signal(signal.SIGHUP)
             final = None
             while final is None or final.state != "abandoned":
@@ -120,3 +111,13 @@ async def test_sighup_abandons_the_running_job_silently_and_exits_0(
     finally:
         await nc.close()
         stop_worker(worker)
+
+
+async def _streaming(stream: Stream, worker_id: str) -> JobRun:
+    """A long greedy job (it cannot end by chance before a signal), up to its first token."""
+    long = {"prompt": "Write a long story about a dragon:", "max_tokens": N_CTX // 2}
+    run = JobRun(await stream.execute(worker_id, **long))
+    assert isinstance(run.reply, Ack)
+    while not isinstance(await stream.next_event(run), Token):
+        pass
+    return run
