@@ -235,7 +235,9 @@ async def test_worker_killed_mid_job_is_retried(
     cluster = await make_cluster("max_job_attempts = 1\n" + FAST)
     statuses = await cluster.nc.subscribe(cluster.subjects.job_status_all)
     path = tmp_path / "long.jsonl"
-    path.write_text(json.dumps({"custom_id": "long", "prompt": "A story:", "max_tokens": 300}))
+    # greedy and long: it cannot end by chance before the kill (sampled, it now and then did)
+    job = {"custom_id": "long", "prompt": "Write a long story about a dragon:", "max_tokens": 300}
+    path.write_text(json.dumps({**job, "temperature": 0}))
     await submit_file(cluster, path, "wk")
     while (status := _status((await statuses.next_msg(timeout=120)).data)).state != "started":
         pass
