@@ -425,7 +425,8 @@ def _show(event: Event, start: float, first: float | None) -> bool:
     """Print one event of a generation; whether it was text."""
     match event:
         case Queued(position=position):
-            print(f"[queued at position {position}]", file=sys.stderr)
+            # also while the first worker of a model loads: say what the wait is for
+            print(f"[waiting for a worker: position {position} in line]", file=sys.stderr)
         case Token(text=text):
             print(text, end="", flush=True)
             return True

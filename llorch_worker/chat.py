@@ -16,6 +16,7 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from schemas import ChatMessage, ErrorCode, ProtocolError
+from schemas.text import clip  # a template may quote the conversation in its refusal
 
 TEMPLATE_KEY = "tokenizer.chat_template"
 
@@ -39,10 +40,12 @@ class ChatTemplate:
                 eos_token=self.eos_token,
             )
         except _TemplateRefused as exc:
-            raise ProtocolError(ErrorCode.INVALID_PARAMS, f"chat template: {exc}") from None
+            why = clip(str(exc), 200)
+            raise ProtocolError(ErrorCode.INVALID_PARAMS, f"chat template: {why}") from None
         except jinja2.TemplateError as exc:  # a syntax error is found at the first render
+            why = clip(str(exc), 200)
             raise ProtocolError(
-                ErrorCode.INVALID_PARAMS, f"the model's chat template failed: {exc}"
+                ErrorCode.INVALID_PARAMS, f"the model's chat template failed: {why}"
             ) from None
 
 

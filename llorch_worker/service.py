@@ -58,6 +58,13 @@ def _abandon_when_parent_dies() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGHUP)
 
 
+async def _refuse(req: Request, span: trace.Span, error: Error) -> None:
+    """Answer an execute with `error`, in its span (ended here: the job never runs)."""
+    span.set_status(trace.StatusCode.ERROR, error.code)
+    span.end()
+    await req.respond(encode(error), headers=tracing.inject(None, trace.set_span_in_context(span)))
+
+
 class Worker:
     def __init__(self, cfg: WorkerConfig) -> None:
         self.cfg = cfg
@@ -243,12 +250,7 @@ class Worker:
         running = self._job
         if running is not None or self._draining or self._preparing:
             why = f"running job {running.job_id}" if running else "draining or preparing a job"
-            busy = Error(code=ErrorCode.WORKER_BUSY, message=why, retriable=True)
-            span.set_status(trace.StatusCode.ERROR, ErrorCode.WORKER_BUSY)
-            span.end()
-            await req.respond(
-                encode(busy), headers=tracing.inject(None, trace.set_span_in_context(span))
-            )
+            await _refuse(req, span, Error(code=ErrorCode.WORKER_BUSY, message=why, retriable=True))
             return
         prompt = await self._prepare(req, execute, span)
         if prompt is None:
@@ -269,11 +271,7 @@ class Worker:
             self._preparing = False
         if self._draining:  # a signal came meanwhile and waited for this answer
             self._stopped.set()
-        span.set_status(trace.StatusCode.ERROR, refusal.code)
-        span.end()
-        await req.respond(
-            encode(refusal), headers=tracing.inject(None, trace.set_span_in_context(span))
-        )
+        await _refuse(req, span, refusal)
         return None
 
     async def _run_job(self, job: Job) -> None:
