@@ -16,7 +16,7 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
-from schemas.connect import DRAIN_TIMEOUT_S
+from llorch_common.connect import DRAIN_TIMEOUT_S
 
 EXIT_CONNECTION_LOST = 75  # EX_TEMPFAIL (sysexits.h): temporary; starting again may succeed
 

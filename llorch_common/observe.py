@@ -1,4 +1,4 @@
-"""Process telemetry set-up shared by every llorch process: traces (schemas.tracing), metrics
+"""Process telemetry set-up shared by every llorch process: traces (llorch_common.tracing), metrics
 and logs, all from the environment (documented in docs/observability.md).
 
 - Metrics: OpenTelemetry metrics SDK, exposed for Prometheus on `127.0.0.1:<port>` when a port
@@ -22,7 +22,7 @@ from typing import Any
 
 from opentelemetry import metrics, trace
 
-from schemas import tracing
+from llorch_common import tracing
 
 METRICS_PORT_ENV = "LLORCH_METRICS_PORT"
 LOG_FORMAT_ENV = "LLORCH_LOG_FORMAT"

@@ -17,6 +17,16 @@ import nats
 from nats.aio.client import Client
 from opentelemetry import trace
 
+from llorch_common import observe, tracing
+from llorch_common.connect import Credentials, add_arguments
+from llorch_common.local import (
+    DATA_DIR_ENV,
+    default_data_dir,
+    default_pool_id,
+    read_stack_record,
+    remove_stack_record,
+    write_stack_record,
+)
 from schemas import (
     DEFAULT_PREFIX,
     ChatMessage,
@@ -28,17 +38,6 @@ from schemas import (
     Queued,
     Subjects,
     Token,
-    observe,
-    tracing,
-)
-from schemas.connect import Credentials, add_arguments
-from schemas.local import (
-    DATA_DIR_ENV,
-    default_data_dir,
-    default_pool_id,
-    read_stack_record,
-    remove_stack_record,
-    write_stack_record,
 )
 
 from . import client, natsconf, settings

@@ -20,6 +20,8 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from llorch_common import tracing
+from llorch_common.connect import Credentials
 from schemas import (
     CancelReply,
     CancelRequest,
@@ -37,9 +39,7 @@ from schemas import (
     Subjects,
     decoder,
     encode,
-    tracing,
 )
-from schemas.connect import Credentials
 
 _event = decoder(Event)
 _state = decoder(ClusterState | Error)

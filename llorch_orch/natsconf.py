@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from llorch_common.connect import DEFAULT_INBOX, nkey_public
+from llorch_common.local import seed_file
 from schemas import MAX_MESSAGE_BYTES, Subjects, check_id
-from schemas.connect import DEFAULT_INBOX, nkey_public
-from schemas.local import seed_file
 
 from .batch.config import BATCH_STREAM, PRODUCER_PREFIX, RESULTS_STREAM
 

@@ -9,9 +9,10 @@ from collections.abc import Iterable
 
 import nats
 
-from schemas import SnapshotRequest, Subjects, encode, observe
-from schemas.connect import Credentials
-from schemas.lifeline import EXIT_CONNECTION_LOST, Lifeline
+from llorch_common import observe
+from llorch_common.connect import Credentials
+from llorch_common.lifeline import EXIT_CONNECTION_LOST, Lifeline
+from schemas import SnapshotRequest, Subjects, encode
 
 from . import batch
 from .core import Core, OrchConfig

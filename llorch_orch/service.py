@@ -19,6 +19,8 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 
 import schemas
+from llorch_common import tracing
+from llorch_common.aio import wait_event
 from schemas import (
     Ack,
     CancelReply,
@@ -38,9 +40,7 @@ from schemas import (
     decoder,
     encode,
     new_id,
-    tracing,
 )
-from schemas.aio import wait_event
 from schemas.codec import wire_size
 from schemas.subjects import is_publish_subject
 from schemas.text import clip

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import nats
 
+from llorch_common.aio import wait_event
+from llorch_common.connect import Credentials, nkey_public, without_credentials
 from schemas import ClusterState, Error, Heartbeat, StateRequest, Subjects, decoder, encode
-from schemas.aio import wait_event
-from schemas.connect import Credentials, nkey_public, without_credentials
 
 from . import natsconf
 from .natsserver import NatsServer, free_port

@@ -20,8 +20,9 @@ from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from schemas import Error, GenerateRequest, JobStatus, Queued, tracing
-from schemas.observe import SECONDS_BUCKETS
+from llorch_common import tracing
+from llorch_common.observe import SECONDS_BUCKETS
+from schemas import Error, GenerateRequest, JobStatus, Queued
 from schemas.text import clip
 
 from .core import Command, Core, Emit, SendExecute, Spawn, Stop

@@ -21,6 +21,8 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError, NoServersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from llorch_common.connect import Credentials
+from llorch_common.local import read_stack_record, seed_file
 from schemas import (
     Error,
     Heartbeat,
@@ -32,8 +34,6 @@ from schemas import (
     decoder,
     encode,
 )
-from schemas.connect import Credentials
-from schemas.local import read_stack_record, seed_file
 
 WAIT_S = 30.0  # a pool answers a snapshot in milliseconds: this bounds a pool that is missing
 ASK_TIMEOUT_S = 5.0  # one api.models round trip

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import nats
 
+from llorch_common import connect, observe
+from llorch_common.lifeline import EXIT_CONNECTION_LOST, Lifeline
+from llorch_common.local import default_data_dir, default_pool_id, positive_float, positive_int
 from llorch_pool import announce, catalog, model_files
 from llorch_pool.inventory import Inventory
 from llorch_pool.paths import model_dirs
@@ -24,11 +27,7 @@ from schemas import (
     ProtocolError,
     Subjects,
     check_id,
-    connect,
-    observe,
 )
-from schemas.lifeline import EXIT_CONNECTION_LOST, Lifeline
-from schemas.local import default_data_dir, default_pool_id, positive_float, positive_int
 
 CONNECT_WAIT_S = 30.0  # give up starting when NATS is unreachable this long
 DEFAULT_URL = "nats://127.0.0.1:4222"

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llorch_common.footprint import memory_info, process_bytes, rss_from_statm
 from schemas import Device
-from schemas.footprint import memory_info, process_bytes, rss_from_statm
 
 
 def _text(value: str | bytes) -> str:

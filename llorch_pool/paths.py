@@ -1,5 +1,5 @@
 """Where model files may live, and the bundled model file (the data dir and the default pool
-id are host conventions shared by every process: `schemas.local`)."""
+id are host conventions shared by every process: `llorch_common.local`)."""
 
 from __future__ import annotations
 

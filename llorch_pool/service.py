@@ -25,6 +25,9 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 from opentelemetry import trace
 
+from llorch_common import tracing
+from llorch_common.aio import wait_event
+from llorch_common.connect import Credentials
 from llorch_pool import catalog, registry, spawn_checks, supervisor, telemetry
 from llorch_pool.inventory import Inventory
 from llorch_pool.registry import WorkerRecord
@@ -44,10 +47,7 @@ from schemas import (
     check_id,
     decoder,
     encode,
-    tracing,
 )
-from schemas.aio import wait_event
-from schemas.connect import Credentials
 
 log = logging.getLogger("llorch_pool")
 audit = logging.getLogger("llorch.audit")  # security decisions: refused models

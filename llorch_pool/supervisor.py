@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from schemas.connect import without_credentials
+from llorch_common.connect import without_credentials
+from llorch_common.observe import METRICS_PORT_ENV
 from schemas.control import DeviceKind
-from schemas.observe import METRICS_PORT_ENV
 
 _PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None

@@ -10,8 +10,9 @@ from typing import Any
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from schemas import Heartbeat, tracing
-from schemas.observe import SECONDS_BUCKETS
+from llorch_common import tracing
+from llorch_common.observe import SECONDS_BUCKETS
+from schemas import Heartbeat
 
 tracer = tracing.tracer("llorch.pool")
 _meter = metrics.get_meter("llorch.pool")

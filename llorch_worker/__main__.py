@@ -11,9 +11,9 @@ from collections.abc import Coroutine
 
 import llama_cpp  # noqa: F401  (see the docstring: before nats)
 
+from llorch_common import observe
 from llorch_worker.cli import parse_args
 from llorch_worker.service import Worker
-from schemas import observe
 
 
 def main() -> int:

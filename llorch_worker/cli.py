@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from llorch_common.connect import Credentials, add_arguments
+from llorch_common.local import nonnegative_int, positive_float, positive_int
 from schemas import DEFAULT_PREFIX, ProtocolError, check_id
-from schemas.connect import Credentials, add_arguments
-from schemas.local import nonnegative_int, positive_float, positive_int
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from typing import Literal
 from nats.aio.client import Client
 from opentelemetry import trace
 
+from llorch_common import tracing
 from llorch_worker import telemetry
 from llorch_worker.engine import Engine, Failed, Finished, Item, Outcome
 from llorch_worker.jobstate import JobState
@@ -25,7 +26,6 @@ from schemas import (
     Subjects,
     Token,
     encode,
-    tracing,
 )
 
 StatusState = Literal["started", "progress", "finished", "failed", "abandoned"]

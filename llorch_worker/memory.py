@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from schemas.footprint import memory_info, process_bytes, rss_from_statm
+from llorch_common.footprint import memory_info, process_bytes, rss_from_statm
 
 
 def rss_bytes() -> int:

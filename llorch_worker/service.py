@@ -20,6 +20,8 @@ from nats.micro.service import Service
 from opentelemetry import trace
 from opentelemetry.context import Context
 
+from llorch_common import tracing
+from llorch_common.lifeline import EXIT_CONNECTION_LOST, Lifeline
 from llorch_worker import memory, telemetry
 from llorch_worker.cli import WorkerConfig
 from llorch_worker.engine import Engine, Loaded, LoadFailed
@@ -36,9 +38,7 @@ from schemas import (
     WorkerFailed,
     WorkerReady,
     encode,
-    tracing,
 )
-from schemas.lifeline import EXIT_CONNECTION_LOST, Lifeline
 
 log = logging.getLogger("llorch.worker")
 

@@ -13,8 +13,8 @@ import os
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 
-from schemas import tracing
-from schemas.observe import SECONDS_BUCKETS
+from llorch_common import tracing
+from llorch_common.observe import SECONDS_BUCKETS
 
 tracer = tracing.tracer("llorch.worker")
 _meter = metrics.get_meter("llorch.worker")

@@ -1,4 +1,8 @@
-"""The wire contract: message Structs, subject builders, error codes, ids. Nothing else."""
+"""The wire contract: message Structs, subject builders, error codes, ids, the codec. Nothing else.
+
+It imports no I/O library and none of the llorch packages (`tests/test_boundaries.py`); the
+runtime every process shares (connections, tracing, telemetry, memory readings) is
+`llorch_common`."""
 
 from schemas.api import (
     CancelReply,

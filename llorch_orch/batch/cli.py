@@ -17,6 +17,8 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import NoStreamResponseError
 from opentelemetry import trace
 
+from llorch_common import tracing
+from llorch_common.connect import Credentials
 from schemas import (
     BatchCancelReply,
     BatchCancelRequest,
@@ -28,9 +30,7 @@ from schemas import (
     decoder,
     encode,
     new_id,
-    tracing,
 )
-from schemas.connect import Credentials
 
 from .config import DEFAULT_PRODUCER, PRODUCER_PREFIX
 from .lines import LineError, parse_line

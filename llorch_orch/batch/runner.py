@@ -17,6 +17,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.client import JetStreamContext
 from opentelemetry import metrics
 
+from llorch_common.aio import wait_event
 from schemas import (
     MAX_MESSAGE_BYTES,
     BatchCancelReply,
@@ -36,7 +37,6 @@ from schemas import (
     is_valid_id,
     new_id,
 )
-from schemas.aio import wait_event
 from schemas.text import clip
 
 from ..service import OrchestratorService

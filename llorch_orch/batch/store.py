@@ -13,6 +13,7 @@ from nats.js import errors as js_errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError, NotFoundError
 
+from llorch_common import tracing
 from schemas import (
     MAX_MESSAGE_BYTES,
     BatchResult,
@@ -22,7 +23,6 @@ from schemas import (
     decoder,
     encode,
     new_id,
-    tracing,
 )
 from schemas.codec import wire_size
 from schemas.text import clip

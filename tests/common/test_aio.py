@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from schemas.aio import wait_event
+from llorch_common.aio import wait_event
 
 
 async def _forever(event: asyncio.Event) -> None:

@@ -3,7 +3,7 @@
 import os
 from types import SimpleNamespace
 
-from schemas.footprint import memory_info, process_bytes, rss_from_statm
+from llorch_common.footprint import memory_info, process_bytes, rss_from_statm
 
 
 class FakeNvml:

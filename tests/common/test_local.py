@@ -1,7 +1,7 @@
 from pathlib import Path
 
+from llorch_common.local import default_data_dir, sanitise_id
 from schemas import is_valid_id
-from schemas.local import default_data_dir, sanitise_id
 
 
 def test_data_dir_precedence() -> None:

@@ -11,13 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from llorch_common.connect import Credentials, without_credentials
 from llorch_orch import client, natsconf
 from llorch_orch.natsconf import Identity
 from llorch_orch.natsserver import NatsServer
 from llorch_orch.stack import Stack
 from llorch_pool import catalog
 from schemas import End, Error, GenerateRequest, ModelsReply, Subjects
-from schemas.connect import Credentials, without_credentials
 from tests.e2e.conftest import ClusterFactory, terminal
 
 LLORCH = [sys.executable, "-m", "llorch_orch"]

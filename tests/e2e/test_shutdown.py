@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from llorch_common.connect import Credentials
 from llorch_orch import client
 from llorch_orch.natsserver import free_port
 from schemas import Error, ErrorCode, Event, GenerateRequest, Token
-from schemas.connect import Credentials
 
 LLORCH = [sys.executable, "-m", "llorch_orch"]
 # greedy, so the job cannot end by chance before the stop

@@ -19,6 +19,8 @@ from pathlib import Path
 import nats
 import pytest
 
+from llorch_common.connect import Credentials
+from llorch_common.lifeline import EXIT_CONNECTION_LOST
 from llorch_orch import client
 from llorch_orch.natsserver import NatsServer, free_port
 from llorch_orch.stack import Stack
@@ -33,8 +35,6 @@ from schemas import (
     Token,
     encode,
 )
-from schemas.connect import Credentials
-from schemas.lifeline import EXIT_CONNECTION_LOST
 
 from .conftest import MODEL, Cluster, terminal
 

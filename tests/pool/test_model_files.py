@@ -8,10 +8,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from llorch_common.connect import Credentials
 from llorch_pool import announce, catalog, model_files
 from llorch_pool.cli import progress_line
 from schemas import ErrorCode, ProtocolError
-from schemas.connect import Credentials
 from tests.pool.ggufgen import gguf_bytes, llama_kv, write_gguf
 
 

@@ -12,10 +12,10 @@ import nats
 import pytest
 from nats.aio.client import Client
 
+from llorch_common.connect import Credentials
 from llorch_orch import natsconf
 from llorch_orch.natsserver import NatsServer
 from schemas import Subjects
-from schemas.connect import Credentials
 
 POOLS = ("p1", "p2")
 CLIENTS = ("alice", "bob")

@@ -1,13 +1,13 @@
-"""schemas/connect.py: credentials from flags and env, never a secret in argv, repr or logs."""
+"""llorch_common/connect.py: credentials from flags and env, never a secret in argv, repr or logs."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from llorch_common.connect import Credentials, add_arguments, fingerprint
 from llorch_orch import natsconf
 from llorch_pool import supervisor
-from schemas.connect import Credentials, add_arguments, fingerprint
 
 
 def parse(argv: list[str], env: dict[str, str], who: str = "") -> Credentials:

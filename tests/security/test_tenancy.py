@@ -14,6 +14,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from llorch_common.connect import nkey_public
+from llorch_common.local import seed_file
 from llorch_orch import client, natsconf
 from llorch_orch.cli import build_parser
 from llorch_orch.core import Core, OrchConfig
@@ -38,8 +40,6 @@ from schemas import (
     decoder,
     encode,
 )
-from schemas.connect import nkey_public
-from schemas.local import seed_file
 from tests.orch.factory import cpu, model, winfo
 from tests.security.conftest import WAIT_S, Conn, ConnectAs, Secured
 

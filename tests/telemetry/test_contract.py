@@ -1,4 +1,4 @@
-"""schemas.tracing and schemas.observe in-process: W3C headers, the no-tracing default, logs."""
+"""llorch_common.tracing and llorch_common.observe in-process: W3C headers, the no-tracing default, logs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from schemas import observe, tracing
+from llorch_common import observe, tracing
 
 TRACE_ID, SPAN_ID = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
 PARENT = f"00-{TRACE_ID:032x}-{SPAN_ID:016x}-01"
