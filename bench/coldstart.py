@@ -37,7 +37,7 @@ from bench.common import (
     use_uvloop,
     write_results,
 )
-from llorch_orch import client
+from llorch_common import client
 from llorch_orch.natsserver import NatsServer
 from schemas import GenerateRequest, Heartbeat, SpawnRequest, Subjects, Token, WorkerReady, decoder
 

@@ -353,7 +353,7 @@ async def e2e(args: argparse.Namespace) -> dict[str, object]:
 
 
 async def until_workers(nc: Client, n: int, timeout: float = 60) -> None:
-    from llorch_orch import client
+    from llorch_common import client
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 from bench.common import summary, table, use_uvloop, write_results
+from llorch_common import client
 from llorch_common.connect import Credentials
 from llorch_common.local import read_stack_record
-from llorch_orch import client
 from llorch_orch.natsserver import free_port
 from schemas import End, Error, GenerateRequest, Token
 

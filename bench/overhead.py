@@ -11,7 +11,7 @@ worker are loaded and sit idle while another path runs.
 - direct: in this process, the loop the worker's engine thread runs (`Llama.generate`, fresh
   KV cache per job, a detokenized piece per token), with nothing around it.
 - peer: `python -m llama_cpp.server`, `/v1/completions` with stream=true, read with httpx.
-- llorch: `llorch_orch.client.stream` against nats-server + orchestrator + pool + worker.
+- llorch: `llorch_common.client.stream` against nats-server + orchestrator + pool + worker.
 
 TTFT: request sent -> first non-empty text seen by the client. Decode rate: (tokens - 1) /
 (last token - first token), as the client receives them.
@@ -47,7 +47,7 @@ from bench.common import (
     use_uvloop,
     write_results,
 )
-from llorch_orch import client
+from llorch_common import client
 from llorch_orch.natsserver import free_port
 from schemas import End, Error, GenerateRequest, Token
 

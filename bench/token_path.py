@@ -19,7 +19,7 @@ from pathlib import Path
 
 import nats
 
-from llorch_orch import client
+from llorch_common import client
 from llorch_orch.natsserver import NatsServer
 from llorch_orch.stack import Stack
 from schemas import End, GenerateRequest, Subjects, Token

@@ -17,7 +17,7 @@ import nats
 from nats.aio.client import Client
 from opentelemetry import trace
 
-from llorch_common import observe, tracing
+from llorch_common import client, observe, tracing
 from llorch_common.connect import Credentials, add_arguments
 from llorch_common.local import (
     DATA_DIR_ENV,
@@ -40,7 +40,7 @@ from schemas import (
     Token,
 )
 
-from . import client, natsconf, settings
+from . import natsconf, settings
 from .batch import cli as batch_cli
 from .batch import load as load_batch
 from .stack import Stack, StackError

@@ -315,7 +315,7 @@ class Llorch:
         await self.until(lambda s: any(p.pool_id == POOL and p.alive for p in s.pools))
 
     async def state(self) -> Any:
-        from llorch_orch import client
+        from llorch_common import client
 
         return await client.state(self.nc, self.subjects)
 
@@ -331,7 +331,7 @@ class Llorch:
                 await asyncio.sleep(0.2)
 
     async def gen(self, model: str, text: str, max_tokens: int, **pins: Any) -> Gen:
-        from llorch_orch import client
+        from llorch_common import client
         from schemas import End, Error, GenerateRequest, Started, Token
 
         req = GenerateRequest(

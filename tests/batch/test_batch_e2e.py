@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from llorch_orch import client
+from llorch_common import client
 from llorch_orch.batch.store import UNKNOWN
 from schemas import (
     BatchJob,

@@ -13,7 +13,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from llorch_orch import client
+from llorch_common import client
 from llorch_orch.natsserver import NatsServer
 from llorch_orch.stack import Stack
 from schemas import (

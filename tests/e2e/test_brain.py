@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from llorch_orch import client
+from llorch_common import client
 from schemas import End, Error, ErrorCode, Event, GenerateRequest, Queued, Started, Token
 
 from .conftest import MODEL, Cluster, ClusterFactory, terminal, text_of, worker_pid

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llorch_orch import client
+from llorch_common import client
 from llorch_pool import catalog
 from schemas import ModelsReply
 

@@ -11,8 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from llorch_common import client
 from llorch_common.connect import Credentials, without_credentials
-from llorch_orch import client, natsconf
+from llorch_orch import natsconf
 from llorch_orch.natsconf import Identity
 from llorch_orch.natsserver import NatsServer
 from llorch_orch.stack import Stack

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from llorch_common import client
 from llorch_common.connect import Credentials
-from llorch_orch import client
 from llorch_orch.natsserver import free_port
 from schemas import Error, ErrorCode, Event, GenerateRequest, Token
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
-from llorch_orch import client
+from llorch_common import client
 from llorch_orch.natsserver import NatsServer
 from llorch_orch.stack import Stack
 from schemas import End, Error, ErrorCode, GenerateRequest, Subjects

@@ -19,9 +19,9 @@ from pathlib import Path
 import nats
 import pytest
 
+from llorch_common import client
 from llorch_common.connect import Credentials
 from llorch_common.lifeline import EXIT_CONNECTION_LOST
-from llorch_orch import client
 from llorch_orch.natsserver import NatsServer, free_port
 from llorch_orch.stack import Stack
 from schemas import (

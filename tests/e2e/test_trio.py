@@ -7,7 +7,7 @@ import json
 import os
 import signal
 
-from llorch_orch import client
+from llorch_common import client
 from schemas import (
     End,
     Error,

@@ -10,7 +10,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llorch_orch import client, service
+from llorch_common import client
+from llorch_orch import service
 from llorch_pool import service as pool_service
 from llorch_worker import inbound
 from schemas import ErrorCode, ProtocolError

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 from nats.aio.client import Client
 
-from llorch_orch import client
+from llorch_common import client
 from llorch_orch.core import Core, OrchConfig
 from llorch_orch.service import OrchestratorService
 from schemas import (

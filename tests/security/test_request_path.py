@@ -14,7 +14,7 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from llorch_orch import client
+from llorch_common import client
 from llorch_orch.core import Core, OrchConfig
 from llorch_orch.service import OrchestratorService
 from schemas import (

@@ -14,9 +14,10 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from llorch_common import client
 from llorch_common.connect import nkey_public
 from llorch_common.local import seed_file
-from llorch_orch import client, natsconf
+from llorch_orch import natsconf
 from llorch_orch.cli import build_parser
 from llorch_orch.core import Core, OrchConfig
 from llorch_orch.core.tenancy import Tenancy

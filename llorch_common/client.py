@@ -1,4 +1,5 @@
-"""A small NATS client for llorch's API: what the CLI, tests and benchmarks use.
+"""A small NATS client for llorch's API: what the CLI, the HTTP edge, tests and
+benchmarks use.
 
 Any NATS client can do the same with plain JSON; this one adds seq de-duplication, the
 stall rule (a stream that is silent for `stall_s` is reported as lost, never a hang) and the
