@@ -31,10 +31,10 @@ from typing import Any
 
 from schemas.codes import ErrorCode, ProtocolError
 from schemas.ids import check_id
+from schemas.subjects import DEFAULT_INBOX
 
 ENV_PREFIX = "LLORCH_NATS_"
 WORKER_ENV_PREFIX = "LLORCH_WORKER_NATS_"  # a pool's credentials for the workers it spawns
-DEFAULT_INBOX = "_INBOX"
 DRAIN_TIMEOUT_S = 3  # a stopping component drains in-flight messages this long at most
 
 # field name -> (flag suffix or None for env-only secrets, env suffix)

@@ -14,9 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from llorch_common.connect import DEFAULT_INBOX, nkey_public
+from llorch_common.connect import nkey_public
 from llorch_common.local import seed_file
 from schemas import MAX_MESSAGE_BYTES, Subjects, check_id
+from schemas.subjects import DEFAULT_INBOX
 
 from .batch.config import BATCH_STREAM, PRODUCER_PREFIX, RESULTS_STREAM
 

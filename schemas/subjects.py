@@ -9,6 +9,9 @@ from msgspec import Meta
 from schemas.ids import check_id
 
 DEFAULT_PREFIX = "llorch.v1"
+# NATS's reply inbox prefix; a client with an identity gets `_INBOX.<identity>` (its replies
+# only: the permissions and the orchestrator's tenancy both read the identity from it)
+DEFAULT_INBOX = "_INBOX"
 
 # A subject one can publish to (a job's stream, a reply inbox): dot-separated non-empty tokens
 # with no wildcard (`*`, `>`), whitespace or control character, at most MAX_SUBJECT_CHARS.

@@ -9,7 +9,7 @@ caller of `api.state`, `api.jobs.get` and `api.cancel`.
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from llorch_common.connect import DEFAULT_INBOX
+from schemas.subjects import DEFAULT_INBOX
 
 
 def inbox_identity(reply: str) -> str | None:

@@ -13,10 +13,10 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
-from llorch_common.connect import DEFAULT_INBOX
 from llorch_orch import natsconf
 from llorch_orch.batch.config import RESULTS_STREAM
 from schemas import Subjects
+from schemas.subjects import DEFAULT_INBOX
 from tests.security.conftest import WAIT_S, ConnectAs, Secured
 
 S = Subjects()
