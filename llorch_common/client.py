@@ -12,7 +12,7 @@ safe.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, TypeVar
 
 import nats
@@ -74,7 +74,7 @@ def unavailable(subject: str, waited_s: float) -> Error:
 
 
 def _no_responders(msg: Msg) -> bool:
-    return bool(msg.headers) and msg.headers.get("Status") == _NO_RESPONDERS
+    return msg.headers is not None and msg.headers.get("Status") == _NO_RESPONDERS
 
 
 def _starting(event: Event | None) -> bool:
@@ -102,7 +102,7 @@ async def stream(
     stall_s: float = DEFAULT_STALL_S,
     headers: dict[str, str] | None = None,
     ready_s: float = DEFAULT_READY_S,
-) -> AsyncIterator[Event]:
+) -> AsyncGenerator[Event, None]:
     """Events of one job, in seq order, ending with exactly one End or Error."""
     subjects = subjects or Subjects()
     inbox = nc.new_inbox()

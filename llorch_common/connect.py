@@ -61,7 +61,7 @@ def fingerprint(secret: str | bytes) -> str:
 
 def nkey_public(seed_file: Path) -> str:
     """The public key (`U…`) of the nkey seed in `seed_file`."""
-    import nkeys  # type: ignore[import-untyped]  # only identities with nkeys need it
+    import nkeys  # only identities with nkeys need it
 
     seed = _read_seed(seed_file)
     try:

@@ -25,6 +25,7 @@ from llorch_common.local import (
     default_pool_id,
     read_stack_record,
     remove_stack_record,
+    seed_file,
     write_stack_record,
 )
 from schemas import (
@@ -55,15 +56,18 @@ URL_ENV = "LLORCH_NATS_URL"
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--nats-url", default=os.environ.get(URL_ENV),
+        "--nats-url",
+        default=os.environ.get(URL_ENV),
         help=f"default ${URL_ENV}, else the URL `llorch up` recorded in --data-dir, else "
         f"{DEFAULT_URL}",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--data-dir", type=Path, default=default_data_dir(),
+        "--data-dir",
+        type=Path,
+        default=default_data_dir(),
         help=f"the stack's data dir: its URL and credentials (default ${DATA_DIR_ENV}, "
         "else ~/.local/share/llorch)",
-    )  # fmt: skip
+    )
     p.add_argument("--prefix", default=DEFAULT_PREFIX, help="subject prefix")
     add_arguments(p)
 
@@ -73,9 +77,10 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--system", help="a system message before the prompt (chat)")
     p.add_argument(
-        "--raw", action="store_true",
+        "--raw",
+        action="store_true",
         help="send the prompt as raw text, without the model's chat template",
-    )  # fmt: skip
+    )
     p.add_argument("--max-tokens", type=int, default=512)
     p.add_argument("--seed", type=int)
     p.add_argument("--temperature", type=float, default=0.8)
@@ -90,18 +95,23 @@ def _stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--creds-dir", type=Path, help="with --nats-url: seeds from `nats-config`")
     p.add_argument("--listen", default="127.0.0.1", help="embedded server's bind address")
     p.add_argument(
-        "--port", type=int,
+        "--port",
+        type=int,
         help="port of the embedded nats-server (default: 4222 for up, a free one for run)",
-    )  # fmt: skip
+    )
     p.add_argument("--prefix", default=DEFAULT_PREFIX, help="subject prefix")
     p.add_argument("--pool-id", default=default_pool_id())
     p.add_argument("--cpu", action="store_true", help="run workers on the CPU even with GPUs")
     p.add_argument("--cpu-memory-bytes", type=int, help="cap the CPU device's capacity")
     p.add_argument("--device-memory-limit", type=int, help="cap each GPU's capacity (bytes)")
     p.add_argument(
-        "--allow-model-dir", type=Path, action="append", default=[], metavar="DIR",
+        "--allow-model-dir",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
         help="the pool also loads model files from DIR, in place (repeatable)",
-    )  # fmt: skip
+    )
     _metrics_arg(p, "orchestrator on PORT, pool on PORT+1")
     p.add_argument("--trace-console", action="store_true", help="print spans to the logs")
     settings.add_arguments(p)
@@ -109,9 +119,11 @@ def _stack_args(p: argparse.ArgumentParser) -> None:
 
 def _metrics_arg(p: argparse.ArgumentParser, where: str) -> None:
     p.add_argument(
-        "--metrics-port", type=int, default=observe.metrics_port_default(),
+        "--metrics-port",
+        type=int,
+        default=observe.metrics_port_default(),
         help=f"Prometheus metrics on 127.0.0.1 ({where}; default ${observe.METRICS_PORT_ENV})",
-    )  # fmt: skip
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,10 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     _metrics_arg(orch, "PORT")
     settings.add_arguments(orch)
     orch.add_argument(
-        "--operator", action="append", default=[], metavar="KEY",
+        "--operator",
+        action="append",
+        default=[],
+        metavar="KEY",
         help="an identity (nkey public key or user name) that sees and acts on every job "
         "(repeatable; `llorch up` passes its admin's)",
-    )  # fmt: skip
+    )
     conf = sub.add_parser("nats-config", help="write a server config and seeds per role")
     conf.add_argument("--out", type=Path, required=True, help="dir for nats.conf and creds/")
     conf.add_argument("--prefix", default=DEFAULT_PREFIX, help="subject prefix")
@@ -219,9 +234,14 @@ async def _dispatch(args: argparse.Namespace) -> int:
         cfg, batch_cfg = settings.from_args(args), load_batch(args.config)
         creds = Credentials.from_args(args, os.environ)
         return await serve(
-            args.nats_url, cfg, Subjects(args.prefix), batch_cfg, creds, args.metrics_port,
+            args.nats_url,
+            cfg,
+            Subjects(args.prefix),
+            batch_cfg,
+            creds,
+            args.metrics_port,
             args.operator,
-        )  # fmt: skip
+        )
     if args.command == "nats-config":
         return _nats_config(args)
     nc = await _connect(*_client_endpoint(args))
@@ -258,15 +278,20 @@ def _client_endpoint(args: argparse.Namespace) -> tuple[str, Credentials]:
         return url, creds
     creds_dir = Path(stack.creds_dir) if stack and stack.creds_dir else args.data_dir / "creds"
     name = "producer-cli" if args.command == "batch" else "client-cli"
-    seed = natsconf.seed_file(creds_dir, name)
+    seed = seed_file(creds_dir, name)
     return url, Credentials(nkey_seed_file=seed) if seed.is_file() else creds
 
 
 def _nats_config(args: argparse.Namespace) -> int:
     path = natsconf.write_deployment(
-        args.out, Subjects(args.prefix), args.pool_id, args.client, args.producer,
-        args.listen, args.store_dir,
-    )  # fmt: skip
+        args.out,
+        Subjects(args.prefix),
+        args.pool_id,
+        args.client,
+        args.producer,
+        args.listen,
+        args.store_dir,
+    )
     print(f"wrote {path} and seeds in {args.out / 'creds'}", file=sys.stderr)
     return 0
 
@@ -281,9 +306,13 @@ async def _connect(url: str, credentials: Credentials) -> Client:
     try:
         # nats-py retries forever with 0 attempts; 1 gives one retry, then NoServersError
         return await client.connect(
-            url, credentials, connect_timeout=3, max_reconnect_attempts=1,
-            reconnect_time_wait=0.2, error_cb=keep,
-        )  # fmt: skip
+            url,
+            credentials,
+            connect_timeout=3,
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.2,
+            error_cb=keep,
+        )
     except ProtocolError as exc:  # our side: a seed or creds file that cannot be used
         raise StackError(exc.message) from None
     except Exception as exc:

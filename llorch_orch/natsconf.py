@@ -79,25 +79,51 @@ def permissions(ident: Identity, s: Subjects) -> Permissions:
     """What one identity may publish and subscribe to: nothing its role does not need."""
     inbox = f"{DEFAULT_INBOX}.{ident.public_key}.>"  # its own replies only
     p = s.prefix
+    pub: tuple[str, ...]
+    sub: tuple[str, ...]
     match ident.role:
         case "orchestrator":
-            pub = (f"{p}.pool.*.spawn", f"{p}.pool.*.stop", s.snapshot_request,
-                   f"{p}.worker.*.execute", f"{p}.worker.*.cancel", f"{p}.batch.>",
-                   "_INBOX.>", "$JS.API.>", f"$JS.ACK.{BATCH_STREAM}.>")  # fmt: skip
-            sub = (f"{p}.api.>", s.heartbeat_all, s.ready_all, s.job_status_all, inbox,
-                   *_service("llorch-orchestrator"))  # fmt: skip
+            pub = (
+                f"{p}.pool.*.spawn",
+                f"{p}.pool.*.stop",
+                s.snapshot_request,
+                f"{p}.worker.*.execute",
+                f"{p}.worker.*.cancel",
+                f"{p}.batch.>",
+                "_INBOX.>",
+                "$JS.API.>",
+                f"$JS.ACK.{BATCH_STREAM}.>",
+            )
+            sub = (
+                f"{p}.api.>",
+                s.heartbeat_all,
+                s.ready_all,
+                s.job_status_all,
+                inbox,
+                *_service("llorch-orchestrator"),
+            )
             return Permissions(pub, sub, responses=True)
         case "pool":
             pool = ident.scope or ""
-            sub = (s.spawn(pool), s.stop(pool), s.snapshot_request, s.ready_all, inbox,
-                   *_service("llorch-pool"))  # fmt: skip
+            sub = (
+                s.spawn(pool),
+                s.stop(pool),
+                s.snapshot_request,
+                s.ready_all,
+                inbox,
+                *_service("llorch-pool"),
+            )
             return Permissions((s.heartbeat(pool),), sub, responses=True)
         case "worker":
             # Worker subjects carry no pool, so a worker identity covers every worker id; it
             # can never speak for a pool (heartbeat, spawn, stop).
             pub = (s.ready_all, s.job_status_all, "_INBOX.>")  # streams go to clients' inboxes
-            sub = (f"{p}.worker.*.execute", f"{p}.worker.*.cancel", inbox,
-                   *_service("llorch-worker"))  # fmt: skip
+            sub = (
+                f"{p}.worker.*.execute",
+                f"{p}.worker.*.cancel",
+                inbox,
+                *_service("llorch-worker"),
+            )
             return Permissions(pub, sub, responses=True)
         case "client":
             # the batch API (status, cancel of any batch) is the producers'
@@ -107,8 +133,12 @@ def permissions(ident: Identity, s: Subjects) -> Permissions:
             # Its namespace is the one token of a batch subject it may use: no other
             # producer's batches to submit into, read, cancel or watch (docs/batch.md).
             ns = ident.name.removeprefix(PRODUCER_PREFIX)
-            pub = (f"{p}.batch.submit.{ns}.*.*", f"{p}.api.batch.{ns}.*", "$JS.API.INFO",
-                   *_results_reader(s, ns))  # fmt: skip
+            pub = (
+                f"{p}.batch.submit.{ns}.*.*",
+                f"{p}.api.batch.{ns}.*",
+                "$JS.API.INFO",
+                *_results_reader(s, ns),
+            )
             return Permissions(pub, (inbox, f"{p}.batch.event.{ns}.*"), responses=False)
         case "admin":
             return Permissions((">",), (">",), responses=False)

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
+from nats.aio.client import Client
 
 from llorch_common.aio import wait_event
 from llorch_common.connect import Credentials, nkey_public, without_credentials
+from llorch_common.local import seed_file
 from schemas import ClusterState, Error, Heartbeat, StateRequest, Subjects, decoder, encode
 
 from . import natsconf
@@ -44,6 +46,7 @@ class Stack:
     children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     creds_dir: Path | None = None  # nkey seeds per identity (natsconf); None = open server
     _argv: dict[str, list[str]] = field(default_factory=dict)  # what `spawn` ran, per child
+    _fds: dict[str, tuple[int, ...]] = field(default_factory=dict)  # what each child inherits
 
     @classmethod
     def start_server(
@@ -58,7 +61,7 @@ class Stack:
         logs = data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         creds_dir = data_dir / "creds"
-        identities = natsconf.deployment([pool_id], clients=["cli"], producers=["cli"])
+        identities = natsconf.deployment([pool_id], clients=["cli", "http"], producers=["cli"])
         identities = natsconf.ensure_seeds(creds_dir, identities)
         config = data_dir / "nats.conf"
         natsconf.write_config(config, natsconf.render(identities, Subjects(prefix)))
@@ -75,31 +78,35 @@ class Stack:
         """`flag FILE` naming the identity's seed (a path, never the secret), when auth is on."""
         if self.creds_dir is None:
             return []
-        return [flag, str(natsconf.seed_file(self.creds_dir, identity))]
+        return [flag, str(seed_file(self.creds_dir, identity))]
 
     def operator_args(self) -> list[str]:
         """`--operator KEY` naming the admin identity (it sees and acts on every job), when
         auth is on and its seed is here."""
-        seed = natsconf.seed_file(self.creds_dir, "admin") if self.creds_dir else None
+        seed = seed_file(self.creds_dir, "admin") if self.creds_dir else None
         return ["--operator", nkey_public(seed)] if seed is not None and seed.is_file() else []
 
     def credentials(self, identity: str) -> Credentials:
         if self.creds_dir is None:
             return Credentials()
-        return Credentials(nkey_seed_file=natsconf.seed_file(self.creds_dir, identity))
+        return Credentials(nkey_seed_file=seed_file(self.creds_dir, identity))
 
-    def spawn(self, name: str, args: list[str]) -> None:
+    def spawn(self, name: str, args: list[str], pass_fds: tuple[int, ...] = ()) -> None:
+        """Start `python -m ARGS` as child `name`; `pass_fds` (a listening socket) stay open
+        in it, and in each child started in its place."""
         log = open(self.data_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 (child owns it)
         cmd = [sys.executable, "-m", *args, "--nats-url", self.nats_url, "--prefix", self.prefix]
         # With our own identities, a child must not also pick up the caller's from the env.
         env = without_credentials(os.environ) if self.creds_dir else None
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, pass_fds=pass_fds
+        )
         log.close()
         if name in self._argv:  # started again: in the place of the one that died
             self.children = [(n, proc if n == name else p) for n, p in self.children]
         else:
             self.children.append((name, proc))
-        self._argv[name] = args
+        self._argv[name], self._fds[name] = args, pass_fds
 
     def log_file(self, name: str) -> Path:
         return self.data_dir / "logs" / f"{name}.log"
@@ -147,11 +154,14 @@ class Stack:
                         f"(see {self.log_file(_SERVER)})"
                     )
                 delay = delays[name].next()
-                print(f"{name} {_how(proc.wait())}; restarting in {delay:g} s "
-                      f"(see {self.log_file(name)})", file=sys.stderr)  # fmt: skip
+                print(
+                    f"{name} {_how(proc.wait())}; restarting in {delay:g} s "
+                    f"(see {self.log_file(name)})",
+                    file=sys.stderr,
+                )
                 if await wait_event(stop, delay):
                     return
-                self.spawn(name, self._argv[name])
+                self.spawn(name, self._argv[name], self._fds[name])
                 exits.watch(name, self._proc(name))
         finally:
             exits.close()
@@ -253,7 +263,7 @@ class _Exits:
         self._fds.clear()
 
 
-async def _orchestrator_sees(nc: nats.NATS, subjects: Subjects, pool_id: str) -> bool:
+async def _orchestrator_sees(nc: Client, subjects: Subjects, pool_id: str) -> bool:
     """Whether the orchestrator answers `api.state` and lists the pool as alive."""
     try:
         msg = await nc.request(subjects.state, encode(StateRequest()), timeout=1.0)

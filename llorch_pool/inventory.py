@@ -104,7 +104,7 @@ def _read(path: str) -> str:
 def load_nvml() -> Any | None:
     """The initialised `pynvml` module, or None when NVML or its GPUs are absent."""
     try:
-        import pynvml  # type: ignore[import-untyped]  # absent without NVIDIA drivers
+        import pynvml  # absent without NVIDIA drivers
     except ImportError:
         return None
     try:

@@ -19,7 +19,7 @@ from llorch_worker.service import Worker
 def main() -> int:
     cfg = parse_args()
     ids = {"llorch.worker.id": cfg.worker_id, "llorch.pool.id": cfg.pool_id}
-    observe.setup("llorch-worker", **ids)  # metrics: OTLP only (no port: workers come and go)
+    observe.setup("llorch-worker", None, **ids)  # metrics: OTLP only (no port: workers come and go)
     return _run(Worker(cfg).run())
 
 

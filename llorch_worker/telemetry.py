@@ -50,7 +50,11 @@ def spawn_parent() -> Context:
 
 
 def load_span(worker_id: str, model: str, device: int) -> trace.Span:
-    attrs = {tracing.WORKER_ID: worker_id, tracing.MODEL: model, tracing.DEVICE: device}
+    attrs: dict[str, str | int] = {
+        tracing.WORKER_ID: worker_id,
+        tracing.MODEL: model,
+        tracing.DEVICE: device,
+    }
     return tracer.start_span("llorch.worker.load", spawn_parent(), attributes=attrs)
 
 
@@ -84,20 +88,23 @@ def job_ended(
         ttft.record((first - start) / 1e9, labels)
     if not span.is_recording():
         return
-    span.set_attributes({tracing.TOKENS_IN: tokens_in, tracing.TOKENS_OUT: tokens_out,
-                         tracing.OUTCOME: outcome})  # fmt: skip
+    span.set_attributes(
+        {tracing.TOKENS_IN: tokens_in, tracing.TOKENS_OUT: tokens_out, tracing.OUTCOME: outcome}
+    )
     if code:
         span.set_attribute(tracing.ERROR_CODE, code)
         span.set_status(trace.StatusCode.ERROR, code)
     ctx = trace.set_span_in_context(span)
     split = first if first is not None else end
-    prefill = tracer.start_span("llorch.prefill", ctx, start_time=start,
-                                 attributes={tracing.TOKENS_IN: tokens_in})  # fmt: skip
+    prefill = tracer.start_span(
+        "llorch.prefill", ctx, start_time=start, attributes={tracing.TOKENS_IN: tokens_in}
+    )
     prefill.end(split)
     if first is not None:
         span.set_attribute(tracing.TTFT_MS, (first - start) / 1e6)
         span.add_event("first_token", timestamp=first)
-        decode = tracer.start_span("llorch.decode", ctx, start_time=first,
-                                    attributes={tracing.TOKENS_OUT: tokens_out})  # fmt: skip
+        decode = tracer.start_span(
+            "llorch.decode", ctx, start_time=first, attributes={tracing.TOKENS_OUT: tokens_out}
+        )
         decode.end(end)
     span.end(end)

@@ -1,13 +1,18 @@
 """JSON encode/decode with coded errors: a bad message never raises anything but ProtocolError."""
 
+from __future__ import annotations
+
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
 from schemas.codes import ErrorCode, ProtocolError
 from schemas.ids import ID_PATTERN
 from schemas.text import clip
+
+if TYPE_CHECKING:  # typing only: no runtime dependency
+    from typing_extensions import TypeForm
 
 T = TypeVar("T")
 
@@ -31,11 +36,12 @@ def wire_size(data: bytes, headers: Mapping[str, str] | None) -> int:
     return len(data) + len(b"NATS/1.0\r\n\r\n") + block
 
 
-def decoder(kind: Any, max_bytes: int = MAX_MESSAGE_BYTES) -> Callable[[bytes], Any]:
-    """A decoder for `kind` (a Struct or a union of tagged Structs)."""
-    dec = msgspec.json.Decoder(kind)
+def decoder(kind: TypeForm[T], max_bytes: int = MAX_MESSAGE_BYTES) -> Callable[[bytes], T]:
+    """A decoder for `kind` (a Struct or a union of tagged Structs, `decoder(Ack | Error)`);
+    the type checker reads `kind` as a type form, so the decode function returns that type."""
+    dec: msgspec.json.Decoder[T] = msgspec.json.Decoder(kind)
 
-    def decode(data: bytes) -> Any:
+    def decode(data: bytes) -> T:
         if len(data) > max_bytes:
             raise ProtocolError(
                 ErrorCode.PAYLOAD_TOO_LARGE, f"message is {len(data)} bytes, limit {max_bytes}"

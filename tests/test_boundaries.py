@@ -32,8 +32,9 @@ HOST = {"ctypes", "importlib", "platform", "pwd", "grp", "getpass", "resource", 
 IO_STDLIB = frozenset(NETWORK | PROCESSES | FILES | CONCURRENCY_AND_CLOCK | HOST)
 # Randomness: the core's decisions must follow from its inputs alone.
 RANDOM_STDLIB = frozenset({"random", "secrets", "uuid"})
-# The only third-party package the contract and the core may use.
-THIRD_PARTY_ALLOWED = frozenset({"msgspec"})
+# The only third-party packages the contract and the core may use (typing_extensions: for the
+# type checker only, `TypeForm` in schemas.codec).
+THIRD_PARTY_ALLOWED = frozenset({"msgspec", "typing_extensions"})
 IO_BUILTINS = frozenset({"open", "print", "input", "breakpoint", "exec", "eval", "__import__"})
 # schemas.ids.new_id draws a job/batch id from the OS's randomness (not I/O of the process;
 # the core never calls it: the shell hands it ids).

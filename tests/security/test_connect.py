@@ -1,4 +1,4 @@
-"""llorch_common/connect.py: credentials from flags and env, never a secret in argv, repr or logs."""
+"""llorch_common.connect: credentials from flags and env, never a secret in argv, repr or logs."""
 
 from __future__ import annotations
 

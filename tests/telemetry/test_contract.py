@@ -1,4 +1,4 @@
-"""llorch_common.tracing and llorch_common.observe in-process: W3C headers, the no-tracing default, logs."""
+"""llorch_common.tracing and .observe in-process: W3C headers, the no-tracing default, logs."""
 
 from __future__ import annotations
 
