@@ -72,6 +72,8 @@ class Lifeline:
         self._log.error(
             "NATS closed the connection of the %s for good (%s): exiting with status %d, to be "
             "started again",
-            self._who, error or "no reason given", EXIT_CONNECTION_LOST,
-        )  # fmt: skip
+            self._who,
+            error or "no reason given",
+            EXIT_CONNECTION_LOST,
+        )
         self.lost.set()

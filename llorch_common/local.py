@@ -45,9 +45,10 @@ class StackRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 def write_stack_record(data_dir: Path, nats_url: str, creds_dir: Path | None) -> None:
     record = StackRecord(
-        nats_url=nats_url, creds_dir=None if creds_dir is None else str(creds_dir),
+        nats_url=nats_url,
+        creds_dir=None if creds_dir is None else str(creds_dir),
         pid=os.getpid(),
-    )  # fmt: skip
+    )
     tmp = data_dir / f".{STACK_FILE}.{os.getpid()}.tmp"
     tmp.write_bytes(msgspec.json.encode(record))
     tmp.replace(data_dir / STACK_FILE)  # a reader never sees half a file

@@ -28,8 +28,10 @@ METRICS_PORT_ENV = "LLORCH_METRICS_PORT"
 LOG_FORMAT_ENV = "LLORCH_LOG_FORMAT"
 CONTEXT_FIELDS = ("job_id", "worker_id", "pool_id", "model")  # taken from a record's `extra`
 # histogram buckets for durations in seconds (the SDK's default ones suit milliseconds)
-SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                   30.0, 60.0, 120.0, 300.0)  # fmt: skip
+SECONDS_BUCKETS = (
+    *(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),  # under a second
+    *(1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+)
 _USERINFO = re.compile(r"(\w+://)[^/@\s]+@")  # nats://user:password@host -> nats://***@host
 
 

@@ -53,8 +53,11 @@ async def serve(
     )
     lifeline.watch(nc)
     tenancy = Tenancy.of(credentials.inbox, operators)
-    log.info("jobs kept apart per identity: %s (%d operators)",
-             "yes" if tenancy.on else "no", len(tenancy.operators))  # fmt: skip
+    log.info(
+        "jobs kept apart per identity: %s (%d operators)",
+        "yes" if tenancy.on else "no",
+        len(tenancy.operators),
+    )
     service = OrchestratorService(nc, Core(cfg), subjects, tenancy=tenancy)
     await service.start()
     runner = await batch.start(service, batch_cfg or batch.BatchConfig())

@@ -15,11 +15,18 @@ def _mib(n: int | None) -> str:
 
 def state_table(state: ClusterState) -> str:
     devices = [
-        [p.pool_id, "up" if p.alive else "LOST", str(d.index), d.kind, d.name,
-         _mib(d.total_bytes), _mib(d.free_bytes)]
+        [
+            p.pool_id,
+            "up" if p.alive else "LOST",
+            str(d.index),
+            d.kind,
+            d.name,
+            _mib(d.total_bytes),
+            _mib(d.free_bytes),
+        ]
         for p in state.pools
         for d in p.devices
-    ]  # fmt: skip
+    ]
     workers = [
         [w.worker_id, p.pool_id, str(w.device), w.model, w.state, _mib(w.memory_bytes)]
         for p in state.pools
@@ -40,11 +47,18 @@ def state_table(state: ClusterState) -> str:
 
 def models_table(reply: ModelsReply) -> str:
     rows = [
-        [e.model.name, _mib(e.model.size_bytes), str(e.n_ctx or "-"), str(e.model.n_ctx_train),
-         "yes" if e.model.has_chat_template else "no", _mib(e.est_bytes),
-         "measured" if e.measured else "estimated", ",".join(e.pools)]
+        [
+            e.model.name,
+            _mib(e.model.size_bytes),
+            str(e.n_ctx or "-"),
+            str(e.model.n_ctx_train),
+            "yes" if e.model.has_chat_template else "no",
+            _mib(e.est_bytes),
+            "measured" if e.measured else "estimated",
+            ",".join(e.pools),
+        ]
         for e in reply.models
-    ]  # fmt: skip
+    ]
     # USABLE_CTX is what admission allows a request (prompt + max_tokens), TRAINED_CTX the
     # GGUF's own figure: they differ when the orchestrator configures a smaller context.
     header = ["MODEL", "FILE", "USABLE_CTX", "TRAINED_CTX", "CHAT", "BUDGET", "SOURCE", "POOLS"]

@@ -86,9 +86,14 @@ async def announce(
     try:
         # one attempt: nats-py keeps trying forever with max_reconnect_attempts=0
         nc = await nats.connect(
-            url, connect_timeout=2, allow_reconnect=False, max_reconnect_attempts=1,
-            reconnect_time_wait=0.2, error_cb=note, **creds.connect_options(),
-        )  # fmt: skip
+            url,
+            connect_timeout=2,
+            allow_reconnect=False,
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.2,
+            error_cb=note,
+            **creds.connect_options(),
+        )
     except NoServersError:  # nothing listens there (a refusal of us raises nats.errors.Error)
         return NoStack(f"no NATS server at {url}")
     except (OSError, TimeoutError, nats.errors.Error) as exc:

@@ -49,39 +49,51 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cpu", action="store_true", help="report the CPU device even with GPUs")
     serve.add_argument("--cpu-memory-bytes", type=positive_int, default=None)
     serve.add_argument(
-        "--device-memory-limit", type=positive_int, default=None, metavar="BYTES",
+        "--device-memory-limit",
+        type=positive_int,
+        default=None,
+        metavar="BYTES",
         help="report each GPU as at most BYTES big; free = min(NVML free, BYTES - what this "
         "pool's workers hold there) (to share a card, or to test eviction on a big one)",
-    )  # fmt: skip
+    )
     serve.add_argument("--worker-threads", type=positive_int, default=None)
     serve.add_argument(
-        "--metrics-port", type=int, default=observe.metrics_port_default(),
+        "--metrics-port",
+        type=int,
+        default=observe.metrics_port_default(),
         help=f"serve Prometheus metrics on 127.0.0.1:PORT (default ${observe.METRICS_PORT_ENV})",
-    )  # fmt: skip
+    )
     serve.add_argument(
-        "--allow-model-dir", type=Path, action="append", default=[], metavar="DIR",
+        "--allow-model-dir",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
         help="also load model files from DIR (besides <data-dir>/models and the bundled one)",
-    )  # fmt: skip
+    )
     connect.add_arguments(serve)  # the pool's own identity
     connect.add_arguments(serve, "worker")  # the identity its workers get (via env)
 
     models = sub.add_parser("models", help="the model catalog of this host")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     add = models_sub.add_parser(
-        "add", parents=[data_dir],
+        "add",
+        parents=[data_dir],
         help="link or copy a GGUF into <data-dir>/models (or keep it in place), hash it, and "
         "wait until a running stack serves it",
-    )  # fmt: skip
+    )
     add.add_argument("name")
     add.add_argument("path", type=Path)
     add.add_argument(
-        "--in-place", action="store_true",
+        "--in-place",
+        action="store_true",
         help="register the file where it lies (its dir must be allowed: --allow-model-dir)",
-    )  # fmt: skip
+    )
     add.add_argument(
-        "--nats-url", default=os.environ.get("LLORCH_NATS_URL"),
+        "--nats-url",
+        default=os.environ.get("LLORCH_NATS_URL"),
         help="the stack to tell (default $LLORCH_NATS_URL, else the `llorch up` of --data-dir)",
-    )  # fmt: skip
+    )
     add.add_argument("--prefix", default=DEFAULT_PREFIX)
     connect.add_arguments(add)  # default: the admin seed `llorch up` keeps in the data dir
     models_sub.add_parser("list", parents=[data_dir], help="list the catalog")
@@ -114,9 +126,11 @@ def models_add(data_dir: Path, args: argparse.Namespace) -> int:
     given = connect.Credentials.from_args(args, os.environ)
     stack = announce.endpoint(data_dir, args.nats_url, given)
     if stack is None:
-        print(f"no `llorch up` runs on {data_dir}: {args.name} will be served when it starts, "
-              "or at the next heartbeat of a pool serving this data dir (--nats-url URL waits "
-              "for that)")  # fmt: skip
+        print(
+            f"no `llorch up` runs on {data_dir}: {args.name} will be served when it starts, "
+            "or at the next heartbeat of a pool serving this data dir (--nats-url URL waits "
+            "for that)"
+        )
         return 0
     url, creds = stack
     sha256 = added.record.sha256
@@ -196,8 +210,11 @@ async def serve(
 ) -> int:
     await asyncio.to_thread(catalog.ensure_default, config.data_dir)
     inventory = Inventory.probe(config.pool_id, force_cpu, cpu_memory_bytes, device_memory_limit)
-    log.info("connecting as %s; workers get %s", credentials.describe(),
-             config.worker_credentials.describe())  # fmt: skip
+    log.info(
+        "connecting as %s; workers get %s",
+        credentials.describe(),
+        config.worker_credentials.describe(),
+    )
     lifeline = Lifeline(f"pool {config.pool_id}", log)
     nc = await asyncio.wait_for(
         nats.connect(

@@ -240,8 +240,9 @@ class PoolService:
             model = await asyncio.to_thread(catalog.resolve, self.config.data_dir, req.model)
         except ProtocolError as exc:
             if exc.code == ErrorCode.UNTRUSTED_MODEL:
-                audit.warning("refused model %r for worker %s: %s", req.model,
-                              req.worker_id, exc.message)  # fmt: skip
+                audit.warning(
+                    "refused model %r for worker %s: %s", req.model, req.worker_id, exc.message
+                )
             raise
         spawn_checks.check_fits(device, model)
         launch = supervisor.Launch(

@@ -243,10 +243,17 @@ class Worker:
             return
         cfg = self.cfg
         span = telemetry.execute_span(
-            req.subject, req.headers, **{tracing.JOB_ID: execute.job_id, tracing.MODEL: cfg.model,
-            tracing.WORKER_ID: cfg.worker_id, tracing.POOL_ID: cfg.pool_id,
-            tracing.DEVICE: cfg.device, tracing.CONVERSATION_ID: execute.job_id},
-        )  # fmt: skip
+            req.subject,
+            req.headers,
+            **{
+                tracing.JOB_ID: execute.job_id,
+                tracing.MODEL: cfg.model,
+                tracing.WORKER_ID: cfg.worker_id,
+                tracing.POOL_ID: cfg.pool_id,
+                tracing.DEVICE: cfg.device,
+                tracing.CONVERSATION_ID: execute.job_id,
+            },
+        )
         running = self._job
         if running is not None or self._draining or self._preparing:
             why = f"running job {running.job_id}" if running else "draining or preparing a job"

@@ -64,10 +64,11 @@ def add_parser(sub: argparse._SubParsersAction, common: Callable[..., None]) -> 
     for p in (submit, status, out, cancel):
         common(p)
         p.add_argument(
-            "--producer", metavar="NAME",
+            "--producer",
+            metavar="NAME",
             help=f"the batch namespace (default ${PRODUCER_ENV}, else NAME of the seed file "
             f"producer-NAME.nk in use, else {DEFAULT_PRODUCER})",
-        )  # fmt: skip
+        )
 
 
 def producer_of(args: argparse.Namespace, env: Mapping[str, str]) -> str:

@@ -61,9 +61,13 @@ class Collector:
 
     def result(self, batch_id: str, custom_id: str, attempts: int, now: float) -> BatchResult:
         result = BatchResult(
-            batch_id=batch_id, custom_id=custom_id, outcome="failed", text="".join(self.text),
-            attempts=attempts, completed_at=now,
-        )  # fmt: skip
+            batch_id=batch_id,
+            custom_id=custom_id,
+            outcome="failed",
+            text="".join(self.text),
+            attempts=attempts,
+            completed_at=now,
+        )
         if self.started is not None:
             result.worker_id, result.model = self.started.worker_id, self.started.model
             result.seed = self.started.seed
@@ -99,9 +103,13 @@ def why_empty(end: End, has_stop: bool, chat: bool) -> str:
 def failed(batch_id: str, custom_id: str, attempts: int, now: float, error: Error) -> BatchResult:
     """A result for a job that never ran (malformed, cancelled, poison)."""
     return BatchResult(
-        batch_id=batch_id, custom_id=custom_id, outcome="failed", attempts=attempts,
-        error=Error(code=error.code, message=error.message), completed_at=now,
-    )  # fmt: skip
+        batch_id=batch_id,
+        custom_id=custom_id,
+        outcome="failed",
+        attempts=attempts,
+        error=Error(code=error.code, message=error.message),
+        completed_at=now,
+    )
 
 
 def retry_delay(terminal: End | Error | None, delivered: int, cfg: BatchConfig) -> float | None:
