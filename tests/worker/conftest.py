@@ -181,6 +181,24 @@ class Stream:
         return run
 
 
+# A job that cannot end before the test interrupts it (cancel, abandon, a signal): greedy, so
+# the same text every run, on a prompt whose greedy text does not reach EOS in the whole
+# context (checked past 1900 tokens), and as many tokens as the context holds. It runs for
+# seconds; the interrupt follows its first token by one NATS round trip.
+LONG_PROMPT = "Write a long story about a dragon:"  # 8 tokens with BOS
+LONG_TOKENS = N_CTX - 16
+LONG_JOB: dict[str, Any] = {"prompt": LONG_PROMPT, "temperature": 0.0, "max_tokens": LONG_TOKENS}
+
+
+async def start_long_job(stream: Stream, worker_id: str) -> JobRun:
+    """Start LONG_JOB on `worker_id` and return once its first token arrived (it is running)."""
+    run = JobRun(await stream.execute(worker_id, **LONG_JOB))
+    assert isinstance(run.reply, Ack), run.reply
+    while not isinstance(await stream.next_event(run), Token):
+        assert not isinstance(run.events[-1], End | Error), run.events[-1]
+    return run
+
+
 async def generate(nc: Client, worker_id: str, job_id: str, **params: Any) -> JobRun:
     async with Stream(nc, job_id) as stream:
         run = JobRun(await stream.execute(worker_id, **params))

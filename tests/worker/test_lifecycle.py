@@ -10,15 +10,15 @@ import nats
 import pytest
 
 from llorch_orch.natsserver import NatsServer
-from schemas import Ack, End, Error, ErrorCode, Token, WorkerFailed, WorkerReady
+from schemas import End, Error, ErrorCode, WorkerFailed, WorkerReady
 from tests.worker.conftest import (
-    N_CTX,
+    LONG_TOKENS,
     WAIT,
-    JobRun,
     Stream,
     decode_status,
     spawn_worker,
     spawn_worker_async,
+    start_long_job,
     stop_worker,
 )
 
@@ -52,17 +52,17 @@ async def test_sigterm_finishes_the_running_job_refuses_new_ones_and_exits_0(
     nc = await nats.connect(nats_server.url)
     try:
         async with Stream(nc, "job-drain") as stream:
-            run = JobRun(await stream.execute("w-drain", max_tokens=48))
-            assert isinstance(run.reply, Ack)
-            while not isinstance(await stream.next_event(run), Token):
-                pass
+            # long: still running when the late execute arrives (a short job could have ended
+            # and the worker exited, leaving the late execute without a responder)
+            run = await start_long_job(stream, "w-drain")
             worker.proc.send_signal(signal.SIGTERM)
             async with Stream(nc, "job-late") as late:
                 refused = await late.execute("w-drain")
             assert isinstance(refused, Error) and refused.code == ErrorCode.WORKER_BUSY
             await stream.finish(run)
-        assert isinstance(run.terminal, End)
-        assert run.terminal.finish_reason == "length" and run.terminal.tokens_out == 48
+        assert [type(e) for e in run.events if isinstance(e, End | Error)] == [End]
+        assert run.terminal.finish_reason == "length" and run.terminal.tokens_out == LONG_TOKENS
+        assert run.statuses[-1].state == "finished"
         assert worker.proc.wait(timeout=WAIT) == 0
     finally:
         await nc.close()
@@ -76,11 +76,18 @@ async def test_sigint_ends_the_running_job_with_a_retriable_worker_lost_and_exit
     nc = await nats.connect(nats_server.url)
     try:
         async with Stream(nc, "job-stop") as stream:
-            run = await _streaming(stream, "w-stop")
+            run = await start_long_job(stream, "w-stop")
             worker.proc.send_signal(signal.SIGINT)
-            await stream.finish(run)
-        assert isinstance(run.terminal, Error), run.terminal
+            await stream.finish(run)  # up to the terminal event; asserts nothing follows it
+        assert [type(e) for e in run.events if isinstance(e, End | Error)] == [Error]
         assert run.terminal.code == ErrorCode.WORKER_LOST and run.terminal.retriable
+        final = run.statuses[-1]
+        assert (final.state, final.code, final.seq) == (
+            "failed",
+            ErrorCode.WORKER_LOST,
+            run.terminal.seq,
+        )
+        assert final.tokens_out < LONG_TOKENS
         assert worker.proc.wait(timeout=WAIT) == 0
     finally:
         await nc.close()
@@ -95,7 +102,7 @@ async def test_sighup_abandons_the_running_job_silently_and_exits_0(
     nc = await nats.connect(nats_server.url)
     try:
         async with Stream(nc, "job-hup") as stream:
-            run = await _streaming(stream, "w-hup")
+            run = await start_long_job(stream, "w-hup")
             worker.proc.send_signal(signal.SIGHUP)
             final = None
             while final is None or final.state != "abandoned":
@@ -107,17 +114,8 @@ async def test_sighup_abandons_the_running_job_silently_and_exits_0(
                 await stream.next_event(run)
             assert run.events[-1].seq == final.seq
             assert not any(isinstance(e, End | Error) for e in run.events)
+            assert final.tokens_out < LONG_TOKENS
         assert worker.proc.wait(timeout=WAIT) == 0
     finally:
         await nc.close()
         stop_worker(worker)
-
-
-async def _streaming(stream: Stream, worker_id: str) -> JobRun:
-    """A long greedy job (it cannot end by chance before a signal), up to its first token."""
-    long = {"prompt": "Write a long story about a dragon:", "max_tokens": N_CTX // 2}
-    run = JobRun(await stream.execute(worker_id, **long))
-    assert isinstance(run.reply, Ack)
-    while not isinstance(await stream.next_event(run), Token):
-        pass
-    return run

@@ -21,6 +21,8 @@ from schemas import (
     encode,
 )
 from tests.worker.conftest import (
+    LONG_JOB,
+    LONG_TOKENS,
     N_CTX,
     SUBJECTS,
     WAIT,
@@ -31,6 +33,7 @@ from tests.worker.conftest import (
     decode_status,
     generate,
     make_execute,
+    start_long_job,
 )
 
 _abandon_reply = decoder(JobStatus | Ack | Error)
@@ -104,28 +107,33 @@ async def test_stop_sequence_is_honoured_and_never_emitted(worker: WorkerProc, c
 
 async def test_busy_while_a_job_runs_then_cancel(worker: WorkerProc, client: Client):
     async with Stream(client, "job-long") as stream:
-        run = JobRun(await stream.execute(worker.worker_id, max_tokens=400))
-        assert isinstance(run.reply, Ack)
+        run = await start_long_job(stream, worker.worker_id)
         async with Stream(client, "job-second") as second:
             busy = await second.execute(worker.worker_id)
         assert isinstance(busy, Error)
         assert busy.code == ErrorCode.WORKER_BUSY and busy.retriable
-        while not isinstance(await stream.next_event(run), Token):
-            pass
         cancel = await client.request(
             SUBJECTS.worker_cancel(worker.worker_id), b'{"job_id":"job-long"}', timeout=WAIT
         )
         assert decode_reply(cancel.data) == Ack(detail="cancelling")
-        await stream.finish(run)
+        await stream.finish(run)  # up to the terminal event; asserts nothing follows it
+    assert [type(e) for e in run.events if isinstance(e, End | Error)] == [Error]
     assert isinstance(run.terminal, Error) and run.terminal.code == ErrorCode.CANCELLED
-    assert run.terminal.job_id == "job-long"
+    assert run.terminal.job_id == "job-long" and not run.terminal.retriable
     assert run.terminal.seq == run.events[-2].seq + 1
-    assert run.statuses[-1].state == "failed" and run.statuses[-1].code == ErrorCode.CANCELLED
-    assert len([e for e in run.events if isinstance(e, Token)]) < 400
+    final = run.statuses[-1]
+    assert (final.state, final.code) == ("failed", ErrorCode.CANCELLED)
+    assert [s.state for s in run.statuses].count("failed") == 1
+    # interrupted: fewer tokens made than asked (a token event may carry several)
+    tokens = len([e for e in run.events if isinstance(e, Token)])
+    assert 1 <= tokens <= final.tokens_out < LONG_TOKENS
     again = await client.request(
         SUBJECTS.worker_cancel(worker.worker_id), b'{"job_id":"job-long"}', timeout=WAIT
     )
     assert decode_reply(again.data) == Ack(detail="not running")
+    # and the worker is free again
+    after = await generate(client, worker.worker_id, "job-after-cancel", max_tokens=2)
+    assert isinstance(after.terminal, End) and after.terminal.tokens_out == 2
 
 
 async def test_resume_after_suppresses_events_the_client_has(worker: WorkerProc, client: Client):
@@ -143,17 +151,17 @@ async def test_resume_after_suppresses_events_the_client_has(worker: WorkerProc,
 async def test_client_gone_cancels_the_job(worker: WorkerProc, client: Client):
     gone = client.new_inbox()  # nobody subscribes: the client vanished before the job began
     status = await client.subscribe(SUBJECTS.job_status("job-gone"))
-    execute = encode_execute("job-gone", gone, max_tokens=400)
+    execute = encode_execute("job-gone", gone, **LONG_JOB)
     reply = await client.request(SUBJECTS.execute(worker.worker_id), execute, timeout=WAIT)
     assert isinstance(decode_reply(reply.data), Ack)
     final = None
     while final is None or final.state not in ("finished", "failed"):
         final = decode_status((await status.next_msg(timeout=WAIT)).data)
     assert final.state == "failed" and final.code == ErrorCode.CANCELLED
-    assert final.tokens_out < 400
+    assert final.tokens_out < LONG_TOKENS
     # and the worker is free again
     run = await generate(client, worker.worker_id, "job-after-gone", max_tokens=2)
-    assert isinstance(run.terminal, End)
+    assert isinstance(run.terminal, End) and run.terminal.tokens_out == 2
 
 
 async def test_context_overflow_is_refused_before_the_job_starts(
@@ -175,10 +183,7 @@ async def test_abandon_stops_the_stream_silently_and_answers_where_it_stopped(
     cancel = SUBJECTS.worker_cancel(worker.worker_id)
     abandon = encode(WorkerCancel(job_id="job-abandon", abandon=True))
     async with Stream(client, "job-abandon") as stream:
-        run = JobRun(await stream.execute(worker.worker_id, max_tokens=400))
-        assert isinstance(run.reply, Ack)
-        while not isinstance(await stream.next_event(run), Token):
-            pass
+        run = await start_long_job(stream, worker.worker_id)
         final = _abandon_reply((await client.request(cancel, abandon, timeout=WAIT)).data)
         assert isinstance(final, JobStatus), final
         assert (final.state, final.code) == ("abandoned", ErrorCode.WORKER_LOST)
@@ -187,11 +192,12 @@ async def test_abandon_stops_the_stream_silently_and_answers_where_it_stopped(
             await stream.next_event(run)
         assert run.events[-1].seq == final.seq
         assert not any(isinstance(e, End | Error) for e in run.events)
-        assert final.tokens_out < 400
+        tokens = len([e for e in run.events if isinstance(e, Token)])
+        assert 1 <= tokens <= final.tokens_out < LONG_TOKENS
     again = _abandon_reply((await client.request(cancel, abandon, timeout=WAIT)).data)
     assert again == final  # asked again: how it ended, nothing restarted
     run = await generate(client, worker.worker_id, "job-after-abandon", max_tokens=2)
-    assert isinstance(run.terminal, End)
+    assert isinstance(run.terminal, End) and run.terminal.tokens_out == 2
 
 
 async def test_bad_payloads_get_coded_errors_and_the_worker_keeps_serving(
