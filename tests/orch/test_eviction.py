@@ -6,6 +6,7 @@ from .factory import (
     T0,
     GiB,
     MiB,
+    executes,
     gpu,
     heartbeat,
     make_core,
@@ -34,9 +35,10 @@ def test_idle_worker_stopped_after_keep_alive() -> None:
     assert stop.request.worker_id == w and stop.request.drain and stop.reason == "keep-alive"
     assert core.view.workers[w].phase == "draining"
     assert not stops(core.handle(tick(T0 + 30)))  # asked once
-    # a draining worker takes no job
+    # a draining worker takes no job: it waits (for a new worker)
     out = core.handle(submit("j2", T0 + 31))
-    assert not any(e.worker_id == w for e in out if hasattr(e, "worker_id"))
+    assert not executes(out) and core.job_info("j2").state == "queued"
+    assert core.view.workers[w].phase == "draining" and core.view.workers[w].job_id is None
 
 
 def test_keep_alive_zero_means_never() -> None:
@@ -55,7 +57,7 @@ def test_keep_alive_is_per_model() -> None:
     core.handle(heartbeat(models=[model("a"), model("b")], workers=[
         winfo("wa", model_name="a"), winfo("wb", model_name="b"),
     ]))  # fmt: skip
-    out = core.handle(tick(T0 + 1))  # keep the pool alive
+    core.handle(tick(T0 + 1))  # keep the pool alive
     core.handle(heartbeat(now=T0 + 5, models=[model("a"), model("b")], workers=[
         winfo("wa", model_name="a"), winfo("wb", model_name="b"),
     ]))  # fmt: skip
@@ -131,8 +133,10 @@ def test_busy_worker_never_evicted() -> None:
 def test_evicted_worker_takes_no_job() -> None:
     core, _ = pressure_core()
     core.handle(submit("jbig", T0 + 10, model_name="big"))
+    assert core.view.workers["wa"].phase == "draining"
     out = core.handle(submit("ja2", T0 + 11, model_name="a"))
-    assert not any(getattr(c, "worker_id", None) == "wa" for c in out)
+    assert not executes(out) and core.job_info("ja2").state == "queued"
+    assert core.view.workers["wa"].phase == "draining"
 
 
 def test_measured_footprint_may_exceed_total() -> None:
