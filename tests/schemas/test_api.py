@@ -38,14 +38,16 @@ def test_an_unknown_role_is_invalid_params_and_names_the_field() -> None:
     with pytest.raises(ProtocolError) as refused:
         _generate(b'{"model": "m", "messages": [{"role": "tool", "content": "x"}]}')
     assert refused.value.code == ErrorCode.INVALID_PARAMS
-    assert "role" in refused.value.message
+    assert refused.value.message == "Invalid enum value 'tool' - at `$.messages[0].role`"
 
 
 def test_chat_round_trips_and_the_other_messages_carry_it() -> None:
     turns = [ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="")]
     request = _generate(b'{"model": "m", "messages": ' + encode(turns) + b"}")
     assert request.messages == turns and request.prompt is None
-    assert decoder(BatchJob)(encode(BatchJob(model="m", messages=turns, custom_id="c1")))
+    job = BatchJob(model="m", messages=turns, custom_id="c1")
+    again = decoder(BatchJob)(encode(job))
+    assert again == job and again.messages == turns and again.prompt is None
     with pytest.raises(ValueError, match="exactly one"):
         Execute(
             job_id="j", model="m", max_tokens=1, temperature=0, top_p=1, top_k=0, seed=0,

@@ -21,25 +21,26 @@ def refused(data: bytes) -> ProtocolError:
 
 
 @pytest.mark.parametrize(
-    ("field", "code"),
+    ("field", "code", "at"),
     [
-        ('"deadline_ms":' + "9" * 401, ErrorCode.INVALID_PARAMS),
-        ('"deadline_ms":86400001', ErrorCode.INVALID_PARAMS),
-        ('"max_tokens":1000001', ErrorCode.INVALID_PARAMS),
-        ('"top_k":1000001', ErrorCode.INVALID_PARAMS),
-        ('"device":1024', ErrorCode.INVALID_PARAMS),
-        ('"model":"' + "m" * 129 + '"', ErrorCode.INVALID_PARAMS),
-        ('"stop":["' + "s" * 65 + '"]', ErrorCode.INVALID_PARAMS),
-        ('"stop":' + '["s"' + ',"s"' * 64 + "]", ErrorCode.INVALID_PARAMS),
-        ('"job_id":"ok\\n"', ErrorCode.INVALID_ID),  # `$` let a trailing newline through
-        ('"job_id":"' + "j" * 65 + '"', ErrorCode.INVALID_ID),
-        ('"pool":"a.b"', ErrorCode.INVALID_ID),
-        ('"priority":"' + "p" * 100_000 + '"', ErrorCode.INVALID_PARAMS),
+        ('"deadline_ms":' + "9" * 401, ErrorCode.INVALID_PARAMS, "deadline_ms"),
+        ('"deadline_ms":86400001', ErrorCode.INVALID_PARAMS, "deadline_ms"),
+        ('"max_tokens":1000001', ErrorCode.INVALID_PARAMS, "max_tokens"),
+        ('"top_k":1000001', ErrorCode.INVALID_PARAMS, "top_k"),
+        ('"device":1024', ErrorCode.INVALID_PARAMS, "device"),
+        ('"model":"' + "m" * 129 + '"', ErrorCode.INVALID_PARAMS, "model"),
+        ('"stop":["' + "s" * 65 + '"]', ErrorCode.INVALID_PARAMS, "stop[0]"),
+        ('"stop":' + '["s"' + ',"s"' * 64 + "]", ErrorCode.INVALID_PARAMS, "stop"),
+        ('"job_id":"ok\\n"', ErrorCode.INVALID_ID, "job_id"),  # `$` let a trailing newline through
+        ('"job_id":"' + "j" * 65 + '"', ErrorCode.INVALID_ID, "job_id"),
+        ('"pool":"a.b"', ErrorCode.INVALID_ID, "pool"),
+        ('"priority":"' + "p" * 100_000 + '"', ErrorCode.INVALID_PARAMS, "priority"),
     ],
 )
-def test_out_of_bounds_fields_are_coded_and_short(field: str, code: ErrorCode) -> None:
+def test_out_of_bounds_fields_are_coded_and_short(field: str, code: ErrorCode, at: str) -> None:
     error = refused(f'{{"model":"m","prompt":"hi",{field}}}'.encode())
     assert error.code == code and len(error.message) < 500, error
+    assert error.message.endswith(f"`$.{at}`"), error.message  # names the field it refuses
 
 
 def test_a_chat_role_is_never_echoed_whole() -> None:
@@ -50,13 +51,15 @@ def test_a_chat_role_is_never_echoed_whole() -> None:
 
 
 def test_invalid_utf8_inside_a_string_is_coded() -> None:
-    assert refused(b'{"model":"m","prompt":"\xff\xfe"}').code == ErrorCode.INVALID_PARAMS
+    error = refused(b'{"model":"m","prompt":"\xff\xfe"}')
+    assert (error.code, error.message) == (ErrorCode.INVALID_PARAMS, "invalid UTF-8 in a string")
 
 
 def test_cancel_with_a_huge_id_is_invalid_id() -> None:
     with pytest.raises(ProtocolError) as info:
         _cancel(b'{"job_id":"' + b"j" * 1_000_000 + b'"}')
     assert info.value.code == ErrorCode.INVALID_ID and len(info.value.message) < 500
+    assert info.value.message.endswith("`$.job_id`"), info.value.message
 
 
 @pytest.mark.parametrize(
