@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -35,13 +36,14 @@ from schemas import (
     Error,
     Event,
     GenerateRequest,
+    Heartbeat,
     ProtocolError,
     Queued,
     Subjects,
     Token,
 )
 
-from . import natsconf, settings
+from . import edge, natsconf, settings
 from .batch import cli as batch_cli
 from .batch import load as load_batch
 from .stack import Stack, StackError
@@ -131,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start nats-server, orchestrator and a pool on this host")
     _stack_args(up)
+    _http_args(up)
     run = sub.add_parser("run", help="start the stack, stream one generation, stop")
     _stack_args(run)
     _generate_args(run)
@@ -167,17 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("--producer", action="append", default=[], help="batch producer")
     conf.add_argument("--listen", help="host:port for the config's listen line")
     conf.add_argument("--store-dir", type=Path, help="JetStream store dir for the config")
-    for name in ("pool", "worker"):
+    for name in ("pool", "worker", "http"):
         sub.add_parser(
             name, help=f"run a {name} alone (see `llorch {name} --help`)", add_help=False
         )
     return parser
 
 
+_PACKAGES = {"pool": "llorch_pool", "worker": "llorch_worker", "http": "llorch_http"}
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("pool", "worker"):  # owned by their packages: hand over
-        package = {"pool": "llorch_pool", "worker": "llorch_worker"}[argv[0]]
+    if argv and argv[0] in _PACKAGES:  # owned by their packages: hand over
+        package = _PACKAGES[argv[0]]
         os.execv(sys.executable, [sys.executable, "-m", package, *argv[1:]])
     if argv[:2] == ["models", "add"]:
         os.execv(sys.executable, [sys.executable, "-m", "llorch_pool", *argv])
@@ -340,6 +346,7 @@ async def _up(args: argparse.Namespace) -> int:
         port = args.port if args.command == "up" else None
         port = port or (4222 if args.command == "up" else None)
         stack = Stack.start_server(data_dir, port, args.prefix, args.pool_id, args.listen)
+    http: socket.socket | None = None
     try:
         pool = ["llorch_pool", "serve", "--pool-id", args.pool_id, "--data-dir", str(data_dir)]
         if args.cpu:
@@ -359,17 +366,16 @@ async def _up(args: argparse.Namespace) -> int:
         pool += ["--metrics-port", str(port + 1 if port else 0)]
         stack.spawn("orchestrator", orch)
         stack.spawn("pool", pool)
+        http = _start_http(stack, args)
         hb = await stack.wait_ready(args.pool_id)
+        if http is not None:
+            await edge.wait_ready(stack, http)
         # `up` only: a Ctrl-C from the moment "up" is printed is a clean stop, and `run` is
         # gone before anyone could use the record
         stop = _stop_event() if args.command == "up" else None
         if stop is not None:
             write_stack_record(data_dir, stack.nats_url, stack.creds_dir)
-        devices = ", ".join(f"{d.name} ({d.total_bytes >> 20} MiB)" for d in hb.devices)
-        print(
-            f"llorch is up on {stack.nats_url}: pool {hb.pool_id} with {devices}", file=sys.stderr
-        )
-        print(f"logs: {data_dir / 'logs'}", file=sys.stderr)
+        _announce(stack, hb, args.http if http is not None else None)
         if stop is None:
             nc = await _connect(stack.nats_url, stack.credentials("client-cli"))
             try:
@@ -381,6 +387,56 @@ async def _up(args: argparse.Namespace) -> int:
     finally:
         remove_stack_record(data_dir)
         stack.stop()
+        if http is not None:
+            http.close()
+
+
+def _announce(stack: Stack, hb: Heartbeat, http: tuple[str, int] | None) -> None:
+    """What `up` prints once it serves: where, on what, and where the logs are."""
+    devices = ", ".join(f"{d.name} ({d.total_bytes >> 20} MiB)" for d in hb.devices)
+    print(f"llorch is up on {stack.nats_url}: pool {hb.pool_id} with {devices}", file=sys.stderr)
+    if http is not None:
+        home = edge.url(*http)
+        print(f"OpenAI API on {home}v1, dashboard on {home}", file=sys.stderr)
+    print(f"logs: {stack.data_dir / 'logs'}", file=sys.stderr)
+
+
+def _http_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--http",
+        type=edge.address,
+        default=edge.DEFAULT,
+        metavar="HOST:PORT|off",
+        help=f"the OpenAI-compatible API and the dashboard (default {edge.DEFAULT})",
+    )
+    p.add_argument(
+        "--api-key-file",
+        type=Path,
+        metavar="FILE",
+        help="the HTTP API's keys, one per line (also $LLORCH_HTTP_API_KEYS); required when "
+        "--http binds a non-loopback address",
+    )
+    p.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve a non-loopback --http address without API keys",
+    )
+
+
+def _start_http(stack: Stack, args: argparse.Namespace) -> socket.socket | None:
+    """The HTTP edge, for `up` unless `--http off`: its socket (bound here, see edge.py)."""
+    if args.command != "up" or args.http is None:
+        return None
+    sock = edge.bind(*args.http)
+    extra = ["--data-dir", str(args.data_dir)]
+    if args.api_key_file:
+        extra += ["--api-key-file", str(args.api_key_file.resolve())]
+    if args.insecure_no_auth:
+        extra.append("--insecure-no-auth")
+    port = args.metrics_port
+    extra += ["--metrics-port", str(port + 2 if port else 0)]
+    edge.spawn(stack, sock, extra)
+    return sock
 
 
 def _stop_event() -> asyncio.Event:

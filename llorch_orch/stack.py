@@ -29,6 +29,7 @@ READY_TIMEOUT_S = 60.0
 # most, and the first again once the child had run this long (a crash loop does not spin, a
 # rare crash costs half a second).
 RESTART_FIRST_S, RESTART_MAX_S, RESTART_RESET_S = 0.5, 10.0, 60.0
+HTTP_IDENTITY = "client-http"  # the HTTP edge's (llorch_http), a client of the bus
 _heartbeat = decoder(Heartbeat)
 _state = decoder(ClusterState | Error)
 
@@ -81,10 +82,15 @@ class Stack:
         return [flag, str(seed_file(self.creds_dir, identity))]
 
     def operator_args(self) -> list[str]:
-        """`--operator KEY` naming the admin identity (it sees and acts on every job), when
-        auth is on and its seed is here."""
-        seed = seed_file(self.creds_dir, "admin") if self.creds_dir else None
-        return ["--operator", nkey_public(seed)] if seed is not None and seed.is_file() else []
+        """`--operator KEY` for each identity that sees and acts on every job, when auth is on
+        and its seed is here: the admin, and the HTTP edge (its dashboard shows the whole
+        cluster; it cancels only the jobs it submitted)."""
+        out: list[str] = []
+        for name in ("admin", HTTP_IDENTITY):
+            seed = seed_file(self.creds_dir, name) if self.creds_dir else None
+            if seed is not None and seed.is_file():
+                out += ["--operator", nkey_public(seed)]
+        return out
 
     def credentials(self, identity: str) -> Credentials:
         if self.creds_dir is None:
@@ -122,7 +128,7 @@ class Stack:
             deadline = asyncio.get_running_loop().time() + READY_TIMEOUT_S
             heartbeat: Heartbeat | None = None
             while asyncio.get_running_loop().time() < deadline:
-                self._check_children()
+                self.check_children()
                 if heartbeat is not None and await _orchestrator_sees(nc, subjects, pool_id):
                     return heartbeat
                 with contextlib.suppress(nats.errors.TimeoutError):
@@ -171,7 +177,7 @@ class Stack:
             return self.server.proc
         return next(proc for n, proc in self.children if n == name)
 
-    def _check_children(self) -> None:
+    def check_children(self) -> None:
         for name, proc in self.children:
             if proc.poll() is not None:
                 log = self.log_file(name)

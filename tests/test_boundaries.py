@@ -1,7 +1,7 @@
 """Package boundaries, read from the source (ast), not from what happens to be importable.
 
-- the components (`llorch_orch`, `llorch_pool`, `llorch_worker`) never import each other: they
-  talk only over NATS;
+- the components (`llorch_orch`, `llorch_pool`, `llorch_worker`, and the HTTP edge
+  `llorch_http`) never import each other: they talk only over NATS;
 - `llorch_common` (the runtime they share) imports `schemas` and no llorch package besides;
 - `schemas` (the wire contract) imports no llorch package at all;
 - `schemas` and the orchestrator's pure core (`llorch_orch/core`) import no I/O library (no
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-COMPONENTS = ("llorch_orch", "llorch_pool", "llorch_worker")
+COMPONENTS = ("llorch_http", "llorch_orch", "llorch_pool", "llorch_worker")
 
 # Standard-library modules that do I/O or load code: the wire contract and the pure core use none.
 NETWORK = {"socket", "socketserver", "ssl", "select", "selectors", "http", "urllib", "ftplib"}

@@ -1,0 +1,3 @@
+from llorch_http.cli import main
+
+raise SystemExit(main())

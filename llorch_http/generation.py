@@ -1,0 +1,91 @@
+"""One job on behalf of one HTTP request: its events from NATS, and its cancellation when
+the HTTP client leaves before the end (the edge keeps nothing once the request is over)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Coroutine
+from typing import Any, TypeVar
+
+from nats.aio.client import Client
+from starlette.types import Receive
+
+from llorch_common import client
+from schemas import End, Error, ErrorCode, Event, GenerateRequest, Queued, Started, Subjects
+
+log = logging.getLogger("llorch.http")
+T = TypeVar("T")
+
+# Clean-ups still in flight: a task nobody references may be collected mid-way.
+_running: set[asyncio.Task[Any]] = set()
+
+
+def _background(work: Coroutine[Any, Any, Any]) -> None:
+    task = asyncio.create_task(work)
+    _running.add(task)
+    task.add_done_callback(_running.discard)
+
+
+class Disconnected(Exception):
+    """The HTTP client went away before its answer was complete."""
+
+
+class Job:
+    """The events of one job, `queued` and `started` left out (HTTP has nothing to say about
+    them). Leaving before the terminal event (`close`) cancels the job."""
+
+    def __init__(self, nc: Client, subjects: Subjects, request: GenerateRequest) -> None:
+        assert request.job_id is not None  # chosen by the edge: cancellable before `started`
+        self.job_id = request.job_id
+        self._nc, self._subjects = nc, subjects
+        self._events: AsyncGenerator[Event, None] = client.stream(nc, request, subjects)
+        self.ended = False
+
+    async def next(self) -> Event:
+        """The next token, or the terminal End or Error."""
+        async for event in self._events:
+            if isinstance(event, Queued | Started):
+                continue
+            self.ended = isinstance(event, End | Error)
+            return event
+        raise AssertionError("a job's stream ends with End or Error")  # client.stream's rule
+
+    def close(self) -> None:
+        """Stop listening; a job not yet ended is cancelled. Both in the background: this
+        runs where the request is being cancelled (its client left), and there any await
+        would be cancelled in turn, nor should a request wait for the orchestrator's answer."""
+        _background(self._events.aclose())
+        if not self.ended:
+            self.ended = True
+            _background(self._cancel())
+
+    async def _cancel(self) -> None:
+        reply = await client.cancel(self._nc, self.job_id, self._subjects, ready_s=0)
+        if isinstance(reply, Error) and reply.code != ErrorCode.NOT_FOUND:  # ended already
+            log.warning("cancelling %s: %s", self.job_id, reply.message)
+
+
+async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
+    """`work`'s result, or Disconnected (and `work` cancelled) when the client leaves first.
+    Only once the request body has been read: from then on `receive` waits for the
+    disconnect."""
+    job = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnect(receive))
+    try:
+        await asyncio.wait((job, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not job.done():
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+    if job.cancelled():
+        raise Disconnected
+    return job.result()
+
+
+async def _disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
