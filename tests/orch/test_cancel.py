@@ -92,7 +92,7 @@ def test_cancel_then_busy_refusal_does_not_resurrect_the_job() -> None:
     core.cancel(T0 + 1, "j1")
     out = core.handle(refused("j1", "wx", T0 + 1, ErrorCode.WORKER_BUSY))
     assert error_codes(out) == {"j1": ErrorCode.CANCELLED}
-    assert "j1" not in core.queue
+    assert "j1" not in core.queue and core.job_info("j1").state == "cancelled"
 
 
 def test_cancel_frees_the_slot_for_the_next_job() -> None:
@@ -109,7 +109,7 @@ def test_cancel_in_flight_dispatch_and_then_worker_finishes() -> None:
     w = only_spawn(core.handle(submit("j1"))).request.worker_id
     core.handle(ready(w))
     _, out = core.cancel(T0, "j1")  # execute sent, not yet acked
-    assert cancels(out)
+    assert [(c.worker_id, c.job_id) for c in cancels(out)] == [(w, "j1")]
     out = core.handle(status("j1", w, "finished", seq=3))
     assert not errors(out) and core.job_info("j1").state == "finished"
     assert not errors(core.handle(tick(T0 + 100)))
