@@ -66,6 +66,7 @@ WORKER_ID = "llorch.worker.id"
 DEVICE = "llorch.device"
 ATTEMPT = "llorch.attempt"
 QUEUE_POSITION = "llorch.queue.position"
+REASONS = "llorch.reasons"  # why a job waits (attribute of the `llorch.pending` span event)
 OUTCOME = "llorch.outcome"
 ERROR_CODE = "llorch.error.code"
 TOKENS_IN = "llorch.tokens.in"

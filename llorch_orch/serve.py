@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import signal
 from collections.abc import Iterable
+from pathlib import Path
 
 import nats
 
@@ -17,6 +19,7 @@ from schemas import SnapshotRequest, Subjects, encode
 from . import batch
 from .core import Core, OrchConfig
 from .core.tenancy import Tenancy
+from .eventlog import EventLog
 from .service import OrchestratorService
 
 log = logging.getLogger("llorch.orch")
@@ -30,10 +33,12 @@ async def serve(
     credentials: Credentials | None = None,
     metrics_port: int | None = None,
     operators: Iterable[str] = (),
+    record_events: Path | None = None,
 ) -> int:
     """Serve until SIGINT/SIGTERM (0), or until NATS closes the connection for good
     (EXIT_CONNECTION_LOST: nothing can be served or cleaned up on it any more).
-    `operators` (public keys or user names) see and act on every job (`Tenancy.of`)."""
+    `operators` (public keys or user names) see and act on every job (`Tenancy.of`);
+    `record_events`: a file for every event the core is fed, with its outputs (`eventlog`)."""
     observe.setup("llorch-orchestrator", metrics_port)
     credentials = credentials or Credentials()
     log.info("connecting to %s as %s", nats_url, credentials.describe())
@@ -58,7 +63,10 @@ async def serve(
         "yes" if tenancy.on else "no",
         len(tenancy.operators),
     )
-    service = OrchestratorService(nc, Core(cfg), subjects, tenancy=tenancy)
+    incarnation = secrets.token_hex(3)  # worker ids of this run: never a predecessor's
+    record = EventLog(record_events, cfg, incarnation) if record_events else None
+    core = Core(cfg, incarnation)
+    service = OrchestratorService(nc, core, subjects, tenancy=tenancy, record=record)
     await service.start()
     runner = await batch.start(service, batch_cfg or batch.BatchConfig())
     log.info("orchestrator serving on %s (prefix %s)", nats_url, subjects.prefix)
@@ -73,4 +81,6 @@ async def serve(
     await service.stop()
     lifeline.leaving()
     await nc.drain()
+    if record is not None:
+        record.close()
     return 0

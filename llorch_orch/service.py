@@ -45,11 +45,25 @@ from schemas.codec import wire_size
 from schemas.subjects import is_publish_subject
 from schemas.text import clip
 
-from .core import AbandonOnWorker, CancelOnWorker, Command, Core, Emit, SendExecute, Spawn, Stop
+from .core import (
+    AbandonOnWorker,
+    Answered,
+    CancelOnWorker,
+    Core,
+    Emit,
+    JobEnded,
+    Notice,
+    Output,
+    Pending,
+    SendExecute,
+    Spawn,
+    Stop,
+)
 from .core import events as ev
 from .core.report import cluster_state, models
 from .core.tenancy import ANYONE, Caller, Tenancy, inbox_identity
-from .telemetry import Telemetry, tracer
+from .eventlog import EventLog
+from .telemetry import Routed, Telemetry, tracer
 
 log = logging.getLogger("llorch.orch")
 
@@ -77,17 +91,22 @@ class OrchestratorService:
         subjects: Subjects | None = None,
         clock: Callable[[], float] = time.time,
         tenancy: Tenancy | None = None,
+        record: EventLog | None = None,
     ) -> None:
+        """`record`: where every event fed to the core goes, with its outputs (a replay checks
+        them: `python -m llorch_orch.replay`)."""
         self.nc = nc
         self.core = core
         self.subjects = subjects or Subjects()
         self.clock = clock
         self.tenancy = tenancy or Tenancy()
-        self.telemetry = Telemetry(core)
+        self.telemetry = Telemetry(core, self.subjects)
+        self.record = record
+        self._listeners: list[Callable[[list[Notice]], None]] = []
         self._lock = asyncio.Lock()  # one handle+execute at a time keeps command order
         self._wake = asyncio.Event()
         self._inbox = f"{nc.new_inbox()}.exec"
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
         self._timer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -110,7 +129,7 @@ class OrchestratorService:
             ("models", s.models, self._on_models),
         ):
             await service.add_endpoint(name=name, subject=subject, handler=_traced(handler))
-        self.telemetry.observe(asyncio.get_running_loop())
+        self.telemetry.gauges(asyncio.get_running_loop())
         self._timer = asyncio.create_task(self._timer_loop())
         await self._publish(s.snapshot_request, SnapshotRequest(), to_client=False)
 
@@ -124,40 +143,48 @@ class OrchestratorService:
                 await self._timer
 
     # ---- feeding the core ----------------------------------------------------------------
-    async def _feed(self, event: ev.Event) -> None:
+    def on_notices(self, listener: Callable[[list[Notice]], None]) -> None:
+        """Hear what the core tells about jobs (`JobEnded`, `Pending`) after each event."""
+        self._listeners.append(listener)
+
+    async def _feed(self, event: ev.Event) -> list[Output]:
+        """The one way into the core: handle, record, observe, carry out, tell listeners."""
         async with self._lock:
-            await self._carry_out(self.core.handle(event), event)
+            outputs = self.core.handle(event)
+            if self.record is not None:
+                self.record.write(event, outputs)
+            await self._carry_out(self.telemetry.observe(event, outputs, self.clock()))
+            notices: list[Notice] = [o for o in outputs if isinstance(o, JobEnded | Pending)]
+            for listener in self._listeners if notices else ():
+                listener(notices)
         self._wake.set()
+        return outputs
 
-    async def _carry_out(self, commands: list[Command], event: ev.Event | None) -> None:
-        try:
-            for command in commands:
-                await self._execute(command)
-        finally:  # a publish that failed still ends the jobs the core ended (their records)
-            self.telemetry.carried_out(commands, event, self.clock())
+    async def _carry_out(self, routed: list[Routed]) -> None:
+        for each in routed:
+            await self._execute(each)
 
-    async def _execute(self, command: Command) -> None:
-        match command:
-            case Emit(subject=subject, event=event, job_id=job_id):
-                await self._publish(subject, event, headers=self.telemetry.headers(job_id))
+    async def _execute(self, routed: Routed) -> None:
+        headers, parent = routed.headers, routed.parent
+        match routed.command:
+            case Emit(subject=subject, event=event):
+                await self._publish(subject, event, headers=headers)
             case SendExecute(worker_id=worker_id, execute=execute, attempt=attempt):
                 reply = f"{self._inbox}.{execute.job_id}.{attempt}.{worker_id}"
                 subject = self.subjects.execute(worker_id)
-                headers = self.telemetry.dispatched(command, subject, self.clock())
                 await self._publish(subject, execute, reply, headers, to_client=False)
-            case Spawn(pool_id=pool_id, request=request, job_id=job_id):
-                self._background(self._spawn(pool_id, request, self.telemetry.context(job_id)))
+            case Spawn(pool_id=pool_id, request=request):
+                self._background(self._spawn(pool_id, request, parent))
             case Stop(pool_id=pool_id, request=request, reason=reason):
                 log.info("stopping worker %s (%s)", request.worker_id, reason)
                 subject = self.subjects.stop(pool_id)
-                self._background(self._request(subject, request, Context(), pool=pool_id))
+                self._background(self._request(subject, request, parent, pool=pool_id))
             case CancelOnWorker(worker_id=worker_id, job_id=job_id):
                 subject = self.subjects.worker_cancel(worker_id)
-                parent = self.telemetry.context(job_id)
                 cancel = WorkerCancel(job_id=job_id)
                 self._background(self._request(subject, cancel, parent, worker=worker_id))
             case AbandonOnWorker(worker_id=worker_id, job_id=job_id):
-                self._background(self._abandon(worker_id, job_id))
+                self._background(self._abandon(worker_id, job_id, parent))
 
     async def _publish(
         self,
@@ -184,16 +211,21 @@ class OrchestratorService:
         if size <= self.nc.max_payload:
             return data, headers
         what = type(message).__name__
-        log.error("not sending a %s of %d bytes to %s (max payload %d)",
-                  what, size, clip(subject), self.nc.max_payload)  # fmt: skip
+        limit = self.nc.max_payload
+        log.error(
+            "not sending a %s of %d bytes to %s (max payload %d)", what, size, clip(subject), limit
+        )
         if not to_client:
             return None
-        error = Error(code=ErrorCode.INTERNAL, message=f"{what} over the max payload",
-                      seq=getattr(message, "seq", None),
-                      job_id=getattr(message, "job_id", None))  # fmt: skip
+        error = Error(
+            code=ErrorCode.INTERNAL,
+            message=f"{what} over the max payload",
+            seq=getattr(message, "seq", None),
+            job_id=getattr(message, "job_id", None),
+        )
         return encode(error), None
 
-    def _background(self, coro: Awaitable[None]) -> None:
+    def _background(self, coro: Awaitable[object]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -247,17 +279,16 @@ class OrchestratorService:
             refused = ev.SpawnRefused(self.clock(), request.worker_id, reply.code, reply.message)
             await self._feed(refused)
 
-    async def _abandon(self, worker_id: str, job_id: str) -> None:
+    async def _abandon(self, worker_id: str, job_id: str, parent: Context) -> None:
         """Ask a worker whose pool was lost to stop streaming a job, silently. It answers once
         the job has stopped, with the job's final status (where it stopped); no responders or no
         answer in CONTROL_TIMEOUT_S means it is gone (or hung past help). Either way the core
         may then retry the job: its old worker no longer streams it."""
         subject = self.subjects.worker_cancel(worker_id)
         abandon = WorkerCancel(job_id=job_id, abandon=True)
-        parent = self.telemetry.context(job_id)
         reply = await self._request(subject, abandon, parent, _abandon_reply, worker=worker_id)
         if isinstance(reply, JobStatus) and (reply.job_id, reply.worker_id) == (job_id, worker_id):
-            await self._feed(self._status_seen(reply))
+            await self._feed(ev.StatusSeen(self.clock(), reply))
         await self._feed(ev.AbandonAnswered(self.clock(), job_id, worker_id))
 
     async def _timer_loop(self) -> None:
@@ -307,18 +338,20 @@ class OrchestratorService:
         templated out; `owner` is the identity it belongs to (`core.tenancy`)."""
         job_id = request.job_id or new_id("job")  # named here: the shell follows its span
         request = msgspec.structs.replace(request, job_id=job_id)
-        now = self.clock()
         subject = subject or self.subjects.generate
-        carried = self.telemetry.submitted(request, subject, headers, now, ids)
+        name = tracing.template(subject, **ids)
+        event = ev.Submit(self.clock(), request, reply_to, headers, subject, name, owner)
         try:
-            await self._feed(ev.Submit(now, request, reply_to, carried, owner))
+            await self._feed(event)
         except Exception:  # a bug: the client still gets its one terminal, the record its end
             log.exception("job %s: admission failed", clip(job_id))
-            if job_id not in self.core.jobs:
-                error = Error(code=ErrorCode.INTERNAL, message="admission failed", seq=0,
-                              job_id=job_id)  # fmt: skip
+            if self.core.job_info(job_id) is None:
+                error = Error(
+                    code=ErrorCode.INTERNAL, message="admission failed", seq=0, job_id=job_id
+                )
+                failed: list[Output] = [Emit(reply_to, error, job_id)]
                 async with self._lock:
-                    await self._carry_out([Emit(reply_to, error, job_id)], None)
+                    await self._carry_out(self.telemetry.observe(None, failed, self.clock()))
 
     async def _on_heartbeat(self, msg: Msg) -> None:
         await self._decode_and_feed(
@@ -340,13 +373,9 @@ class OrchestratorService:
         await self._decode_and_feed(
             msg,
             _status,
-            self._status_seen,
+            lambda status: ev.StatusSeen(self.clock(), status),
             lambda s: self.subjects.job_status(s.job_id),
         )
-
-    def _status_seen(self, status: JobStatus) -> ev.Event:
-        self.telemetry.status(status)  # its token counts, for the job's span and metrics
-        return ev.StatusSeen(self.clock(), status)
 
     async def _decode_and_feed(
         self,
@@ -392,10 +421,8 @@ class OrchestratorService:
     async def cancel(self, job_id: str, caller: Caller = ANYONE) -> CancelReply | Error:
         """Cancel a job of `caller`'s (the API endpoint; the in-process batch runner may cancel
         any)."""
-        async with self._lock:
-            reply, commands = self.core.cancel(self.clock(), job_id, caller)
-            await self._carry_out(commands, None)
-        return reply
+        outputs = await self._feed(ev.Cancel(self.clock(), job_id, caller))
+        return next(o.reply for o in outputs if isinstance(o, Answered))
 
     async def _on_job_get(self, req: Request) -> None:
         if (message := await self._decoded(req, _job_get)) is not None:

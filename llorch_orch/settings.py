@@ -72,6 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML file (keys: see docs/scheduling.md)")
     for flag, key, kind, choices, help_ in _FLAGS:
         parser.add_argument(flag, dest=key, type=kind, choices=choices, help=help_)
+    parser.add_argument(
+        "--record-events",
+        type=Path,
+        metavar="FILE",
+        help="write every event the orchestrator's core is fed, with its outputs, to FILE "
+        "(JSON lines, prompts included; replay: python -m llorch_orch.replay FILE)",
+    )
 
 
 def from_args(args: argparse.Namespace) -> OrchConfig:
@@ -81,6 +88,8 @@ def from_args(args: argparse.Namespace) -> OrchConfig:
 def to_args(args: argparse.Namespace) -> list[str]:
     """The same options as flags, to hand to a child `llorch orch` process."""
     out = ["--config", str(args.config)] if args.config else []
+    if args.record_events:  # resolved: the child may run in another cwd
+        out += ["--record-events", str(args.record_events.resolve())]
     for flag, key, *_ in _FLAGS:
         value = getattr(args, key, None)
         if value is not None:

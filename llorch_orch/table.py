@@ -1,6 +1,6 @@
-"""Plain-text tables for `llorch state` and `llorch models`."""
+"""Plain-text tables for `llorch state`, `llorch job` and `llorch models`."""
 
-from schemas import ClusterState, ModelsReply
+from schemas import ClusterState, JobInfo, ModelsReply
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -33,16 +33,51 @@ def state_table(state: ClusterState) -> str:
         for w in p.workers
     ]
     jobs = [
-        [j.job_id, j.model, j.priority, j.state, str(j.position or "-"), j.worker_id or "-"]
+        [
+            j.job_id,
+            j.model,
+            j.priority,
+            j.state,
+            str(j.position or "-"),
+            j.worker_id or "-",
+            "; ".join(j.reasons) or "-",
+        ]
         for j in state.running + state.queue
     ]
     return "\n\n".join(
         [
             _table(["POOL", "STATUS", "DEV", "KIND", "NAME", "TOTAL", "FREE"], devices),
             _table(["WORKER", "POOL", "DEV", "MODEL", "STATE", "MEMORY"], workers),
-            _table(["JOB", "MODEL", "PRIORITY", "STATE", "POSITION", "WORKER"], jobs),
+            _table(["JOB", "MODEL", "PRIORITY", "STATE", "POSITION", "WORKER", "WHY"], jobs),
         ]
     )
+
+
+def job_table(job: JobInfo, now: float) -> str:
+    """One job, a field per line; times as seconds before `now` (the caller's clock)."""
+    state = job.state if job.position is None else f"{job.state} (position {job.position})"
+    if job.code:
+        state += f" {job.code}"
+    tokens = "-" if job.tokens_out is None else f"{job.tokens_in} in, {job.tokens_out} out"
+    rows = [
+        ["job", job.job_id],
+        ["state", state],
+        ["model", f"{job.model} ({job.priority})"],
+        ["worker", job.worker_id or "-"],
+        ["attempts", str(job.attempts)],
+        *(["why", reason] for reason in job.reasons),
+        ["submitted", _ago(job.submitted_at, now)],
+        ["started", _ago(job.started_at, now)],
+        ["ended", _ago(job.ended_at, now)],
+        ["ttft", "-" if job.ttft_ms is None else f"{job.ttft_ms:.1f} ms"],
+        ["tokens", tokens],
+    ]
+    width = max(len(key) for key, _ in rows)
+    return "\n".join(f"{key.ljust(width)}  {value}" for key, value in rows)
+
+
+def _ago(at: float | None, now: float) -> str:
+    return "-" if at is None else f"{max(0.0, now - at):.1f} s ago"
 
 
 def models_table(reply: ModelsReply) -> str:

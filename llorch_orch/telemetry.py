@@ -1,10 +1,11 @@
-"""The orchestrator's spans, metrics and per-job log line, derived in the shell from what the
-core was fed and what it commanded (the core itself knows nothing of telemetry).
+"""The orchestrator's spans, metrics and per-job log line, derived in one place (`observe`)
+from what the core was fed and what it output (the core itself knows nothing of telemetry).
 
 One job's trace here: `process llorch.v1.api.generate` (CONSUMER, submit to terminal event) with
 children `llorch.queue` (time queued, when it was), `send llorch.v1.pool.{pool}.spawn` (CLIENT,
 when a worker was started for it) and `send llorch.v1.worker.{worker}.execute` (PRODUCER, one
-per dispatch; its context rides on the execute message to the worker's span).
+per dispatch; its context rides on the execute message to the worker's span), and an event
+`llorch.pending` on the job's span each time the reasons it waits for change.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,10 +23,23 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from llorch_common import tracing
 from llorch_common.observe import SECONDS_BUCKETS
-from schemas import Error, GenerateRequest, JobStatus, Queued
+from schemas import Queued, Subjects
 from schemas.text import clip
 
-from .core import Command, Core, Emit, SendExecute, Spawn, Stop
+from .core import (
+    AbandonOnWorker,
+    Answered,
+    CancelOnWorker,
+    Command,
+    Core,
+    Emit,
+    JobEnded,
+    Output,
+    Pending,
+    SendExecute,
+    Spawn,
+    Stop,
+)
 from .core import events as ev
 
 log = logging.getLogger("llorch.orch")
@@ -70,134 +84,169 @@ class _Job:
     position: int | None = None  # first queue position, when it queued
     dispatched: float | None = None  # latest dispatch
     worker_id: str | None = None
-    status: JobStatus | None = None  # the terminal one, from the worker
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """A command with the trace context its message carries."""
+
+    command: Command
+    headers: dict[str, str] | None  # for a message published as is (stream event, execute)
+    parent: Context  # for a control request, sent in a CLIENT span of its own
 
 
 class Telemetry:
-    def __init__(self, core: Core) -> None:
+    """Observes the core's inputs and outputs in one place (`observe`), nothing else."""
+
+    def __init__(self, core: Core, subjects: Subjects) -> None:
         self.core = core
+        self.subjects = subjects
         self.tracing = tracing.enabled()  # hoisted: no per-dispatch span work when off
         self._jobs: dict[str, _Job] = {}
 
+    def observe(self, event: ev.Event | None, outputs: list[Output], now: float) -> list[Routed]:
+        """One event's outputs: spans and metrics, and the commands with the trace context to
+        send them with. `event` None: commands of the shell's own (a job admission crashed on)."""
+        fresh = isinstance(event, ev.Submit) and self._submitted(event)
+        routed: list[Routed] = []
+        ended: list[JobEnded] = []
+        for output in outputs:
+            match output:
+                case JobEnded(admitted=admitted) if admitted or fresh:
+                    ended.append(output)
+                case Pending(job_id=job_id, reasons=reasons):
+                    self._pending(job_id, reasons)
+                case JobEnded() | Answered():
+                    pass
+                case _:
+                    routed.append(self._route(output, now))
+        for end in ended:  # after routing: the terminal event still carries the job's context
+            self._ended(end, now)
+        return routed
+
+    def _route(self, command: Command, now: float) -> Routed:
+        match command:
+            case Emit(event=Queued(position=position), job_id=job_id):
+                job = self._jobs.get(job_id)
+                if job is not None and job.position is None:
+                    job.position = position
+                return Routed(command, self._headers(job_id), Context())
+            case Emit(job_id=job_id):
+                return Routed(command, self._headers(job_id), Context())
+            case SendExecute():
+                return Routed(command, self._dispatched(command, now), Context())
+            case Spawn(pool_id=pool_id, request=request, job_id=job_id):
+                _spawns.add(1, {"model": request.model, "pool": pool_id})
+                return Routed(command, None, self.context(job_id))
+            case Stop(reason=reason, pool_id=pool_id):
+                if reason == "evict":
+                    _evictions.add(1, {"pool": pool_id})
+                return Routed(command, None, Context())
+            case CancelOnWorker(job_id=job_id) | AbandonOnWorker(job_id=job_id):
+                return Routed(command, None, self.context(job_id))
+
     # ---- jobs ----------------------------------------------------------------------------
-    def submitted(
-        self,
-        request: GenerateRequest,
-        subject: str,
-        headers: dict[str, str] | None,
-        now: float,
-        ids: dict[str, str],
-    ) -> dict[str, str] | None:
-        """Start the job's span (child of the sender's context); returns the trace headers to
-        carry onward. `request.job_id` is set. A duplicate id keeps the first job's record."""
+    def _submitted(self, event: ev.Submit) -> bool:
+        """Start the job's span (child of the sender's context). False for a duplicate id: the
+        first job keeps its record."""
+        request = event.request
         job_id = request.job_id
-        assert job_id is not None
+        if job_id is None or job_id in self._jobs:
+            return False
         labels = {"model": self._model_label(request.model), "priority": request.priority}
-        name = tracing.template(subject, **ids)
+        subject = event.subject or self.subjects.generate
+        name = event.subject_name or subject
+        attrs = tracing.messaging(
+            "process",
+            subject,
+            name,
+            **{
+                tracing.JOB_ID: job_id,
+                tracing.CONVERSATION_ID: job_id,
+                tracing.MODEL: request.model,
+                tracing.PRIORITY: request.priority,
+            },
+        )
         span = tracer.start_span(
             tracing.span_name("process", name),
-            tracing.extract(headers),
+            tracing.extract(event.trace),
             kind=tracing.CONSUMER,
-            attributes=tracing.messaging(
-                "process", subject, name,
-                **{tracing.JOB_ID: job_id, tracing.CONVERSATION_ID: job_id,
-                   tracing.MODEL: request.model, tracing.PRIORITY: request.priority},
-            ),
-            start_time=int(now * 1e9),
-        )  # fmt: skip
+            attributes=attrs,
+            start_time=int(event.now * 1e9),
+        )
         carried = tracing.inject(None, trace.set_span_in_context(span))
-        if job_id in self._jobs:
-            span.end()
-            return carried
-        self._jobs[job_id] = _Job(span, carried, labels, now)
-        return carried
+        self._jobs[job_id] = _Job(span, carried, labels, event.now)
+        return True
 
     def _model_label(self, model: str) -> str:
         """A label value only for a model of the catalog (a live pool's, or configured): a
         client's made-up names would each add series kept for the process's life."""
-        core = self.core
-        known = core.view.model_info(model) is not None or model in core.cfg.models
-        return model if known else OTHER
+        return model if self.core.knows_model(model) else OTHER
 
-    def status(self, status: JobStatus) -> None:
-        job = self._jobs.get(status.job_id)
-        if job is not None and status.state in ("finished", "failed"):
-            job.status = status
+    def _pending(self, job_id: str, reasons: tuple[str, ...]) -> None:
+        job = self._jobs.get(job_id)
+        if job is not None and self.tracing:
+            job.span.add_event("llorch.pending", {tracing.REASONS: list(reasons)})
 
-    def headers(self, job_id: str | None) -> dict[str, str] | None:
+    def _headers(self, job_id: str | None) -> dict[str, str] | None:
         job = self._jobs.get(job_id) if job_id else None
         return job.headers if job else None
 
     def context(self, job_id: str | None) -> Context:
+        """The job's span as the parent of a request sent about it."""
         job = self._jobs.get(job_id) if job_id else None
         return trace.set_span_in_context(job.span) if job else Context()
 
-    def dispatched(self, command: SendExecute, subject: str, now: float) -> dict[str, str] | None:
+    def _dispatched(self, command: SendExecute, now: float) -> dict[str, str] | None:
         """A dispatch: metrics, and the PRODUCER span whose context the execute carries."""
-        job = self._jobs.get(command.execute.job_id)
+        job_id = command.execute.job_id
+        job = self._jobs.get(job_id)
         if job is None:
-            return command.trace
+            return None
         if job.dispatched is None:
             _queue_wait.record(now - job.submitted, job.labels)
             if job.position is not None and self.tracing:
-                queued = tracer.start_span("llorch.queue", self.context(command.execute.job_id),
-                                           start_time=int(job.submitted * 1e9))  # fmt: skip
+                start = int(job.submitted * 1e9)
+                queued = tracer.start_span("llorch.queue", self.context(job_id), start_time=start)
                 queued.set_attribute(tracing.QUEUE_POSITION, job.position)
                 queued.end(int(now * 1e9))
         elif command.attempt > 1:
             _retries.add(1, job.labels)
         job.dispatched, job.worker_id = now, command.worker_id
         if not self.tracing:
-            return command.trace
+            return job.headers
+        subject = self.subjects.execute(command.worker_id)
         name = tracing.template(subject, worker=command.worker_id)
-        attrs = tracing.messaging("send", subject, name, **{
-            tracing.JOB_ID: command.execute.job_id, tracing.WORKER_ID: command.worker_id,
-            tracing.ATTEMPT: command.attempt, tracing.CONVERSATION_ID: command.execute.job_id,
-        })  # fmt: skip
-        span = tracer.start_span(tracing.span_name("send", name), tracing.extract(command.trace),
-                                 kind=tracing.PRODUCER, attributes=attrs)  # fmt: skip
+        ids = {
+            tracing.JOB_ID: job_id,
+            tracing.WORKER_ID: command.worker_id,
+            tracing.ATTEMPT: command.attempt,
+            tracing.CONVERSATION_ID: job_id,
+        }
+        attrs = tracing.messaging("send", subject, name, **ids)
+        parent = tracing.extract(job.headers)
+        span = tracer.start_span(
+            tracing.span_name("send", name), parent, kind=tracing.PRODUCER, attributes=attrs
+        )
         span.end()
         return tracing.inject(None, trace.set_span_in_context(span))
 
-    def carried_out(self, commands: Iterable[Command], event: ev.Event | None, now: float) -> None:
-        """After a batch of commands: count them, and close the jobs that ended."""
-        ended: dict[str, Error | None] = {}
-        if isinstance(event, ev.StatusSeen) and event.status.state in ("finished", "failed"):
-            ended[event.status.job_id] = None
-        for command in commands:
-            match command:
-                case Emit(event=Queued(position=position), job_id=job_id):
-                    job = self._jobs.get(job_id)
-                    if job is not None and job.position is None:
-                        job.position = position
-                case Emit(event=Error() as error, job_id=job_id):
-                    ended[job_id] = error
-                case Spawn(pool_id=pool_id, request=request):
-                    _spawns.add(1, {"model": request.model, "pool": pool_id})
-                case Stop(reason="evict", pool_id=pool_id):
-                    _evictions.add(1, {"pool": pool_id})
-        for job_id, error in ended.items():
-            if job_id not in self.core.jobs:
-                self._ended(job_id, error, now)
-
-    def _ended(self, job_id: str, error: Error | None, now: float) -> None:
+    def _ended(self, ended: JobEnded, now: float) -> None:
+        job_id, end = ended.job_id, ended.info
         job = self._jobs.pop(job_id, None)
         if job is None:
             return
-        info = self.core.finished.get(job_id)
-        outcome = info.state if info is not None else "rejected"
-        code = (info.code if info is not None else None) or (error.code if error else None)
+        outcome = end.state if ended.admitted else "rejected"
+        code = end.code
         _jobs.add(1, {**job.labels, "outcome": outcome, "code": code or ""})
         _duration.record(now - job.submitted, {**job.labels, "outcome": outcome})
         attrs: dict[str, Any] = {tracing.OUTCOME: outcome}
-        status = job.status
-        if status is not None:
-            _tokens.add(status.tokens_out, {"model": job.labels["model"]})
-            _prompt.add(status.tokens_in, {"model": job.labels["model"]})
-            attrs |= {tracing.TOKENS_IN: status.tokens_in, tracing.TOKENS_OUT: status.tokens_out}
-            if status.ttft_ms is not None and job.dispatched is not None:
-                ttft = job.dispatched - job.submitted + status.ttft_ms / 1000
-                _ttft.record(ttft, job.labels)
+        if end.tokens_out is not None:
+            _tokens.add(end.tokens_out, {"model": job.labels["model"]})
+            _prompt.add(end.tokens_in or 0, {"model": job.labels["model"]})
+            attrs |= {tracing.TOKENS_IN: end.tokens_in or 0, tracing.TOKENS_OUT: end.tokens_out}
+            if end.ttft_ms is not None and job.dispatched is not None:
+                _ttft.record(job.dispatched - job.submitted + end.ttft_ms / 1000, job.labels)
         self._close_span(job, job_id, attrs, code, now)
 
     def _close_span(
@@ -216,11 +265,11 @@ class Telemetry:
         extra = {"job_id": job_id, "worker_id": job.worker_id, "model": job.labels["model"]}
         if ctx.is_valid:
             extra |= ids
-        log.info("job %s %s%s", clip(job_id), attrs[tracing.OUTCOME], f" {code}" if code else "",
-                 extra=extra)  # fmt: skip
+        suffix = f" {code}" if code else ""
+        log.info("job %s %s%s", clip(job_id), attrs[tracing.OUTCOME], suffix, extra=extra)
 
     # ---- gauges ----------------------------------------------------------------------------
-    def observe(self, loop: asyncio.AbstractEventLoop) -> None:
+    def gauges(self, loop: asyncio.AbstractEventLoop) -> None:
         """Gauges read the core on its own loop: a scrape runs on the exporter's thread."""
 
         def on_loop(read: Callable[[], list[Observation]]) -> Callable[..., list[Observation]]:
@@ -239,14 +288,11 @@ class Telemetry:
         )
 
     def _queue_depth(self) -> list[Observation]:
-        queue = self.core.queue
-        return [Observation(queue.count(p), {"priority": p}) for p in ("interactive", "batch")]
+        waiting = self.core.waiting_count
+        return [Observation(waiting(p), {"priority": p}) for p in ("interactive", "batch")]
 
     def _workers(self) -> list[Observation]:
-        counts: dict[tuple[str, str, str], int] = {}
-        for w in self.core.view.workers.values():
-            key = (w.phase, w.model, w.pool_id)
-            counts[key] = counts.get(key, 0) + 1
+        counts = self.core.worker_counts()
         return [
             Observation(n, {"state": state, "model": model, "pool": pool})
             for (state, model, pool), n in counts.items()

@@ -146,7 +146,16 @@ class JobInfo(Message, tag="job"):
     position: int | None = None  # while queued
     worker_id: str | None = None  # once placed
     code: ErrorCode | None = None  # when failed
-    reasons: list[str] = []  # why it still waits (placement filters)
+    reasons: list[str] = []  # why it still waits: the placement decision's, current
+    attempts: int = 0  # dispatches so far (a retry adds one)
+    # Timings, unix seconds on the orchestrator's clock: admitted, first dispatched, ended.
+    submitted_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    # From the worker's terminal status, once it ended there.
+    ttft_ms: float | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
 
 
 class StateRequest(Message, tag="state_request"):

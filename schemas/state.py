@@ -17,6 +17,7 @@ class ClusterState(Message, tag="state"):
     pools: list[PoolView]
     queue: list[JobInfo]  # waiting jobs, in start order
     running: list[JobInfo]
+    recent: list[JobInfo] = []  # jobs that ended lately, newest first (at most RECENT_JOBS)
 
 
 class CatalogEntry(Message, tag="catalog_entry"):

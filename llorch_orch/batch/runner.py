@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import traceback
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from schemas import (
 )
 from schemas.text import clip
 
+from ..core import JobEnded, Notice
 from ..service import OrchestratorService
 from . import store
 from .collect import Collector, failed, has_room, retry_delay, to_request
@@ -78,7 +78,7 @@ class Flight:
     delivered: int  # this delivery's number (1 = first)
     collector: Collector
     kept_alive: float  # when in_progress() last went out
-    gone_since: float | None = None  # the core no longer tracks it and no terminal event came
+    ended_at: float | None = None  # when the core said it ended (its terminal event may follow)
     settling: bool = False
 
 
@@ -105,6 +105,7 @@ class BatchRunner:
         await self.js.add_consumer(BATCH_STREAM, consumer(self.cfg, self.subjects))
         self._pull = await self.js.pull_subscribe_bind(CONSUMER, BATCH_STREAM)
         await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_event)
+        self.service.on_notices(self._ended)
         status = self.subjects.batch_api_all("status")
         await self.nc.subscribe(status, queue="orch", cb=self._on_status)
         # every orchestrator hears a cancel: each stops the jobs it runs
@@ -168,8 +169,8 @@ class BatchRunner:
     async def _wait_for_room(self) -> None:
         core = self.service.core
         while True:
-            pools = sum(p.alive for p in core.view.pools.values())
-            if has_room(core.queue.count("batch"), len(self.flights), pools, self.cfg):
+            waiting, pools = core.waiting_count("batch"), core.live_pools()
+            if has_room(waiting, len(self.flights), pools, self.cfg):
                 return
             self._changed.clear()
             await wait_event(self._changed, TICK_S)  # core changes we hear of wake us earlier
@@ -195,7 +196,7 @@ class BatchRunner:
             return
         if await self._is_cancelled(ref):
             error = Error(code=ErrorCode.CANCELLED, message=f"batch {batch} cancelled")
-            result = failed(batch, custom_id, delivered, time.time(), error)
+            result = failed(batch, custom_id, delivered, self.service.clock(), error)
             await self._store_and_settle(msg, producer, result)
             return
         running = self._running(ref, custom_id)
@@ -203,7 +204,7 @@ class BatchRunner:
             running.msg, running.delivered = msg, delivered  # adopt the new delivery
             return
         job_id = new_id("bj")
-        now = time.time()
+        now = self.service.clock()
         collector = Collector(now, has_stop=bool(job.stop), chat=job.messages is not None)
         flight = Flight(msg, producer, batch, custom_id, job_id, delivered, collector, now)
         self.flights[job_id] = flight
@@ -262,7 +263,7 @@ class BatchRunner:
             log.warning("bad event for %s: %s", flight.job_id, exc)
             return
         self._changed.set()  # a start or an end: the core's queue moved
-        if flight.collector.add(event, time.time()) and not flight.settling:
+        if flight.collector.add(event, self.service.clock()) and not flight.settling:
             flight.settling = True
             self._background(self._settle(flight))
 
@@ -279,7 +280,7 @@ class BatchRunner:
                     await flight.msg.nak(delay=delay)
                 await self._notice(flight.producer, flight.batch_id, flight.custom_id, "retry")
                 return
-            now = time.time()
+            now = self.service.clock()
             result = flight.collector.result(
                 flight.batch_id, flight.custom_id, flight.delivered, now
             )
@@ -301,7 +302,7 @@ class BatchRunner:
             await self._dead_letter(msg, "invalid_batch_id", _no_batch(msg))
             return
         producer, batch, custom_id = ids
-        result = failed(batch, custom_id, msg.metadata.num_delivered, time.time(), error)
+        result = failed(batch, custom_id, msg.metadata.num_delivered, self.service.clock(), error)
         term = f"{error.code}: {clip(error.message)}"
         await self._store_and_settle(msg, producer, result, term=term)
 
@@ -382,7 +383,7 @@ class BatchRunner:
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
-            now = time.time()
+            now = self.service.clock()
             for flight in list(self.flights.values()):
                 if now - flight.kept_alive >= self.cfg.keepalive_s:
                     flight.kept_alive = now
@@ -390,15 +391,20 @@ class BatchRunner:
                         await flight.msg.in_progress()
                 self._check_lost(flight, now)
 
+    def _ended(self, notices: list[Notice]) -> None:
+        """The core's notices: a job of ours ended there (its terminal event is on its way)."""
+        for notice in notices:
+            flight = self.flights.get(notice.job_id)
+            if isinstance(notice, JobEnded) and flight is not None:
+                flight.ended_at = self.service.clock()
+                self._changed.set()
+
     def _check_lost(self, flight: Flight, now: float) -> None:
-        """A job the core no longer tracks whose terminal event never reached us (lost while
-        the server was away) is retried once the events in flight had time to land."""
-        if flight.settling or flight.job_id in self.service.core.jobs:
-            flight.gone_since = None
+        """A job the core ended whose terminal event never reached us (lost while the server
+        was away) is retried once the events in flight had time to land."""
+        if flight.settling or flight.ended_at is None:
             return
-        if flight.gone_since is None:
-            flight.gone_since = now
-        elif now - flight.gone_since >= self.cfg.lost_grace_s:
+        if now - flight.ended_at >= self.cfg.lost_grace_s:
             message = "job ended without a terminal event reaching the batch runner"
             lost = Error(code=ErrorCode.WORKER_LOST, message=message, retriable=True)
             flight.collector.add(lost, now)

@@ -34,7 +34,6 @@ class SendExecute:
     worker_id: str
     execute: Execute
     attempt: int
-    trace: dict[str, str] | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,13 +5,20 @@ from dataclasses import dataclass
 from schemas import GenerateRequest, Heartbeat, JobStatus, WorkerFailed, WorkerReady
 from schemas.codes import ErrorCode
 
+from .tenancy import ANYONE, Caller
+
 
 @dataclass(frozen=True, slots=True)
 class Submit:
     now: float
     request: GenerateRequest
     reply_to: str  # the client's stream subject
-    trace: dict[str, str] | None = None  # W3C trace headers to carry onward
+    # Of the message that brought it, for the shell's telemetry only (the core ignores them):
+    # the sender's W3C trace headers, the subject, and that subject with its ids templated out
+    # (`llorch.v1.batch.submit.{producer}.{batch}.{custom_id}`) to name the job's span.
+    trace: dict[str, str] | None = None
+    subject: str = ""
+    subject_name: str = ""
     owner: str | None = None  # the identity that submitted it (tenancy.inbox_identity)
 
 
@@ -78,6 +85,15 @@ class AbandonAnswered:
 
 
 @dataclass(frozen=True, slots=True)
+class Cancel:
+    """A caller asks to cancel a job of its own (the core answers with `Answered`)."""
+
+    now: float
+    job_id: str
+    caller: Caller = ANYONE
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     now: float
 
@@ -99,6 +115,7 @@ Event = (
     | ExecuteRefused
     | ExecuteAccepted
     | AbandonAnswered
+    | Cancel
     | Tick
     | Shutdown
 )

@@ -1,11 +1,19 @@
-"""Where a new worker goes: filters that keep reasons, a scorer, and an eviction planner.
+"""Placement: what to do for a waiting job, decided in one place, always with reasons.
 
-All pure functions of the cluster view, so "why is my job still queued?" has an answer.
+`decide` answers for one job: dispatch it to an idle worker, start a worker where, evict whom,
+or wait, and why. It is built from filters that keep reasons (`slots`), a scorer
+(`best_slot`) and an eviction planner, all pure functions of the cluster view, so "why is my
+job still queued?" always has a current answer (`llorch job ID`, `llorch state`).
 """
 
 from dataclasses import dataclass
 
-from .view import ClusterView
+from schemas import GenerateRequest
+
+from .config import OrchConfig
+from .view import ClusterView, WorkerRec, pick_idle
+
+MAX_SPAWN_FAILURES = 2  # failed starts of a model in a row before its waiting jobs fail
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +63,7 @@ def can_ever_fit(candidates: list[Slot], view: ClusterView) -> bool:
 def best_slot(candidates: list[Slot], strategy: str) -> tuple[Slot | None, list[str]]:
     fits = [s for s in candidates if s.need <= s.available]
     reasons = [
-        f"{s.pool_id}/{s.device}: needs {s.need >> 20} MiB, {s.available >> 20} MiB available"
+        f"device {s.pool_id}/{s.device}: needs {s.need >> 20} MiB, {s.available >> 20} MiB free"
         for s in candidates
         if s.need > s.available
     ]
@@ -90,3 +98,91 @@ def plan_eviction(view: ClusterView, candidates: list[Slot]) -> Eviction | None:
         if freed >= slot.need and victims and (best is None or len(victims) < len(best.victims)):
             best = Eviction(slot, victims)
     return best
+
+
+def clearing(view: ClusterView, candidates: list[Slot]) -> tuple[Slot, list[str]] | None:
+    """A device that will have room once the workers draining off it have stopped."""
+    for slot in candidates:
+        on_device = view.device_workers(slot.pool_id, slot.device)
+        leaving = [w for w in on_device if w.phase == "draining"]
+        if leaving and slot.available + sum(w.reserved for w in leaving) >= slot.need:
+            return slot, sorted(w.worker_id for w in leaving)
+    return None
+
+
+# ---- the decision ----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    worker: WorkerRec
+
+
+@dataclass(frozen=True, slots=True)
+class StartWorker:
+    slot: Slot
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Evict:
+    victims: tuple[str, ...]  # idle workers to stop, least recently used first
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    reasons: tuple[str, ...]
+    claim: str | None = None  # the loading worker it waits for (no other job waits for it)
+
+
+Decision = Dispatch | StartWorker | Evict | Wait
+
+
+def decide(
+    view: ClusterView,
+    cfg: OrchConfig,
+    req: GenerateRequest,
+    claimed: set[str],
+    failed: list[tuple[str, int]],
+) -> Decision:
+    """What to do now for a waiting job of `req`. `claimed`: loading workers earlier jobs of
+    this pass already wait for; `failed`: devices where a worker of the model failed to start
+    since it last had one ready (tried last)."""
+    model, pool, device = req.model, req.pool, req.device
+    idle = view.in_phase(model, "idle")
+    worker = pick_idle(idle, pool, device)
+    if worker is not None:
+        return Dispatch(worker)
+    for w in sorted(view.in_phase(model, "starting"), key=lambda w: w.worker_id):
+        if w.matches(pool, device) and w.worker_id not in claimed:
+            where = f"{w.pool_id}/{w.device}"
+            return Wait((f"waiting for {w.worker_id} to load on {where}",), w.worker_id)
+    live, cap = view.live_count(model), cfg.model(model).max_workers
+    if live >= cap:
+        return Wait(_at_cap(view, model, live, cap, bool(idle)))
+    candidates, filtered = slots(view, model, pool, device)
+    untried = [s for s in candidates if (s.pool_id, s.device) not in failed]
+    slot, unfit = best_slot(untried or candidates, cfg.placement)
+    if slot is not None:
+        where = f"{slot.pool_id}/{slot.device}"
+        return StartWorker(slot, (f"starting a worker of {model} on {where}",))
+    clears = clearing(view, candidates)
+    if clears is not None:
+        slot, leaving = clears
+        where = f"{slot.pool_id}/{slot.device}"
+        return Wait((f"waiting for {', '.join(leaving)} to stop on {where}",))
+    eviction = plan_eviction(view, candidates)
+    if eviction is not None:
+        where = f"{eviction.slot.pool_id}/{eviction.slot.device}"
+        victims = tuple(eviction.victims)
+        return Evict(victims, (f"evicting {', '.join(victims)} on {where} to make room",))
+    if not candidates and not filtered:
+        filtered = [f"no live pool holds {model}"]
+    return Wait(tuple(filtered + unfit))
+
+
+def _at_cap(view: ClusterView, model: str, live: int, cap: int, idle: bool) -> tuple[str, ...]:
+    """Why a job waits when its model has all the workers it may have (max_workers)."""
+    state = "busy or loading for earlier jobs" if view.in_phase(model, "starting") else "busy"
+    if idle:
+        state += "; the idle ones are off its pinned pool/device"
+    return (f"{live}/{cap} workers of {model} {state}",)

@@ -40,7 +40,7 @@ def cluster_state(core: Core, now: float, caller: Caller = ANYONE) -> ClusterSta
             )
         )
     queue, running = core.queued_infos(caller=caller), core.running_infos(caller)
-    return ClusterState(pools=pools, queue=queue, running=running)
+    return ClusterState(pools=pools, queue=queue, running=running, recent=core.recent_infos(caller))
 
 
 def models(core: Core) -> ModelsReply:

@@ -7,17 +7,20 @@ from typing import TypeVar
 
 from llorch_orch.core import (
     AbandonOnWorker,
+    Answered,
     CancelOnWorker,
-    Command,
     Core,
     Emit,
     OrchConfig,
+    Output,
     SendExecute,
     Spawn,
     Stop,
 )
 from llorch_orch.core import events as ev
+from llorch_orch.core.tenancy import ANYONE, Caller
 from schemas import (
+    CancelReply,
     Device,
     Error,
     GenerateRequest,
@@ -161,6 +164,16 @@ def tick(now: float) -> ev.Tick:
     return ev.Tick(now)
 
 
+def cancel(
+    core: Core, now: float, job_id: str, caller: Caller = ANYONE
+) -> tuple[CancelReply | Error, list[Output]]:
+    """Feed a cancel; its one answer, and the other outputs."""
+    out = core.handle(ev.Cancel(now, job_id, caller))
+    answers = [o.reply for o in out if isinstance(o, Answered)]
+    assert len(answers) == 1, out
+    return answers[0], [o for o in out if not isinstance(o, Answered)]
+
+
 def make_core(**cfg: object) -> Core:
     core = Core(OrchConfig(**cfg))  # type: ignore[arg-type]
     core.handle(heartbeat())
@@ -168,49 +181,49 @@ def make_core(**cfg: object) -> Core:
 
 
 # ---- picking commands out of a handle() result ---------------------------------------------
-def of(kind: type[C], out: Iterable[Command]) -> list[C]:
+def of(kind: type[C], out: Iterable[Output]) -> list[C]:
     return [c for c in out if isinstance(c, kind)]
 
 
-def spawns(out: Iterable[Command]) -> list[Spawn]:
+def spawns(out: Iterable[Output]) -> list[Spawn]:
     return of(Spawn, out)
 
 
-def executes(out: Iterable[Command]) -> list[SendExecute]:
+def executes(out: Iterable[Output]) -> list[SendExecute]:
     return of(SendExecute, out)
 
 
-def stops(out: Iterable[Command]) -> list[Stop]:
+def stops(out: Iterable[Output]) -> list[Stop]:
     return of(Stop, out)
 
 
-def cancels(out: Iterable[Command]) -> list[CancelOnWorker]:
+def cancels(out: Iterable[Output]) -> list[CancelOnWorker]:
     return of(CancelOnWorker, out)
 
 
-def abandons(out: Iterable[Command]) -> list[AbandonOnWorker]:
+def abandons(out: Iterable[Output]) -> list[AbandonOnWorker]:
     return of(AbandonOnWorker, out)
 
 
-def errors(out: Iterable[Command]) -> list[Error]:
+def errors(out: Iterable[Output]) -> list[Error]:
     return [c.event for c in of(Emit, out) if isinstance(c.event, Error)]
 
 
-def error_codes(out: Iterable[Command]) -> dict[str, ErrorCode]:
+def error_codes(out: Iterable[Output]) -> dict[str, ErrorCode]:
     return {e.job_id or "": e.code for e in errors(out)}
 
 
-def queued(out: Iterable[Command]) -> list[Queued]:
+def queued(out: Iterable[Output]) -> list[Queued]:
     return [c.event for c in of(Emit, out) if isinstance(c.event, Queued)]
 
 
-def only_spawn(out: Iterable[Command]) -> Spawn:
+def only_spawn(out: Iterable[Output]) -> Spawn:
     found = spawns(out)
     assert len(found) == 1, found
     return found[0]
 
 
-def only_execute(out: Iterable[Command]) -> SendExecute:
+def only_execute(out: Iterable[Output]) -> SendExecute:
     found = executes(out)
     assert len(found) == 1, found
     return found[0]

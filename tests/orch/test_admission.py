@@ -14,6 +14,7 @@ from .factory import (
     T0,
     GiB,
     MiB,
+    cancel,
     error_codes,
     errors,
     gpu,
@@ -350,7 +351,7 @@ def test_queued_positions_update_when_they_change() -> None:
         for q in queued(core.handle(submit(j, priority=prio))):
             positions[q.job_id] = q.position
     assert positions == {"b1": 2, "b2": 3, "i1": 1}
-    out = core.cancel(T0, "i1")[1]
+    out = cancel(core, T0, "i1")[1]
     assert sorted((q.job_id, q.position) for q in queued(out)) == [("b1", 1), ("b2", 2)]
 
 
@@ -369,6 +370,6 @@ def test_queued_updates_only_near_the_head() -> None:
     core.handle(heartbeat(devices=[gpu(0, free=0)]))
     for i in range(4):
         core.handle(submit(f"j{i}"))
-    out = core.cancel(T0, "j0")[1]
+    out = cancel(core, T0, "j0")[1]
     assert sorted(q.job_id for q in queued(out)) == ["j1", "j2"]  # j3 (now 3rd) not told
     assert core.job_info("j3").position == 4  # last reported

@@ -14,6 +14,7 @@ from .factory import (
     abandon_answered,
     abandons,
     accepted,
+    cancel,
     error_codes,
     errors,
     executes,
@@ -73,8 +74,9 @@ def pool_p1_lost(core: Core, w1: str) -> None:
     assert [(a.worker_id, a.job_id) for a in abandons(out)] == [(w1, "j1")]
     assert not executes(out) and not errors(out)  # no retry while w1 may still stream
     assert core.job_info("j1").state == "running"
-    wake = core.next_wake()
-    assert wake is not None and wake > T0 + 6  # a fenced job sets no timer of its own
+    # p2 lost if silent (its last beat T0+5, 3 intervals of 2 s): the first timer; the fenced
+    # job sets none of its own
+    assert core.next_wake() == T0 + 11
 
 
 def test_pool_lost_retries_only_after_the_old_worker_says_where_it_stopped() -> None:
@@ -112,7 +114,7 @@ def test_fenced_job_that_its_old_worker_finished_is_over() -> None:
 def test_fenced_job_cancelled_meanwhile_ends_cancelled_once_its_worker_stopped() -> None:
     core, w1, _ = two_pools()
     pool_p1_lost(core, w1)
-    core.cancel(T0 + 6.1, "j1")
+    cancel(core, T0 + 6.1, "j1")
     assert core.job_info("j1").state == "running"
     out = core.handle(abandon_answered("j1", w1, T0 + 6.2))
     assert error_codes(out) == {"j1": ErrorCode.CANCELLED} and not executes(out)

@@ -133,7 +133,7 @@ def test_best_slot_ties_are_deterministic() -> None:
     c = Slot("p1", 0, "gpu", 10, 20)
     assert best_slot([a, b, c], "best-fit")[0] == c
     slot, reasons = best_slot([Slot("p1", 0, "gpu", 30, 20)], "best-fit")
-    assert slot is None and reasons == ["p1/0: needs 0 MiB, 0 MiB available"]
+    assert slot is None and reasons == ["device p1/0: needs 0 MiB, 0 MiB free"]
 
 
 def test_pool_pin_honoured_without_fallback() -> None:

@@ -7,6 +7,7 @@ from schemas.state import ClusterState, ModelsReply
 from .factory import (
     T0,
     MiB,
+    cancel,
     gpu,
     heartbeat,
     make_core,
@@ -66,6 +67,6 @@ def test_finished_memory_is_bounded() -> None:
     core = make_core(finished_memory=2)
     for j in ("a", "b", "c"):
         core.handle(submit(j))
-        core.cancel(T0, j)
+        cancel(core, T0, j)
     assert core.job_info("a") is None
     assert core.job_info("b").state == core.job_info("c").state == "cancelled"

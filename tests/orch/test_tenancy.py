@@ -12,7 +12,7 @@ from llorch_orch.core.tenancy import ANYONE, Caller, Tenancy, inbox_identity
 from schemas import CancelReply, Error
 from schemas.codes import ErrorCode
 
-from .factory import T0, cancels, heartbeat, make_core, status, submit, winfo
+from .factory import T0, cancel, cancels, heartbeat, make_core, status, submit, winfo
 
 A, B = Caller("UA"), Caller("UB")
 OPERATOR = Caller("UOP", operator=True)
@@ -80,26 +80,26 @@ def test_the_queue_limit_counts_only_the_callers_jobs() -> None:
 def test_another_tenants_job_is_as_unknown_as_a_bad_id() -> None:
     core = two_tenants()
     unknown_info = core.job_info("zz", B)
-    unknown_cancel, _ = core.cancel(T0, "zz", B)
+    unknown_cancel, _ = cancel(core, T0, "zz", B)
     for job_id in ("a1", "a2"):  # running and queued
         assert core.job_info(job_id, B) is unknown_info is None
-        reply, out = core.cancel(T0, job_id, B)
+        reply, out = cancel(core, T0, job_id, B)
         assert reply == msgspec.structs.replace(unknown_cancel, message=f"no job {job_id}")
         assert isinstance(reply, Error) and reply.code == ErrorCode.NOT_FOUND
         assert out == []  # no cancel sent, nothing emitted
     # untouched, and still visible to their owner
     assert (core.job_info("a1", A).state, core.job_info("a2", A).state) == ("running", "queued")
     assert "a2" in core.queue
-    nobody = core.cancel(T0, "n1", Caller(None))[0]  # no identity acts on no job, ownerless too
+    nobody = cancel(core, T0, "n1", Caller(None))[0]  # no identity acts on no job, ownerless too
     assert isinstance(nobody, Error) and nobody.code == ErrorCode.NOT_FOUND and "n1" in core.queue
 
 
 def test_a_caller_cancels_its_own_and_an_operator_anyones() -> None:
     core = two_tenants()
-    reply, out = core.cancel(T0, "a1", A)
+    reply, out = cancel(core, T0, "a1", A)
     assert reply == CancelReply(job_id="a1", outcome="cancelled")
     assert [(c.worker_id, c.job_id) for c in cancels(out)] == [("wa", "a1")]
-    reply, out = core.cancel(T0, "b1", OPERATOR)
+    reply, out = cancel(core, T0, "b1", OPERATOR)
     assert reply.outcome == "cancelled"  # type: ignore[union-attr]
     assert [(c.worker_id, c.job_id) for c in cancels(out)] == [("wb", "b1")]
 
@@ -110,7 +110,7 @@ def test_finished_jobs_stay_their_owners() -> None:
     info = core.job_info("a1", A)
     assert info is not None and info.state == "finished"
     assert core.job_info("a1", B) is None
-    assert core.cancel(T0, "a1", A)[0] == CancelReply(job_id="a1", outcome="already_finished")
-    reply = core.cancel(T0, "a1", B)[0]
+    assert cancel(core, T0, "a1", A)[0] == CancelReply(job_id="a1", outcome="already_finished")
+    reply = cancel(core, T0, "a1", B)[0]
     assert isinstance(reply, Error) and reply.code == ErrorCode.NOT_FOUND
     assert core.job_info("a1", OPERATOR) == info  # an operator sees anyone's
