@@ -47,7 +47,7 @@ from . import edge, natsconf, settings
 from .batch import cli as batch_cli
 from .batch import load as load_batch
 from .stack import Stack, StackError
-from .table import models_table, state_table
+from .table import job_table, models_table, state_table
 
 T = TypeVar("T")
 
@@ -140,10 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="stream a generation from a running stack")
     _common(gen)
     _generate_args(gen)
-    for name, help_ in (("state", "cluster view"), ("cancel", "cancel a job")):
+    for name, help_ in (
+        ("state", "cluster view, with why each waiting job waits"),
+        ("job", "one job: state, position, worker, why it waits, timings"),
+        ("cancel", "cancel a job"),
+    ):
         p = sub.add_parser(name, help=help_)
         _common(p)
-        if name == "cancel":
+        if name != "state":
             p.add_argument("job_id")
     models = sub.add_parser("models", help="list models (or `models add NAME PATH`)")
     _common(models)
@@ -247,6 +251,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
             creds,
             args.metrics_port,
             args.operator,
+            args.record_events,
         )
     if args.command == "nats-config":
         return _nats_config(args)
@@ -256,13 +261,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
             return await batch_cli.run(nc, args)
         if args.command == "generate":
             return await _generate(nc, args)
-        if args.command == "state":
-            return _print_table(await client.state(nc, Subjects(args.prefix)), state_table)
-        if args.command == "models":
-            return _print_table(await client.models(nc, Subjects(args.prefix)), models_table)
-        reply = await client.cancel(nc, args.job_id, Subjects(args.prefix))
-        print(_ok(reply).outcome)
-        return 0
+        return await _ask(nc, args)
     except nats.errors.TimeoutError:
         # a publish the server refused (permissions) is never answered: say that, not "late"
         refused = nc.last_error
@@ -271,6 +270,20 @@ async def _dispatch(args: argparse.Namespace) -> int:
         raise
     finally:
         await nc.close()
+
+
+async def _ask(nc: Client, args: argparse.Namespace) -> int:
+    """The one-request commands: state, models, job, cancel."""
+    subjects = Subjects(args.prefix)
+    if args.command == "state":
+        return _print_table(await client.state(nc, subjects), state_table)
+    if args.command == "models":
+        return _print_table(await client.models(nc, subjects), models_table)
+    if args.command == "job":
+        info = await client.job(nc, args.job_id, subjects)
+        return _print_table(info, lambda job: job_table(job, time.time()))
+    print(_ok(await client.cancel(nc, args.job_id, subjects)).outcome)
+    return 0
 
 
 def _client_endpoint(args: argparse.Namespace) -> tuple[str, Credentials]:
