@@ -208,8 +208,9 @@ class BatchRunner:
         collector = Collector(now, has_stop=bool(job.stop), chat=job.messages is not None)
         flight = Flight(msg, producer, batch, custom_id, job_id, delivered, collector, now)
         self.flights[job_id] = flight
-        log.info("batch %s/%s job %s -> %s (delivery %d)", producer, batch, custom_id, job_id,
-                 delivered)  # fmt: skip
+        log.info(
+            "batch %s/%s job %s -> %s (delivery %d)", producer, batch, custom_id, job_id, delivered
+        )
         # the job's trace continues the producer's (its context rides in the message headers)
         try:
             await self.service.submit(
@@ -352,8 +353,9 @@ class BatchRunner:
                     continue
                 tries += 1
                 if tries >= STORE_TRIES:
-                    log.warning("storing %s: %s; gave up after %d tries, job nak'ed", where,
-                                reason, tries)  # fmt: skip
+                    log.warning(
+                        "storing %s: %s; gave up after %d tries, job nak'ed", where, reason, tries
+                    )
                     with contextlib.suppress(Exception):
                         await msg.nak()
                     return None
@@ -428,10 +430,15 @@ class BatchRunner:
         done, failed_, empty = await store.outcomes(self.js, self.subjects, *ref)
         in_flight = sum(_ref(f) == ref for f in self.flights.values())
         return BatchStatus(
-            batch_id=ref[1], total=done + failed_ + waiting, done=done, failed=failed_,
-            empty=empty, in_flight=in_flight, queued=max(0, waiting - in_flight),
+            batch_id=ref[1],
+            total=done + failed_ + waiting,
+            done=done,
+            failed=failed_,
+            empty=empty,
+            in_flight=in_flight,
+            queued=max(0, waiting - in_flight),
             cancelled=await self._is_cancelled(ref),
-        )  # fmt: skip
+        )
 
     async def _check_known(self, ref: Batch) -> None:
         """Valid ids of a batch the streams hold something of; else a coded error, so a
