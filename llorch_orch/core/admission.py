@@ -5,7 +5,7 @@ from schemas.codes import ErrorCode
 from schemas.ids import is_valid_id
 
 from .config import OrchConfig
-from .placement import can_ever_fit, slots
+from .placement import slots, too_small
 from .view import ClusterView
 
 NO_POOL_RETRY_MS = 500  # a pool's (next) heartbeat is at most one interval away (2 s by default)
@@ -85,7 +85,8 @@ def check_model(req: GenerateRequest, view: ClusterView) -> Error | None:
     if has_worker:
         return None
     candidates, reasons = slots(view, req.model, req.pool, req.device)
-    if not candidates or not can_ever_fit(candidates, view):
-        detail = "; ".join(reasons) or "no device is large enough"
+    small = too_small(candidates, view)
+    if not candidates or small:
+        detail = "; ".join(reasons + small) or "no live pool has a device"
         return _reject(ErrorCode.NO_CAPACITY, f"no device can host {req.model}: {detail}")
     return None

@@ -46,6 +46,9 @@ def slots(
         if model not in p.models:
             reasons.append(f"pool {p.pool_id} has no file for {model}")
             continue
+        if device is not None and device not in p.devices:
+            reasons.append(f"pool {p.pool_id} has no device {device}")
+            continue
         for d in sorted(p.devices.values(), key=lambda d: d.index):
             if device is not None and d.index != device:
                 continue
@@ -56,8 +59,17 @@ def slots(
     return kept, reasons
 
 
-def can_ever_fit(candidates: list[Slot], view: ClusterView) -> bool:
-    return any(s.need <= view.pools[s.pool_id].devices[s.device].total_bytes for s in candidates)
+def too_small(candidates: list[Slot], view: ClusterView) -> list[str]:
+    """Why no candidate could ever host the model, even empty; [] when one could."""
+    reasons = []
+    for s in candidates:
+        total = view.pools[s.pool_id].devices[s.device].total_bytes
+        if s.need <= total:
+            return []
+        reasons.append(
+            f"device {s.pool_id}/{s.device}: needs {s.need >> 20} MiB, has {total >> 20} MiB in all"
+        )
+    return reasons
 
 
 def best_slot(candidates: list[Slot], strategy: str) -> tuple[Slot | None, list[str]]:

@@ -205,16 +205,19 @@ def test_job_id_assigned_when_absent() -> None:
 
 
 @pytest.mark.parametrize(
-    "kw",
-    [{"pool": "nowhere"}, {"device": 5}, {"pool": "p1", "device": 1}],
+    ("kw", "why"),
+    [
+        ({"pool": "nowhere"}, "pinned pool nowhere is unknown"),
+        ({"device": 5}, "pool p1 has no device 5"),
+        ({"pool": "p1", "device": 1}, "pool p1 has no device 1"),
+    ],
 )
-def test_pins_that_cannot_be_served(kw: dict) -> None:
+def test_pins_that_cannot_be_served(kw: dict, why: str) -> None:
     core = make_core()
     out = core.handle(submit("j1", **kw))
     err = one_error(out)
     assert err.code == ErrorCode.NO_CAPACITY and not err.retriable
-    # the reasons after the prefix come from placement (being reworded): not pinned here
-    assert err.message.startswith("no device can host m")
+    assert err.message == f"no device can host m: {why}"
     assert core.job_info("j1") is None and not spawns(out)
 
 
@@ -224,8 +227,8 @@ def test_model_larger_than_any_device() -> None:
     out = core.handle(submit("j1"))
     err = one_error(out)
     assert err.code == ErrorCode.NO_CAPACITY and not err.retriable
-    # the reasons after the prefix come from placement (being reworded): not pinned here
-    assert err.message.startswith("no device can host m")
+    # 2 GiB file + 2 MiB KV + 768 MiB GPU overhead
+    assert err.message == "no device can host m: device p1/0: needs 2818 MiB, has 1024 MiB in all"
     assert core.job_info("j1") is None and not spawns(out)
 
 
@@ -236,8 +239,8 @@ def test_model_larger_than_free_memory_waits() -> None:
     accepted(core, out, "j1")
     assert not spawns(out)
     info = core.job_info("j1")
-    # "why is my job still queued?": the text is _ensure_capacity's (being reworded)
-    assert info.worker_id is None and len(info.reasons) == 1
+    assert info.worker_id is None
+    assert info.reasons == ["device p1/0: needs 870 MiB, 100 MiB free"]
 
 
 def test_pinned_job_served_by_existing_worker_passes() -> None:

@@ -142,7 +142,7 @@ def test_pool_pin_honoured_without_fallback() -> None:
     core.handle(heartbeat("p2", devices=[gpu(0, total=2 * GiB, free=0)]))
     out = core.handle(submit("j1", pool="p2"))
     assert not spawns(out) and not errors(out)  # waits for p2 rather than using p1
-    assert core.job_info("j1").reasons
+    assert core.job_info("j1").reasons == ["device p2/0: needs 870 MiB, 0 MiB free"]
     out = core.handle(heartbeat("p2", devices=[gpu(0, total=2 * GiB)]))
     assert only_spawn(out).pool_id == "p2"
 
