@@ -105,12 +105,16 @@ ClusterFactory = Callable[..., Awaitable[Cluster]]
 
 @pytest.fixture
 async def make_cluster(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[ClusterFactory]:
-    """make_cluster(config_toml="", pools=("p1",), pool_args=()) -> a running Cluster."""
+    """make_cluster(config_toml="", pools=("p1",), pool_args=(), orch_args=()) -> a running
+    Cluster."""
     stacks: list[Stack] = []
     clients: list[Client] = []
 
     async def make(
-        config_toml: str = "", pools: tuple[str, ...] = ("p1",), pool_args: tuple[str, ...] = ()
+        config_toml: str = "",
+        pools: tuple[str, ...] = ("p1",),
+        pool_args: tuple[str, ...] = (),
+        orch_args: tuple[str, ...] = (),
     ) -> Cluster:
         data_dir = tmp_path / f"data{len(stacks)}"
         (data_dir / "logs").mkdir(parents=True)
@@ -118,7 +122,7 @@ async def make_cluster(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator
         config.write_text(config_toml)
         stack = Stack(data_dir=data_dir, nats_url=nats_server.url, prefix=Subjects().prefix)
         stacks.append(stack)
-        stack.spawn("orchestrator", ["llorch_orch", "orch", "--config", str(config)])
+        stack.spawn("orchestrator", ["llorch_orch", "orch", "--config", str(config), *orch_args])
         nc = await nats.connect(nats_server.url)
         clients.append(nc)
         cluster = Cluster(stack, nc)
