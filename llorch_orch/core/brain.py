@@ -226,46 +226,68 @@ class Core:
 
     # ---- scheduling ----------------------------------------------------------------------
     def _schedule(self, now: float) -> None:
-        """One placement decision for each job near the head of each waiting model's queue,
-        carried out at once; then the positions the clients were told are brought up to date."""
-        s = self.state
-        for model in s.queue.waiting_models():
-            claimed: set[str] = set()
-            failed = s.spawn_failures.get(model, [])
-            for _, job_id in list(s.queue.head(model, self.cfg.queued_update_top)):
-                job = s.jobs[job_id]
-                decision = decide(s.view, self.cfg, job.request, claimed, failed)
-                match decision:
-                    case Dispatch(worker=worker):
-                        s.dispatch(now, job, worker)
-                        continue
-                    case StartWorker(slot=slot):
-                        started = s.spawn(now, model, slot.pool_id, slot.device, slot.need, job)
-                        claimed.add(started.worker_id)
-                    case Evict(victims=victims):
-                        for victim in victims:
-                            s.stop(victim, drain=True, reason="evict")
-                    case Wait(claim=claim):
-                        if claim is not None:
-                            claimed.add(claim)
-                self._pending(job, decision.reasons)
-            self._update_positions(model, now)
+        for model in self.state.queue.waiting_models():
+            self._schedule_model(now, model)
 
-    def _pending(self, job: Job, reasons: tuple[str, ...]) -> None:
-        if reasons != job.reasons:
-            job.reasons = reasons
-            self.state.out.append(Pending(job.job_id, reasons))
-
-    def _update_positions(self, model: str, now: float) -> None:
-        s = self.state
-        for position, job_id in s.queue.head(model, self.cfg.queued_update_top):
+    def _schedule_model(self, now: float, model: str) -> None:
+        """One placement decision for each job near the head of the model's queue, carried out
+        at once; the positions its clients were told are brought up to date on the way."""
+        s, top = self.state, self.cfg.queued_update_top
+        claimed: set[str] = set()  # loading workers that earlier jobs of this pass wait for
+        failed = s.spawn_failures.get(model, [])
+        # A wait that claims no worker changes nothing, so the next job with the same pins
+        # would be told the same: decided once per pass (10,000 queued jobs cost one).
+        waits: dict[tuple[str | None, int | None], Wait] = {}
+        head = list(s.queue.head(model, top))
+        dispatched = 0
+        for position, job_id in head:
             job = s.jobs[job_id]
-            if position == job.reported_position:
+            req = job.request
+            known = waits.get((req.pool, req.device))
+            if known is not None and known.reasons == job.reasons:  # the common case
+                self._tell_position(job, position - dispatched, now)
                 continue
-            if job.exec_seq is None:
-                s.emit_queued(job, position, now)
-            else:  # a retry: the stream's seqs belong to the worker now, so no new event
-                job.reported_position = position
+            decision = known or decide(s.view, self.cfg, req, claimed, failed)
+            if isinstance(decision, Wait) and decision.claim is None:
+                waits[req.pool, req.device] = decision
+            else:
+                waits.clear()  # the view changed: every pin decides afresh
+            if isinstance(decision, Dispatch):
+                s.dispatch(now, job, decision.worker)
+                dispatched += 1
+                continue
+            self._carry_out(now, job, decision, claimed)
+            self._tell_position(job, position - dispatched, now)
+        if dispatched:  # the jobs that moved up into the head learn their positions
+            for position, job_id in islice(s.queue.head(model, top), len(head) - dispatched, None):
+                self._tell_position(s.jobs[job_id], position, now)
+
+    def _carry_out(
+        self, now: float, job: Job, decision: StartWorker | Evict | Wait, claimed: set[str]
+    ) -> None:
+        """A decision that leaves the job waiting, and its reasons (told when they change)."""
+        s = self.state
+        match decision:
+            case StartWorker(slot=slot):
+                started = s.spawn(now, job.request.model, slot.pool_id, slot.device, slot.need, job)
+                claimed.add(started.worker_id)
+            case Evict(victims=victims):
+                for victim in victims:
+                    s.stop(victim, drain=True, reason="evict")
+            case Wait(claim=claim):
+                if claim is not None:
+                    claimed.add(claim)
+        if decision.reasons != job.reasons:
+            job.reasons = decision.reasons
+            s.out.append(Pending(job.job_id, decision.reasons))
+
+    def _tell_position(self, job: Job, position: int, now: float) -> None:
+        if position == job.reported_position:
+            return
+        if job.exec_seq is None:
+            self.state.emit_queued(job, position, now)
+        else:  # a retry: the stream's seqs belong to the worker now, so no new event
+            job.reported_position = position
 
     # ---- worker and pool facts ---------------------------------------------------------
     def _heartbeat(self, now: float, hb: Heartbeat) -> None:
