@@ -115,10 +115,18 @@ _queued_info = JobInfo(
     model=MODEL,
     priority="interactive",
     position=1,
-    reasons=["smollm2-135m has 1 of max_workers workers, all busy"],
+    reasons=["1/1 workers of smollm2-135m busy"],
+    submitted_at=1764345600.412,
 )
 _running_info = JobInfo(
-    job_id=JOB, state="running", model=MODEL, priority="interactive", worker_id=WORKER
+    job_id=JOB,
+    state="running",
+    model=MODEL,
+    priority="interactive",
+    worker_id=WORKER,
+    attempts=1,
+    submitted_at=1764345599.87,
+    started_at=1764345599.871,
 )
 EXECUTE = Execute(
     job_id=JOB,
@@ -242,6 +250,10 @@ EXAMPLES: list[tuple[str, msgspec.Struct]] = [
             priority="interactive",
             worker_id=WORKER,
             code=ErrorCode.WORKER_LOST,
+            attempts=2,
+            submitted_at=1764345590.102,
+            started_at=1764345590.104,
+            ended_at=1764345597.532,
         ),
     ),
     ("state-request", StateRequest()),
@@ -268,6 +280,22 @@ EXAMPLES: list[tuple[str, msgspec.Struct]] = [
             ],
             queue=[_queued_info],
             running=[_running_info],
+            recent=[
+                JobInfo(
+                    job_id="job-0a1b2c3d4e5f",
+                    state="finished",
+                    model=MODEL,
+                    priority="interactive",
+                    worker_id=WORKER,
+                    attempts=1,
+                    submitted_at=1764345598.2,
+                    started_at=1764345598.201,
+                    ended_at=1764345598.655,
+                    ttft_ms=6.3,
+                    tokens_in=12,
+                    tokens_out=32,
+                )
+            ],
         ),
     ),
     (
