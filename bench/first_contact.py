@@ -65,7 +65,7 @@ async def one_stop() -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="llorch-stop-") as tmp:
         data_dir = Path(tmp)
         up = subprocess.Popen(
-            [*LLORCH, "up", "--data-dir", tmp, "--port", str(free_port())],
+            [*LLORCH, "up", "--data-dir", tmp, "--port", str(free_port()), "--http", "off"],
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
             start_new_session=True,  # its own group: the signal goes to it all, as from a tty
         )  # fmt: skip

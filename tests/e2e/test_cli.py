@@ -54,7 +54,7 @@ def test_run_raw_streams_one_completion_and_stops(tmp_path: Path) -> None:
 def test_up_serves_client_commands_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
     port = free_port()
     up = subprocess.Popen(
-        [*LLORCH, "up", "--port", str(port), "--data-dir", str(tmp_path)],
+        [*LLORCH, "up", "--port", str(port), "--data-dir", str(tmp_path), *_http()],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -63,8 +63,15 @@ def test_up_serves_client_commands_and_stops_everything_on_ctrl_c(tmp_path: Path
         line = up.stderr.readline()  # blocks until the stack is up (or failed)
         assert "llorch is up" in line, line + up.stderr.read()
         # Neither URL nor credentials: the data dir names both (`up` recorded its URL there)
-        gen = _llorch("generate", "Hi", "--raw", "--max-tokens", "3", data_dir=tmp_path)
+        gen = _llorch(
+            "generate", "Hi", "--raw", "--max-tokens", "3", "--job-id", "cli-1", data_dir=tmp_path
+        )
         assert gen.returncode == 0 and "3 tokens" in gen.stderr, gen.stderr
+        job = _llorch("job", "cli-1", data_dir=tmp_path)
+        assert job.returncode == 0, job.stderr
+        fields = dict(line.split(None, 1) for line in job.stdout.splitlines())
+        assert (fields["state"], fields["attempts"]) == ("finished", "1"), job.stdout
+        assert fields["tokens"].endswith(", 3 out"), job.stdout
         state = _llorch("state", "--data-dir", str(tmp_path))
         assert state.returncode == 0 and "smollm2-135m" in state.stdout and "ready" in state.stdout
         models = _llorch("models", data_dir=tmp_path)
@@ -161,3 +168,8 @@ def _alive(pid: int) -> bool:
         return False
     stat = (Path("/proc") / str(pid) / "stat").read_text()
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _http() -> list[str]:
+    """`llorch up`'s HTTP edge on a free port (its default, 8000, may be taken)."""
+    return ["--http", f"127.0.0.1:{free_port()}"]

@@ -35,7 +35,7 @@ def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """`llorch up` as a terminal's foreground job: the leader of its own process group."""
     port = free_port()
     proc = subprocess.Popen(
-        [*LLORCH, "up", "--data-dir", str(tmp_path), "--port", str(port), "--cpu"],
+        [*LLORCH, "up", "--data-dir", str(tmp_path), "--port", str(port), "--cpu", *_http()],
         stderr=subprocess.PIPE,
         text=True,
         process_group=0,
@@ -129,3 +129,8 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _http() -> list[str]:
+    """`llorch up`'s HTTP edge on a free port (its default, 8000, may be taken)."""
+    return ["--http", f"127.0.0.1:{free_port()}"]

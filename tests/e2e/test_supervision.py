@@ -54,7 +54,16 @@ class Up:
         self.data_dir = data_dir
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [*LLORCH, "up", "--data-dir", str(data_dir), "--port", str(self.port), "--cpu"],
+            [
+                *LLORCH,
+                "up",
+                "--data-dir",
+                str(data_dir),
+                "--port",
+                str(self.port),
+                "--cpu",
+                *_http(),
+            ],
             stderr=subprocess.PIPE,
             text=True,
             process_group=0,
@@ -308,3 +317,8 @@ async def test_a_request_sent_while_nats_is_down_gets_a_terminal_event(
         stack.stop()  # before the server: they leave on a live connection
         if restarted is not None:
             restarted.stop()
+
+
+def _http() -> list[str]:
+    """`llorch up`'s HTTP edge on a free port (its default, 8000, may be taken)."""
+    return ["--http", f"127.0.0.1:{free_port()}"]

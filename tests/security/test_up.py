@@ -48,7 +48,8 @@ def up(tmp_path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     port = free_port()
     env = {**os.environ, "LLORCH_DATA_DIR": str(tmp_path)}  # client commands find their seed
     proc = subprocess.Popen(
-        [*LLORCH, "up", "--port", str(port), "--data-dir", str(tmp_path), "--cpu"],
+        [*LLORCH, "up", "--port", str(port), "--data-dir", str(tmp_path), "--cpu", "--http",
+         f"127.0.0.1:{free_port()}"],
         stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     assert proc.stderr is not None
