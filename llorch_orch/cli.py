@@ -89,6 +89,7 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--top-k", type=int, default=40)
     p.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
+    p.add_argument("--job-id", help="name the job (for `llorch job ID`, `llorch cancel ID`)")
 
 
 def _stack_args(p: argparse.ArgumentParser) -> None:
@@ -502,6 +503,7 @@ async def _print_generation(nc: Client, args: argparse.Namespace) -> int:
         top_p=args.top_p,
         top_k=args.top_k,
         stop=args.stop,
+        job_id=args.job_id,
     )
     start = time.perf_counter()
     first: float | None = None
@@ -521,9 +523,10 @@ async def _print_generation(nc: Client, args: argparse.Namespace) -> int:
 def _show(event: Event, start: float, first: float | None) -> bool:
     """Print one event of a generation; whether it was text."""
     match event:
-        case Queued(position=position):
+        case Queued(position=position, job_id=job_id):
             # also while the first worker of a model loads: say what the wait is for
-            print(f"[waiting for a worker: position {position} in line]", file=sys.stderr)
+            why = f"`llorch job {job_id}` says why"
+            print(f"[waiting for a worker: position {position} in line; {why}]", file=sys.stderr)
         case Token(text=text):
             print(text, end="", flush=True)
             return True
