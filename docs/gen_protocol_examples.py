@@ -55,6 +55,7 @@ from schemas import (
     WorkerCancel,
     WorkerFailed,
     WorkerInfo,
+    WorkerLoad,
     WorkerReady,
     encode,
 )
@@ -365,8 +366,10 @@ EXAMPLES: list[tuple[str, msgspec.Struct]] = [
             layers_offloaded=31,
             layers_total=31,
             load_ms=812.5,
+            slots=8,
         ),
     ),
+    ("worker-load", WorkerLoad(worker_id=WORKER, pool_id="gpu-host-1", slots_busy=3)),
     (
         "worker-failed",
         WorkerFailed(

@@ -45,6 +45,7 @@ from schemas.control import (
     WorkerCancel,
     WorkerFailed,
     WorkerInfo,
+    WorkerLoad,
     WorkerReady,
 )
 from schemas.ids import check_id, is_valid_id, new_id
@@ -95,6 +96,7 @@ __all__ = [
     "WorkerCancel",
     "WorkerFailed",
     "WorkerInfo",
+    "WorkerLoad",
     "WorkerReady",
     "check_id",
     "decoder",

@@ -43,6 +43,8 @@ class WorkerInfo(Message, tag="worker"):
     memory_bytes: int | None = None  # measured after load; None while starting
     exit_code: int | None = None  # once reaped
     message: str = ""  # why it failed, when it did
+    slots: int = 1  # sequences it decodes at once (jobs it may run together)
+    slots_busy: int = 0  # of those, running a job now (its latest WorkerLoad)
 
 
 class ModelInfo(Message, tag="model"):
@@ -69,11 +71,15 @@ class SnapshotRequest(Message, tag="snapshot_request"):
     pass
 
 
+MAX_SLOTS = 256  # sequences one worker may decode at once
+
+
 class SpawnRequest(Message, tag="spawn"):
     worker_id: str
     model: str
     device: int  # device index from the pool's inventory
-    n_ctx: int  # context to allocate
+    n_ctx: int  # context to allocate per slot (the worker's context holds slots x n_ctx)
+    slots: Annotated[int, Meta(ge=1, le=MAX_SLOTS)] = 1  # jobs it runs at once
 
 
 class StopRequest(Message, tag="stop"):
@@ -96,6 +102,16 @@ class WorkerReady(Message, tag="ready"):
     layers_offloaded: int
     layers_total: int
     load_ms: float
+    slots: int = 1  # jobs it runs at once (continuous batching in one context)
+
+
+class WorkerLoad(Message, tag="worker_load"):
+    """Worker -> `worker.<W>.ready` whenever the number of its busy slots changes, so its pool
+    reports it (`WorkerInfo.slots_busy`) and an orchestrator that adopts it knows."""
+
+    worker_id: str
+    pool_id: str
+    slots_busy: int
 
 
 class WorkerFailed(Message, tag="worker_failed"):
@@ -121,6 +137,9 @@ class Execute(Message, tag="execute", kw_only=True):
     stop: StopList = []
     seq: Annotated[int, Meta(ge=0)] = 0  # seq of the first event this worker sends
     resume_after: int = -1  # retry: suppress events with seq <= this (the client has them)
+    # retry: the `hash` of the last status at `resume_after`; the worker checks its regenerated
+    # text against it and ends the job with WORKER_LOST instead of splicing different text
+    resume_hash: str | None = None
 
     def __post_init__(self) -> None:
         check_prompt_or_messages(self.prompt, self.messages)
@@ -138,6 +157,8 @@ class JobStatus(Message, tag="job_status"):
     tokens_out: int = 0
     code: ErrorCode | None = None  # when failed or abandoned
     ttft_ms: float | None = None  # on finished/failed: job start on the worker to first token
+    # running hash of the text published on the stream up to `seq` (what a retry must match)
+    hash: str | None = None
 
 
 class WorkerCancel(Message, tag="worker_cancel"):
