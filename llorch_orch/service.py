@@ -36,6 +36,7 @@ from schemas import (
     Subjects,
     WorkerCancel,
     WorkerFailed,
+    WorkerLoad,
     WorkerReady,
     decoder,
     encode,
@@ -77,7 +78,7 @@ _generate = decoder(GenerateRequest)
 _cancel = decoder(CancelRequest)
 _job_get = decoder(JobGetRequest)
 _heartbeat = decoder(Heartbeat)
-_ready = decoder(WorkerReady | WorkerFailed)
+_ready = decoder(WorkerReady | WorkerFailed | WorkerLoad)
 _status = decoder(JobStatus)
 _reply = decoder(Ack | Error)
 _abandon_reply = decoder(JobStatus | Ack | Error)  # the job's final status, or "not running"
@@ -362,10 +363,12 @@ class OrchestratorService:
         )
 
     async def _on_ready(self, msg: Msg) -> None:
-        def event(m: WorkerReady | WorkerFailed) -> ev.Event:
+        def event(m: WorkerReady | WorkerFailed | WorkerLoad) -> ev.Event | None:
             if isinstance(m, WorkerReady):
                 return ev.ReadySeen(self.clock(), m)
-            return ev.FailedSeen(self.clock(), m)
+            if isinstance(m, WorkerFailed):
+                return ev.FailedSeen(self.clock(), m)
+            return None  # its pool's heartbeats carry it; our own dispatches count our jobs
 
         await self._decode_and_feed(msg, _ready, event, lambda m: self.subjects.ready(m.worker_id))
 
@@ -381,7 +384,7 @@ class OrchestratorService:
         self,
         msg: Msg,
         decode: Callable[[bytes], object],
-        make: Callable[..., ev.Event],
+        make: Callable[..., ev.Event | None],
         subject_of: Callable[..., str],
     ) -> None:
         """The server's permissions bind a subject to its sender (only pool X may publish
@@ -393,7 +396,8 @@ class OrchestratorService:
         except ProtocolError as exc:
             log.warning("dropped bad message on %s: %s", clip(msg.subject), exc)
             return
-        await self._feed(make(message))
+        if (event := make(message)) is not None:
+            await self._feed(event)
 
     async def _on_execute_reply(self, msg: Msg) -> None:
         parts = msg.subject[len(self._inbox) + 1 :].split(".", 2)

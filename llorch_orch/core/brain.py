@@ -3,6 +3,7 @@ everything else arrive in events, so a recording of its events replays to the sa
 (`llorch_orch.replay`)."""
 
 import zlib
+from collections import Counter
 from itertools import islice
 from typing import assert_never
 
@@ -119,7 +120,7 @@ class Core:
         job = Job(job_id, req, event.reply_to, now, seed, deadline, last_activity=now)
         job.owner = event.owner
         if not s.queue.waiting(req.model):  # nobody ahead of it: an idle worker takes it now
-            worker = s.view.idle_worker(req.model, req.pool, req.device)
+            worker = s.view.open_worker(req.model, req.pool, req.device)
             if worker is not None:
                 s.dispatch(now, job, worker)
                 return
@@ -233,7 +234,7 @@ class Core:
         """One placement decision for each job near the head of the model's queue, carried out
         at once; the positions its clients were told are brought up to date on the way."""
         s, top = self.state, self.cfg.queued_update_top
-        claimed: set[str] = set()  # loading workers that earlier jobs of this pass wait for
+        claimed: Counter[str] = Counter()  # loading worker -> jobs of this pass waiting for it
         failed = s.spawn_failures.get(model, [])
         # A wait that claims no worker changes nothing, so the next job with the same pins
         # would be told the same: decided once per pass (10,000 queued jobs cost one).
@@ -263,20 +264,20 @@ class Core:
                 self._tell_position(s.jobs[job_id], position, now)
 
     def _carry_out(
-        self, now: float, job: Job, decision: StartWorker | Evict | Wait, claimed: set[str]
+        self, now: float, job: Job, decision: StartWorker | Evict | Wait, claimed: Counter[str]
     ) -> None:
         """A decision that leaves the job waiting, and its reasons (told when they change)."""
         s = self.state
         match decision:
             case StartWorker(slot=slot):
                 started = s.spawn(now, job.request.model, slot.pool_id, slot.device, slot.need, job)
-                claimed.add(started.worker_id)
+                claimed[started.worker_id] += 1
             case Evict(victims=victims):
                 for victim in victims:
                     s.stop(victim, drain=True, reason="evict")
             case Wait(claim=claim):
                 if claim is not None:
-                    claimed.add(claim)
+                    claimed[claim] += 1
         if decision.reasons != job.reasons:
             job.reasons = decision.reasons
             s.out.append(Pending(job.job_id, decision.reasons))
@@ -317,9 +318,18 @@ class Core:
         phase: WorkerPhase = "draining" if info.state == "draining" else "idle"
         adopted = s.view.add(
             WorkerRec(
-                info.worker_id, pool_id, info.model, info.device, phase, 0, last_used=now, seen=True
+                info.worker_id,
+                pool_id,
+                info.model,
+                info.device,
+                phase,
+                0,
+                last_used=now,
+                seen=True,
+                slots=info.slots,
             )
         )
+        s.view.recount(adopted, info.slots_busy, now)  # it brings its busy slots
         if info.memory_bytes:
             s.learn(adopted, info.memory_bytes)
 
@@ -338,16 +348,17 @@ class Core:
             return
         worker.seen = True
         if info.state == "ready" and worker.phase == "starting":
-            s.became_ready(now, worker, info.memory_bytes)
-        elif info.memory_bytes and info.memory_bytes > (worker.memory_bytes or 0):
+            s.became_ready(now, worker, info.memory_bytes, info.slots)
+            return
+        if info.memory_bytes and info.memory_bytes > (worker.memory_bytes or 0):
             s.learn(worker, info.memory_bytes)  # the pool re-measures loaded workers
-        elif info.state == "ready" and worker.phase == "busy" and worker.job_id is None:
-            s.free(now, worker)  # the unknown job it refused for ended
+        if info.state == "ready":  # slots busy with jobs we do not track (adopted, refused)
+            s.view.recount(worker, info.slots_busy - len(worker.jobs), now)
 
     def _ready(self, now: float, ready: WorkerReady) -> None:
         worker = self.state.view.workers.get(ready.worker_id)
         if worker is not None and worker.phase == "starting":
-            self.state.became_ready(now, worker, ready.memory_bytes)
+            self.state.became_ready(now, worker, ready.memory_bytes, ready.slots)
 
     def _status(self, now: float, status: JobStatus) -> None:
         s = self.state
@@ -360,13 +371,13 @@ class Core:
             s.finish(now, job, _outcome(status), status.code)
             job = None
         if job is None or job.worker_id != status.worker_id:
-            # a job we do not track (adopted worker after a restart): its end frees the worker
-            frees = worker is not None and job is None and ended and worker.phase == "busy"
-            if frees and worker is not None and worker.job_id in (None, status.job_id):
-                s.free(now, worker)
+            # a job we do not track (adopted worker after a restart): its end frees its slot
+            if worker is not None and job is None and ended and worker.foreign > 0:
+                s.view.recount(worker, worker.foreign - 1, now)
             return
         job.last_activity = now
-        job.last_seq = max(job.last_seq, status.seq)  # abandoned: exactly where it stopped
+        if status.seq >= job.last_seq:  # the text a retry must reproduce, up to last_seq
+            job.last_seq, job.last_hash = status.seq, status.hash  # abandoned: where it stopped
         if status.state in ("started", "progress"):
             if job.phase != "fenced":  # a fenced job stays so until its worker has stopped
                 job.phase, job.ack_deadline = "running", None
@@ -380,8 +391,6 @@ class Core:
             status.tokens_out,
         )
         s.finish(now, job, _outcome(status), status.code)
-        if worker is not None and worker.phase == "busy":
-            s.free(now, worker)
 
     def _spawn_outcome(self, event: ev.FailedSeen | ev.SpawnRefused) -> None:
         """A worker failed to start: its pool said so, or refused (or never answered) the spawn."""
@@ -417,13 +426,11 @@ class Core:
             return  # a fenced job is settled by its abandon's answer
         if code in JOB_FAULTS:  # the job is bad, not the worker: one terminal, worker kept
             s.fail(now, job, code, event.message or f"the worker refused the job: {code}")
-            if worker is not None and worker.phase == "busy" and worker.job_id == job_id:
-                s.free(now, worker)
             return
         if code == ErrorCode.WORKER_BUSY and worker is not None:
-            worker.job_id = None  # busy with a job we do not track; its end frees it
             job.attempts -= 1
-            s.requeue(now, job)
+            s.requeue(now, job)  # frees the slot it was given
+            s.view.recount(worker, worker.foreign + 1, now)  # taken by a job we do not track
             return
         if worker is None:  # its worker already left the view
             self.recovery.retry_or_fail(now, job, f"execute refused: {code}")

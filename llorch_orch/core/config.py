@@ -11,9 +11,12 @@ PlacementStrategy = Literal["best-fit", "spread"]
 
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
-    max_workers: int = 1  # workers of this model at once, starting ones included
+    # workers of this model at once, starting ones included; 0 = one per device of the live
+    # pools that hold its file (a replica per device; its slots serve concurrent jobs)
+    max_workers: int = 0
     keep_alive_s: float = 300.0  # idle worker stopped after this; 0 = never
-    n_ctx: int = 2048  # context allocated per worker (capped by the model's training context)
+    n_ctx: int = 2048  # context per slot (capped by the model's training context)
+    slots: int = 4  # jobs one worker runs at once (continuous batching; KV = slots x n_ctx)
     retired: bool = False  # refuse new jobs for it
 
 

@@ -29,6 +29,7 @@ class Job:
     next_seq: int = 0  # seq of the next event the orchestrator itself emits
     exec_seq: int | None = None  # seq of `started`, fixed at the first dispatch (retries reuse it)
     last_seq: int = -1  # highest seq the worker reported published
+    last_hash: str | None = None  # the worker's hash of the text published up to last_seq
     worker_id: str | None = None
     attempts: int = 0
     ack_deadline: float | None = None

@@ -6,12 +6,13 @@ or wait, and why. It is built from filters that keep reasons (`slots`), a scorer
 job still queued?" always has a current answer (`llorch job ID`, `llorch state`).
 """
 
+from collections import Counter
 from dataclasses import dataclass
 
 from schemas import GenerateRequest
 
 from .config import OrchConfig
-from .view import ClusterView, WorkerRec, pick_idle
+from .view import ClusterView, WorkerRec, pick_open
 
 MAX_SPAWN_FAILURES = 2  # failed starts of a model in a row before its waiting jobs fail
 
@@ -153,27 +154,29 @@ def decide(
     view: ClusterView,
     cfg: OrchConfig,
     req: GenerateRequest,
-    claimed: set[str],
+    claimed: Counter[str],
     failed: list[tuple[str, int]],
 ) -> Decision:
-    """What to do now for a waiting job of `req`. `claimed`: loading workers earlier jobs of
-    this pass already wait for; `failed`: devices where a worker of the model failed to start
-    since it last had one ready (tried last)."""
+    """What to do now for a waiting job of `req`. `claimed`: how many earlier jobs of this pass
+    wait for each loading worker (it will serve as many as it has slots); `failed`: devices
+    where a worker of the model failed to start since it last had one ready (tried last)."""
     model, pool, device = req.model, req.pool, req.device
-    idle = view.in_phase(model, "idle")
-    worker = pick_idle(idle, pool, device)
+    open_ = view.open_workers(model)
+    worker = pick_open(open_, pool, device)
     if worker is not None:
         return Dispatch(worker)
     for w in sorted(view.in_phase(model, "starting"), key=lambda w: w.worker_id):
-        if w.matches(pool, device) and w.worker_id not in claimed:
+        if w.matches(pool, device) and claimed[w.worker_id] < w.slots:
             where = f"{w.pool_id}/{w.device}"
             return Wait((f"waiting for {w.worker_id} to load on {where}",), w.worker_id)
-    live, cap = view.live_count(model), cfg.model(model).max_workers
+    live, cap = view.live_count(model), view.max_workers(model)
     if live >= cap:
-        return Wait(_at_cap(view, model, live, cap, bool(idle)))
+        return Wait(_at_cap(view, model, live, cap, bool(open_)))
     candidates, filtered = slots(view, model, pool, device)
-    untried = [s for s in candidates if (s.pool_id, s.device) not in failed]
-    slot, unfit = best_slot(untried or candidates, cfg.placement)
+    # a replica goes where the model has no worker yet, and not where it failed to start
+    untried = [s for s in candidates if (s.pool_id, s.device) not in failed] or candidates
+    fresh = [s for s in untried if not _hosts(view, model, s)] or untried
+    slot, unfit = best_slot(fresh, cfg.placement)
     if slot is not None:
         where = f"{slot.pool_id}/{slot.device}"
         return StartWorker(slot, (f"starting a worker of {model} on {where}",))
@@ -192,9 +195,20 @@ def decide(
     return Wait(tuple(filtered + unfit))
 
 
-def _at_cap(view: ClusterView, model: str, live: int, cap: int, idle: bool) -> tuple[str, ...]:
+def _hosts(view: ClusterView, model: str, slot: Slot) -> bool:
+    workers = view.device_workers(slot.pool_id, slot.device)
+    return any(w.model == model and w.phase != "draining" for w in workers)
+
+
+def _at_cap(view: ClusterView, model: str, live: int, cap: int, open_: bool) -> tuple[str, ...]:
     """Why a job waits when its model has all the workers it may have (max_workers)."""
-    state = "busy or loading for earlier jobs" if view.in_phase(model, "starting") else "busy"
-    if idle:
-        state += "; the idle ones are off its pinned pool/device"
-    return (f"{live}/{cap} workers of {model} {state}",)
+    slots = sum(w.slots for w in view.workers_of(model) if w.phase != "starting")
+    parts = [f"{live}/{cap} workers of {model}"]
+    if slots:
+        parts.append(f"{slots}/{slots} slots busy")
+    if view.in_phase(model, "starting"):
+        parts.append("the rest loading for earlier jobs" if slots else "loading for earlier jobs")
+    reason = ", ".join(parts)
+    if open_:
+        reason += "; the free slots are off its pinned pool/device"
+    return (reason,)

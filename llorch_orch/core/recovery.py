@@ -156,14 +156,15 @@ class Recovery:
         s.view.remove(worker_id)
         if kill:
             s.send_stop(worker, drain=False, reason="lost")
-        job = s.jobs.get(worker.job_id) if worker.job_id else None
-        if job is None or job.worker_id != worker_id:
-            return
-        if fence:
-            job.phase, job.ack_deadline = "fenced", None
-            s.out.append(AbandonOnWorker(worker_id, job.job_id))
-        else:
-            self.retry_or_fail(now, job, reason)
+        for job_id in sorted(worker.jobs):
+            job = s.jobs.get(job_id)
+            if job is None or job.worker_id != worker_id:
+                continue
+            if fence:
+                job.phase, job.ack_deadline = "fenced", None
+                s.out.append(AbandonOnWorker(worker_id, job.job_id))
+            else:
+                self.retry_or_fail(now, job, reason)
 
     def fence_lifted(self, now: float, job_id: str, worker_id: str) -> None:
         """The worker of a fenced job no longer streams it: retry it (or fail it) now."""

@@ -18,6 +18,8 @@ def _worker_info(w: WorkerRec) -> WorkerInfo:
         pid=None,
         state=state,  # type: ignore[arg-type]
         memory_bytes=w.memory_bytes,
+        slots=w.slots,
+        slots_busy=len(w.jobs) + w.foreign,
     )
 
 

@@ -96,8 +96,7 @@ class CoreState:
         job.attempts += 1
         job.ack_deadline = now + self.cfg.execute_ack_timeout_s
         job.last_activity = now
-        self.view.set_phase(worker, "busy")
-        worker.job_id = job.job_id
+        self.view.assign(worker, job.job_id)
         execute = Execute(
             job_id=job.job_id,
             model=req.model,
@@ -112,6 +111,7 @@ class CoreState:
             stop=req.stop,
             seq=job.exec_seq,
             resume_after=job.last_seq,
+            resume_hash=job.last_hash,
         )
         self.out.append(SendExecute(worker.worker_id, execute, job.attempts))
 
@@ -142,6 +142,7 @@ class CoreState:
                 retry_after_ms=self.completions.retry_after_ms(now, len(self.queue)),
             )
             return
+        self._detach(now, job)
         job.phase, job.worker_id, job.ack_deadline = "queued", None, None
         self.active.pop(job.job_id, None)
         self.queue.push(job.job_id, job.request.model, job.request.priority, front=True)
@@ -172,7 +173,14 @@ class CoreState:
         outcome: Outcome = "cancelled" if code == ErrorCode.CANCELLED else "failed"
         self._end(now, job, outcome, code)
 
+    def _detach(self, now: float, job: Job) -> None:
+        """Free the slot the job held on its worker, if that worker is still in the view."""
+        worker = self.view.workers.get(job.worker_id) if job.worker_id else None
+        if worker is not None and job.job_id in worker.jobs:
+            self.view.release(worker, job.job_id, now)
+
     def _end(self, now: float, job: Job, outcome: Outcome, code: ErrorCode | None) -> None:
+        self._detach(now, job)
         self.queue.remove(job.job_id)
         del self.jobs[job.job_id]
         self.active.pop(job.job_id, None)
@@ -193,13 +201,17 @@ class CoreState:
                 "starting",
                 need,
                 spawn_deadline=now + self.cfg.spawn_timeout_s,
-                spawn_attempt=len(self.spawn_failures.get(model, ())) + 1,
+                slots=self.cfg.model(model).slots,
                 pin_pool=pin.pool,
                 pin_device=pin.device,
             )
         )
         request = SpawnRequest(
-            worker_id=worker.worker_id, model=model, device=device, n_ctx=self.view.n_ctx(model)
+            worker_id=worker.worker_id,
+            model=model,
+            device=device,
+            n_ctx=self.view.n_ctx(model),
+            slots=worker.slots,
         )
         self.out.append(Spawn(pool_id, request, job.job_id))
         return worker
@@ -225,12 +237,8 @@ class CoreState:
         while len(self.given_up) > FORGET_LOST:
             self.given_up.popitem(last=False)
 
-    def free(self, now: float, worker: WorkerRec) -> None:
-        """Its job ended: the worker is idle again (and the most recently used)."""
-        self.view.set_phase(worker, "idle")
-        worker.job_id, worker.last_used = None, now
-
-    def became_ready(self, now: float, worker: WorkerRec, memory: int | None) -> None:
+    def became_ready(self, now: float, worker: WorkerRec, memory: int | None, slots: int) -> None:
+        worker.slots = slots  # what it runs, whatever was asked
         self.view.set_phase(worker, "idle")
         worker.spawn_deadline, worker.last_used = None, now
         worker.seen = True

@@ -7,6 +7,7 @@ from schemas import Device, ModelInfo
 
 from .config import OrchConfig
 
+# idle: no job; busy: at least one job (it may still have free slots)
 WorkerPhase = Literal["starting", "idle", "busy", "draining"]
 _PHASES: tuple[WorkerPhase, ...] = ("starting", "idle", "busy", "draining")
 
@@ -22,8 +23,9 @@ class WorkerRec:
     memory_bytes: int | None = None  # measured
     last_used: float = 0.0  # when it last finished (or became ready): LRU order
     spawn_deadline: float | None = None  # while starting
-    spawn_attempt: int = 1
-    job_id: str | None = None  # while busy
+    slots: int = 1  # jobs it runs at once: as requested until it reports its own
+    jobs: set[str] = field(default_factory=set)  # ours it runs
+    foreign: int = 0  # slots busy with jobs we do not track (an adopted worker's)
     pin_pool: str | None = None  # pin of the job it was spawned for (a spawn retry keeps it)
     pin_device: int | None = None
     seen: bool = False  # listed by a heartbeat or ready: only then does its absence mean loss
@@ -35,6 +37,11 @@ class WorkerRec:
     @property
     def reserved(self) -> int:
         return self.memory_bytes if self.memory_bytes is not None else self.est_bytes
+
+    @property
+    def free(self) -> int:
+        """Slots a new job may take now."""
+        return max(0, self.slots - len(self.jobs) - self.foreign)
 
 
 @dataclass(slots=True)
@@ -56,17 +63,21 @@ class ClusterView:
     # model -> phase -> workers: scheduling looks at one model's idle or starting workers
     # without a pass over every worker (1,000 workers: ~100 -> ~20 us per decision)
     _by_phase: dict[str, dict[WorkerPhase, dict[str, WorkerRec]]] = field(default_factory=dict)
+    # model -> loaded workers (idle or busy) with a free slot: where a job may go now
+    _open: dict[str, dict[str, WorkerRec]] = field(default_factory=dict)
 
     def add(self, worker: WorkerRec) -> WorkerRec:
         self.remove(worker.worker_id)
         self.workers[worker.worker_id] = worker
         self._phases(worker.model)[worker.phase][worker.worker_id] = worker
+        self._index(worker)
         return worker
 
     def remove(self, worker_id: str) -> WorkerRec | None:
         worker = self.workers.pop(worker_id, None)
         if worker is not None:
             del self._phases(worker.model)[worker.phase][worker_id]
+            self._open.get(worker.model, {}).pop(worker_id, None)
         return worker
 
     def set_phase(self, worker: WorkerRec, phase: WorkerPhase) -> None:
@@ -75,6 +86,36 @@ class ClusterView:
         del phases[worker.phase][worker.worker_id]
         worker.phase = phase
         phases[phase][worker.worker_id] = worker
+        self._index(worker)
+
+    def assign(self, worker: WorkerRec, job_id: str) -> None:
+        worker.jobs.add(job_id)
+        self.set_phase(worker, "busy")
+
+    def release(self, worker: WorkerRec, job_id: str, now: float) -> None:
+        """`job_id` no longer runs there; a worker left with no job is idle (and the most
+        recently used)."""
+        worker.jobs.discard(job_id)
+        self.recount(worker, worker.foreign, now)
+
+    def recount(self, worker: WorkerRec, foreign: int, now: float) -> None:
+        """Its slots busy with jobs we do not track, as its pool last reported (or we saw)."""
+        worker.foreign = max(0, foreign)
+        if worker.phase not in ("idle", "busy"):
+            self._index(worker)
+            return
+        busy = bool(worker.jobs) or worker.foreign > 0
+        if worker.phase == "busy" and not busy:
+            worker.last_used = now
+        self.set_phase(worker, "busy" if busy else "idle")
+
+    def _index(self, worker: WorkerRec) -> None:
+        serving = worker.phase in ("idle", "busy") and worker.free > 0
+        open_ = self._open.setdefault(worker.model, {})
+        if serving:
+            open_[worker.worker_id] = worker
+        else:
+            open_.pop(worker.worker_id, None)
 
     def _phases(self, model: str) -> dict[WorkerPhase, dict[str, WorkerRec]]:
         phases = self._by_phase.get(model)
@@ -105,6 +146,10 @@ class ClusterView:
                 out.setdefault(name, (info, []))[1].append(pool.pool_id)
         return out
 
+    def max_workers(self, model: str) -> int:
+        """Its configured cap, or (0) one per device that holds its file."""
+        return self.cfg.model(model).max_workers or max(1, self.devices_holding(model))
+
     def n_ctx(self, model: str) -> int:
         info = self.model_info(model)
         wanted = self.cfg.model(model).n_ctx
@@ -119,7 +164,8 @@ class ClusterView:
         if info is None:
             return 0
         overhead = self.cfg.gpu_overhead_bytes if kind == "gpu" else self.cfg.cpu_overhead_bytes
-        return info.size_bytes + info.kv_bytes_per_token * self.n_ctx(model) + overhead
+        kv = info.kv_bytes_per_token * self.n_ctx(model) * self.cfg.model(model).slots
+        return info.size_bytes + kv + overhead
 
     def device_workers(self, pool_id: str, index: int) -> list[WorkerRec]:
         return [w for w in self.workers.values() if w.pool_id == pool_id and w.device == index]
@@ -137,16 +183,29 @@ class ClusterView:
         phases = self._phases(model)
         return [*phases["starting"].values(), *phases["idle"].values(), *phases["busy"].values()]
 
-    def idle_worker(self, model: str, pool: str | None, device: int | None) -> WorkerRec | None:
-        return pick_idle(self.in_phase(model, "idle"), pool, device)
+    def open_workers(self, model: str) -> list[WorkerRec]:
+        """Loaded workers of the model with a free slot."""
+        return list(self._open.get(model, {}).values())
+
+    def open_worker(self, model: str, pool: str | None, device: int | None) -> WorkerRec | None:
+        return pick_open(self.open_workers(model), pool, device)
+
+    def devices_holding(self, model: str) -> int:
+        """Devices of the live pools that hold the model's file."""
+        return sum(len(p.devices) for p in self.pools.values() if p.alive and model in p.models)
 
 
-def pick_idle(idle: list[WorkerRec], pool: str | None, device: int | None) -> WorkerRec | None:
-    """Least recently used idle worker (spreads wear) that the pins allow, ties by id."""
+def pick_open(open_: list[WorkerRec], pool: str | None, device: int | None) -> WorkerRec | None:
+    """The worker with the most free slots that the pins allow; ties: least recently used
+    (spreads wear), then id."""
     best: WorkerRec | None = None
-    for w in idle:
+    for w in open_:
         if not w.matches(pool, device):
             continue
-        if best is None or (w.last_used, w.worker_id) < (best.last_used, best.worker_id):
+        if best is None or (-w.free, w.last_used, w.worker_id) < (
+            -best.free,
+            best.last_used,
+            best.worker_id,
+        ):
             best = w
     return best

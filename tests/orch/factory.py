@@ -72,10 +72,12 @@ def winfo(
     device: int = 0,
     memory: int | None = 300 * MiB,
     message: str = "",
+    slots: int = 1,
+    slots_busy: int = 0,
 ) -> WorkerInfo:
     return WorkerInfo(
         worker_id=worker_id, model=model_name, device=device, pid=1, state=state,  # type: ignore[arg-type]
-        memory_bytes=memory, message=message,
+        memory_bytes=memory, message=message, slots=slots, slots_busy=slots_busy,
     )  # fmt: skip
 
 
@@ -114,18 +116,26 @@ def ready(
     memory: int = 300 * MiB,
     model_name: str = "m",
     device: int = 0,
+    slots: int = 1,
 ) -> ev.ReadySeen:
     msg = WorkerReady(
         worker_id=worker_id, pool_id=pool, model=model_name, device=device, pid=1,
         memory_bytes=memory, n_ctx=2048, layers_offloaded=30, layers_total=30, load_ms=1.0,
+        slots=slots,
     )  # fmt: skip
     return ev.ReadySeen(now, msg)
 
 
 def status(
-    job_id: str, worker_id: str, state: str, seq: int = 0, now: float = T0, code: object = None
+    job_id: str,
+    worker_id: str,
+    state: str,
+    seq: int = 0,
+    now: float = T0,
+    code: object = None,
+    hash: str | None = None,
 ) -> ev.StatusSeen:
-    msg = JobStatus(job_id=job_id, worker_id=worker_id, state=state, seq=seq, code=code)  # type: ignore[arg-type]
+    msg = JobStatus(job_id=job_id, worker_id=worker_id, state=state, seq=seq, code=code, hash=hash)  # type: ignore[arg-type]
     return ev.StatusSeen(now, msg)
 
 

@@ -227,8 +227,8 @@ def test_model_larger_than_any_device() -> None:
     out = core.handle(submit("j1"))
     err = one_error(out)
     assert err.code == ErrorCode.NO_CAPACITY and not err.retriable
-    # 2 GiB file + 2 MiB KV + 768 MiB GPU overhead
-    assert err.message == "no device can host m: device p1/0: needs 2818 MiB, has 1024 MiB in all"
+    # 2 GiB file + 8 MiB KV (4 slots) + 768 MiB GPU overhead
+    assert err.message == "no device can host m: device p1/0: needs 2824 MiB, has 1024 MiB in all"
     assert core.job_info("j1") is None and not spawns(out)
 
 
@@ -240,7 +240,7 @@ def test_model_larger_than_free_memory_waits() -> None:
     assert not spawns(out)
     info = core.job_info("j1")
     assert info.worker_id is None
-    assert info.reasons == ["device p1/0: needs 870 MiB, 100 MiB free"]
+    assert info.reasons == ["device p1/0: needs 876 MiB, 100 MiB free"]
 
 
 def test_pinned_job_served_by_existing_worker_passes() -> None:

@@ -38,7 +38,7 @@ def test_idle_worker_stopped_after_keep_alive() -> None:
     # a draining worker takes no job: it waits (for a new worker)
     out = core.handle(submit("j2", T0 + 31))
     assert not executes(out) and core.job_info("j2").state == "queued"
-    assert core.view.workers[w].phase == "draining" and core.view.workers[w].job_id is None
+    assert core.view.workers[w].phase == "draining" and not core.view.workers[w].jobs
 
 
 def test_keep_alive_zero_means_never() -> None:
@@ -96,7 +96,7 @@ def pressure_core() -> tuple[Core, list[str]]:
 
 def test_eviction_stops_least_recently_used_idle() -> None:
     core, _ = pressure_core()
-    # big needs 2 GiB + 2 MiB kv + 768 MiB: 1 GiB available, so two victims
+    # big needs 2 GiB + 8 MiB kv + 768 MiB: 1 GiB available, so two victims
     out = core.handle(submit("jbig", T0 + 10, model_name="big"))
     assert not spawns(out)
     assert [(s.request.worker_id, s.reason) for s in stops(out)] == [

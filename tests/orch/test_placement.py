@@ -23,7 +23,7 @@ from .factory import (
     winfo,
 )
 
-EST = 100 * MiB + 1024 * 2048 + 768 * MiB  # size + kv * n_ctx + gpu overhead
+EST = 100 * MiB + 1024 * 2048 * 4 + 768 * MiB  # size + kv * n_ctx * slots + gpu overhead
 
 
 def core_with(devices: list, models: list | None = None, **cfg: object) -> Core:
@@ -35,7 +35,7 @@ def core_with(devices: list, models: list | None = None, **cfg: object) -> Core:
 def test_estimate_from_gguf_then_measured() -> None:
     core = make_core()
     assert core.view.estimate("m", "gpu") == EST
-    assert core.view.estimate("m", "cpu") == 100 * MiB + 1024 * 2048 + 160 * MiB
+    assert core.view.estimate("m", "cpu") == 100 * MiB + 1024 * 2048 * 4 + 160 * MiB
     spawn = only_spawn(core.handle(submit("j1")))
     assert core.view.workers[spawn.request.worker_id].est_bytes == EST
     assert spawn.request.n_ctx == 2048 and spawn.request.model == "m"
@@ -74,7 +74,7 @@ def test_least_recently_used_idle_first_ties_by_id() -> None:
 
 
 def test_spawns_up_to_max_workers_including_starting() -> None:
-    core = make_core(default_model=ModelConfig(max_workers=2))
+    core = make_core(default_model=ModelConfig(max_workers=2, slots=1))
     assert len(spawns(core.handle(submit("j1")))) == 1
     assert len(spawns(core.handle(submit("j2")))) == 1
     assert len(spawns(core.handle(submit("j3")))) == 0
@@ -83,7 +83,7 @@ def test_spawns_up_to_max_workers_including_starting() -> None:
 
 
 def test_no_spawn_while_starting_workers_cover_the_queue() -> None:
-    core = make_core(default_model=ModelConfig(max_workers=4))
+    core = make_core(default_model=ModelConfig(max_workers=4, slots=1))
     core.handle(submit("j1"))
     assert len(core.view.workers) == 1
     core.handle(submit("j2"))
@@ -92,11 +92,13 @@ def test_no_spawn_while_starting_workers_cover_the_queue() -> None:
 
 def test_memory_budget_counts_unloaded_starters_against_nvml_free() -> None:
     # NVML says plenty is free, but a starting worker has not allocated yet
-    core = core_with([gpu(0, total=8 * GiB)], default_model=ModelConfig(max_workers=10))
+    # a loading worker is claimed by as many waiting jobs as it has slots: 4 jobs per spawn
+    model_cfg = ModelConfig(max_workers=10, slots=4)
+    core = core_with([gpu(0, total=8 * GiB)], default_model=model_cfg, queued_update_top=64)
     n = 0
-    for i in range(20):
+    for i in range(40):
         n += len(spawns(core.handle(submit(f"j{i}"))))
-    assert n == (8 * GiB) // EST
+    assert n == (8 * GiB) // EST == 9  # memory, not max_workers, stops it
     reserved = sum(w.reserved for w in core.view.workers.values())
     assert reserved <= 8 * GiB
 
@@ -142,7 +144,7 @@ def test_pool_pin_honoured_without_fallback() -> None:
     core.handle(heartbeat("p2", devices=[gpu(0, total=2 * GiB, free=0)]))
     out = core.handle(submit("j1", pool="p2"))
     assert not spawns(out) and not errors(out)  # waits for p2 rather than using p1
-    assert core.job_info("j1").reasons == ["device p2/0: needs 870 MiB, 0 MiB free"]
+    assert core.job_info("j1").reasons == ["device p2/0: needs 876 MiB, 0 MiB free"]
     out = core.handle(heartbeat("p2", devices=[gpu(0, total=2 * GiB)]))
     assert only_spawn(out).pool_id == "p2"
 

@@ -45,7 +45,8 @@ class SimWorker:
     model: str
     device: int
     state: str = "starting"  # starting | ready | gone
-    job: str | None = None  # job the simulated worker is running
+    slots: int = 1
+    jobs: set[str] = field(default_factory=set)  # jobs the simulated worker is running
 
 
 @dataclass
@@ -116,7 +117,8 @@ config_st = st.builds(
     pool_lost_after=st.sampled_from([3, 50]),
     default_model=st.builds(
         ModelConfig,
-        max_workers=st.integers(1, 3),
+        max_workers=st.integers(0, 3),
+        slots=st.integers(1, 3),
         keep_alive_s=st.sampled_from([0.0, 30.0]),
     ),
 )
@@ -144,13 +146,13 @@ def heartbeat_event(sim: Sim, pool: str, fracs: list[float], mode: str) -> ev.He
             w.state = "gone"
             infos.append(winfo(wid, "exited", w.model, w.device, None, "crashed"))
             continue
-        state = "starting" if w.state == "starting" else ("busy" if w.job else "ready")
+        state = "starting" if w.state == "starting" else "ready"
         memory = None if w.state == "starting" else 500 * MiB
-        infos.append(winfo(wid, state, w.model, w.device, memory))
+        infos.append(winfo(wid, state, w.model, w.device, memory, slots=w.slots,
+                           slots_busy=len(w.jobs)))  # fmt: skip
     if mode == "stranger":
-        sim.workers[f"s{sim.hb_seq}"] = SimWorker(pool, "a", 0, "ready")
-        infos.append(winfo(f"s{sim.hb_seq}", "busy", "a", 0, 600 * MiB))
-        sim.workers[f"s{sim.hb_seq}"].job = "foreign"
+        sim.workers[f"s{sim.hb_seq}"] = SimWorker(pool, "a", 0, "ready", 2, {"foreign"})
+        infos.append(winfo(f"s{sim.hb_seq}", "ready", "a", 0, 600 * MiB, slots=2, slots_busy=1))
     sim.hb_seq += 1
     ts = sim.now + (10_000 if mode == "skew" else 0)
     hb = Heartbeat(pool_id=pool, ts=ts, seq=sim.hb_seq, interval_s=2.0, devices=devices,
@@ -194,7 +196,7 @@ def to_event(sim: Sim, action: tuple) -> ev.Event | str | None:  # noqa: C901
         w = sim.workers[wid]
         if kind == "ready":
             w.state = "ready"
-            return ready(wid, now, w.pool, action[2], w.model, w.device)
+            return ready(wid, now, w.pool, action[2], w.model, w.device, w.slots)
         w.state = "gone"
         if kind == "failed":
             msg = WorkerFailed(worker_id=wid, pool_id=w.pool, code=ErrorCode.MODEL_LOAD_FAILED,
@@ -212,8 +214,8 @@ def to_event(sim: Sim, action: tuple) -> ev.Event | str | None:  # noqa: C901
     state = action[2]
     if state in ("finished", "failed"):
         sim.runs.remove(run)
-        if wid in sim.workers and sim.workers[wid].job == job:
-            sim.workers[wid].job = None
+        if wid in sim.workers:
+            sim.workers[wid].jobs.discard(job)
     code = ErrorCode.INTERNAL if state == "failed" else None
     seq = sim.core.jobs[job].last_seq + 1 if job in sim.core.jobs else 0
     return ev.StatusSeen(now, JobStatus(job_id=job, worker_id=wid, state=state, seq=seq + 2,
@@ -228,11 +230,7 @@ def reserved(core: Core, pool: str, index: int) -> int:
 def snapshot(core: Core) -> dict:
     return {
         # busy with a job we track (one refused for an unknown job may be freed by a heartbeat)
-        "busy": {
-            w.worker_id
-            for w in core.view.workers.values()
-            if w.phase == "busy" and w.job_id is not None
-        },
+        "busy": {w.worker_id for w in core.view.workers.values() if w.jobs},
         "order": {m: [j for _, j in core.queue.head(m, 10**6)] for m in core.queue.all_models()},
         "reserved": {
             (p.pool_id, i): reserved(core, p.pool_id, i)
@@ -252,7 +250,6 @@ def check_queue(core: Core) -> None:
 
 
 def check_view(core: Core) -> None:
-    holders: dict[str, str] = {}
     for job in core.jobs.values():
         if job.phase == "queued":
             assert job.job_id in core.queue, job
@@ -260,18 +257,19 @@ def check_view(core: Core) -> None:
             continue
         assert job.job_id not in core.queue
         assert job.worker_id is not None
-        assert job.worker_id not in holders, f"{job.worker_id} holds two jobs"
-        holders[job.worker_id] = job.job_id
+        worker = core.view.workers.get(job.worker_id)
+        if worker is not None:  # one slot of its worker, which runs no more than it has
+            assert worker.phase == "busy" and job.job_id in worker.jobs, (worker, job)
     for w in core.view.workers.values():
-        if w.job_id is not None and w.job_id in core.jobs:
-            assert core.jobs[w.job_id].worker_id in (w.worker_id, None) or (
-                core.jobs[w.job_id].phase == "queued"
-            )
+        assert len(w.jobs) <= w.slots, f"{w.worker_id} holds more jobs than slots"
+        for job_id in w.jobs:
+            job = core.jobs[job_id]
+            assert job.worker_id == w.worker_id and job.phase != "queued", (w, job)
+        assert (w.phase == "busy") == bool(w.jobs or w.foreign) or w.phase in (
+            "starting",
+            "draining",
+        ), w
         assert w.est_bytes >= 0 and (w.memory_bytes is None or w.memory_bytes >= 0)
-    for job_id, worker_id in holders.items():
-        worker = core.view.workers.get(worker_id)
-        if worker is not None:
-            assert worker.phase == "busy" and worker.job_id == job_id, (worker, job_id)
     for pool in core.view.pools.values():
         for index in pool.devices:
             assert core.view.available(pool.pool_id, index) >= 0
@@ -335,13 +333,13 @@ def check_commands(  # noqa: C901 (one branch per command kind)
             job = cmd.execute.job_id
             assert sim.terminal.get(job, 0) == 0 and job not in sim.worker_ended
             w = core.view.workers[cmd.worker_id]
-            assert w.phase == "busy" and w.job_id == job
+            assert w.phase == "busy" and job in w.jobs and len(w.jobs) <= w.slots
             assert core.jobs[job].worker_id == cmd.worker_id
             assert cmd.execute.stream == f"_INBOX.{job}"
             sim.dispatched.add(job)
             sim.runs.append((job, cmd.worker_id))
             if cmd.worker_id in sim.workers:
-                sim.workers[cmd.worker_id].job = job
+                sim.workers[cmd.worker_id].jobs.add(job)
         elif isinstance(cmd, Stop):
             if cmd.reason != "lost":
                 assert cmd.request.worker_id not in before["busy"], f"busy worker stopped: {cmd}"
@@ -350,7 +348,9 @@ def check_commands(  # noqa: C901 (one branch per command kind)
         elif isinstance(cmd, Spawn):
             wid = cmd.request.worker_id
             assert wid not in sim.workers
-            sim.workers[wid] = SimWorker(cmd.pool_id, cmd.request.model, cmd.request.device)
+            sim.workers[wid] = SimWorker(
+                cmd.pool_id, cmd.request.model, cmd.request.device, slots=cmd.request.slots
+            )
             spawned.add((cmd.pool_id, cmd.request.device))
         elif isinstance(cmd, CancelOnWorker):
             assert core.jobs[cmd.job_id].worker_id == cmd.worker_id

@@ -1,5 +1,6 @@
 """api.state / api.models replies and job queries built from the core."""
 
+from llorch_orch.core import ModelConfig
 from llorch_orch.core.report import cluster_state, models
 from schemas import decoder, encode
 from schemas.state import ClusterState, ModelsReply
@@ -21,7 +22,7 @@ from .factory import (
 
 
 def test_cluster_state_round_trips() -> None:
-    core = make_core()
+    core = make_core(default_model=ModelConfig(max_workers=1))
     core.handle(heartbeat(devices=[gpu(1), gpu(0)], workers=[winfo("wa")]))
     core.handle(submit("j1"))  # runs on wa
     core.handle(submit("j2", priority="batch"))

@@ -18,7 +18,7 @@ def test_model_table_overrides_default_model_key_by_key(tmp_path: Path) -> None:
         write(tmp_path, '[default_model]\nkeep_alive_s = 5\n[models."x"]\nmax_workers = 3\n')
     )
     assert cfg.model("x").max_workers == 3 and cfg.model("x").keep_alive_s == 5
-    assert cfg.model("other").keep_alive_s == 5 and cfg.model("other").max_workers == 1
+    assert cfg.model("other").keep_alive_s == 5 and cfg.model("other").max_workers == 0
 
 
 def test_flags_override_the_file(tmp_path: Path) -> None:
