@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import shutil
 import signal
 import socket
@@ -13,8 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-_PR_SET_PDEATHSIG = 1
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+from llorch_common import orphan
 
 
 class NatsServerError(RuntimeError):
@@ -36,13 +34,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def _stop_with_parent() -> None:
-    """Runs in the child between fork and exec: the server never outlives its owner, even one
-    that was killed (its own process group keeps it from hearing the terminal's signals)."""
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _wait_listening(host: str, port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -88,14 +79,19 @@ class NatsServer:
         out = open(log_file, "ab") if log_file else None  # noqa: SIM115 (closed below)
         # Its own process group: a Ctrl-C in the terminal reaches every process of the
         # foreground group at once, and a server that exits then cuts off the others while they
-        # drain (their last events and statuses lost). The owner stops it after them.
+        # drain (their last events and statuses lost). The owner stops it after them. It gets
+        # SIGTERM when its owner dies, even one that was killed: nats-server cannot ask for that
+        # itself, so a small Python step asks and execs it (llorch_common.orphan; not a
+        # `preexec_fn`, unsafe in a process with threads). On Linux only: elsewhere the server
+        # is started directly.
+        if sys.platform.startswith("linux"):
+            args = orphan.exec_argv(signal.SIGTERM, args)
         try:
             proc = subprocess.Popen(
                 args,
                 stdout=out or subprocess.DEVNULL,
                 stderr=subprocess.STDOUT,
                 process_group=0,
-                preexec_fn=_stop_with_parent,
             )
         finally:
             if out is not None:  # the child writes to its own copy

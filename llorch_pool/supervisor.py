@@ -3,26 +3,25 @@
 Workers run in their own session, so a Ctrl-C meant for the pool's terminal reaches only the
 pool, which then stops them (SIGINT: the running job ends with a retriable error); on Linux
 they also get SIGHUP (abandon: the running job stops without a terminal event, for the
-orchestrator to retry elsewhere, and the worker exits) if the pool itself dies.
+orchestrator to retry elsewhere, and the worker exits) if the pool itself dies. The worker asks
+the kernel for that signal itself (llorch_common.orphan); the pool only names itself in the
+worker's environment, so a worker whose pool died before it asked signals itself. (No
+`preexec_fn`: running Python between fork and exec is unsafe in a process with threads.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
-import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llorch_common import orphan
 from llorch_common.connect import without_credentials
 from llorch_common.observe import METRICS_PORT_ENV
 from schemas.control import DeviceKind
-
-_PR_SET_PDEATHSIG = 1
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,17 +96,12 @@ def log_path(settings: PoolSettings, worker_id: str) -> Path:
     return settings.log_dir / f"worker-{worker_id}.log"
 
 
-def _die_with_pool() -> None:
-    """Runs in the child between fork and exec: no orphan worker if the pool is killed."""
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGHUP)  # the worker sets the same once running
-
-
 async def start_worker(settings: PoolSettings, launch: Launch) -> asyncio.subprocess.Process:
     """Raises OSError when the process cannot be created."""
     settings.log_dir.mkdir(parents=True, exist_ok=True)
     env = worker_env(os.environ, launch.device_kind, launch.device, settings.credentials_env)
     env.update(launch.trace_env)
+    env.update(orphan.parent_env())  # the worker abandons its job when this pool dies
     with log_path(settings, launch.worker_id).open("ab") as log:
         return await asyncio.create_subprocess_exec(
             *worker_argv(settings, launch),
@@ -116,5 +110,4 @@ async def start_worker(settings: PoolSettings, launch: Launch) -> asyncio.subpro
             stdout=log,
             stderr=log,
             start_new_session=True,
-            preexec_fn=_die_with_pool,
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import math
 import os
@@ -20,7 +19,7 @@ from nats.micro.service import Service
 from opentelemetry import trace
 from opentelemetry.context import Context
 
-from llorch_common import tracing
+from llorch_common import orphan, tracing
 from llorch_common.lifeline import EXIT_CONNECTION_LOST, Lifeline
 from llorch_worker import memory, telemetry
 from llorch_worker.cli import WorkerConfig
@@ -51,11 +50,10 @@ RECONNECT_GRACE_S = 5.0
 
 
 def _abandon_when_parent_dies() -> None:
-    """SIGHUP (= abandon) when the pool that spawned us dies, so no worker outlives its pool and
-    none keeps streaming a job the orchestrator will retry elsewhere."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGHUP)
+    """SIGHUP (= abandon) when the pool that spawned us dies (also when it died before this
+    call: it named itself in our environment), so no worker outlives its pool and none keeps
+    streaming a job the orchestrator will retry elsewhere."""
+    orphan.signal_when_parent_dies(signal.SIGHUP, orphan.parent_from_env())
 
 
 async def _refuse(req: Request, span: trace.Span, error: Error) -> None:
