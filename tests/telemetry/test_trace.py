@@ -79,6 +79,8 @@ async def test_one_trace_across_processes_continues_the_clients(traced: Traced) 
     assert generate.attrs["llorch.outcome"] == "finished"
     assert generate.attrs["llorch.tokens.out"] == end.tokens_out
     assert mine["llorch.queue"].attrs["llorch.queue.position"] == 1
+    # why it waited, each time that changed: a worker started for it, then its load
+    assert [e for e in generate.events if e == "llorch.pending"] == ["llorch.pending"] * 2
     worker_id = generate.attrs["llorch.worker.id"]
     assert execute.attrs["messaging.destination.name"] == f"llorch.v1.worker.{worker_id}.execute"
     assert execute.attrs["messaging.destination.template"] == EXECUTE.split(" ")[1]
