@@ -46,7 +46,9 @@ _status = decoder(BatchStatus | Error)
 _cancel = decoder(BatchCancelReply | Error)
 
 
-def add_parser(sub: argparse._SubParsersAction, common: Callable[..., None]) -> None:  # type: ignore[type-arg]
+def add_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: Callable[..., None]
+) -> None:
     batch = sub.add_parser("batch", help="durable batch jobs on JetStream (docs/batch.md)")
     actions = batch.add_subparsers(dest="batch_command", required=True)
     submit = actions.add_parser("submit", help="submit a JSONL file; prints the batch id")
