@@ -1,10 +1,11 @@
-"""Overhead of llorch's token path: direct llama-cpp-python vs its own HTTP server vs llorch.
+"""Overhead of llorch's token path: direct llama-cpp-python vs its own HTTP server vs llorch
+(over NATS, and over its HTTP edge).
 
     python -m bench.overhead [--rounds 60] [--threads 1]
 
 Same GGUF (the bundled SmolLM2-135M), same prompts, seed, temperature 0, max_tokens 64, same
-engine thread count everywhere. The three paths run INTERLEAVED (direct, peer, llorch for
-one prompt, then the next prompt), so drift in the machine hits all three alike; warm-up
+engine thread count everywhere. The four paths run INTERLEAVED (direct, peer, llorch, edge for
+one prompt, then the next prompt), so drift in the machine hits all of them alike; warm-up
 rounds are discarded. Only one engine computes at a time: the peer server and the llorch
 worker are loaded and sit idle while another path runs.
 
@@ -12,6 +13,8 @@ worker are loaded and sit idle while another path runs.
   KV cache per job, a detokenized piece per token), with nothing around it.
 - peer: `python -m llama_cpp.server`, `/v1/completions` with stream=true, read with httpx.
 - llorch: `llorch_common.client.stream` against nats-server + orchestrator + pool + worker.
+- edge: llorch's HTTP edge (`llorch_http`) in front of the same stack, `/v1/completions` with
+  stream=true, read with httpx exactly as the peer is.
 
 TTFT: request sent -> first non-empty text seen by the client. Decode rate: (tokens - 1) /
 (last token - first token), as the client receives them.
@@ -49,6 +52,7 @@ from bench.common import (
 )
 from llorch_common import client
 from llorch_orch.natsserver import free_port
+from llorch_orch.stack import Stack
 from schemas import End, Error, GenerateRequest, Token
 
 MAX_TOKENS = 64
@@ -149,11 +153,17 @@ class Peer:
             await asyncio.sleep(0.1)
         raise RuntimeError("llama_cpp.server did not come up")
 
-    async def __call__(self, prompt: str) -> Run:
-        body = {
+    def body(self, prompt: str) -> dict[str, object]:
+        return {
             "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0.0, "seed": SEED,
             "stream": True, "repeat_penalty": 1.0, "min_p": 0.0,
         }  # fmt: skip
+
+    async def __call__(self, prompt: str) -> Run:
+        return (await self.stream(prompt))[0]
+
+    async def stream(self, prompt: str) -> tuple[Run, httpx.Headers]:
+        body = self.body(prompt)
         times: list[float] = []
         texts: list[str] = []
         t0 = time.perf_counter()
@@ -165,12 +175,57 @@ class Peer:
                 if text:
                     times.append(time.perf_counter())
                     texts.append(text)
-        return _run(t0, times, texts)
+        return _run(t0, times, texts), resp.headers
 
     async def close(self) -> None:
         await self.http.aclose()
         self.proc.terminate()
         self.proc.wait(timeout=15)
+
+
+class Edge(Peer):
+    """llorch's OpenAI-compatible HTTP edge, a client of the same stack as `Llorch`, read the
+    way the peer is read. Its fields are OpenAI's only (it refuses the peer's extras)."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.owner: nats.NATS | None = None  # as the edge's identity: its jobs are its own
+        self.port = free_port()
+        listen = ["--listen", f"127.0.0.1:{self.port}", *stack.seed_args("client-http")]
+        stack.spawn("http", ["llorch_http", *listen])
+        self.http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=120)
+        self.stack = stack
+
+    async def wait_ready(self) -> None:
+        for _ in range(600):
+            self.stack.check_children()
+            with contextlib.suppress(httpx.TransportError):
+                if (await self.http.get("/readyz")).status_code == 200:
+                    return
+            await asyncio.sleep(0.1)
+        raise RuntimeError("the HTTP edge did not come up")
+
+    async def __call__(self, prompt: str) -> Run:
+        """As the peer, plus the worker's own TTFT of the same job (`api.jobs.get` by the job
+        id the edge answers with), so the edge's cost is read within each job."""
+        run, headers = await self.stream(prompt)
+        if self.owner is None:
+            self.owner = await nats.connect(
+                self.stack.nats_url, **self.stack.credentials("client-http").connect_options()
+            )
+        info = await client.job(self.owner, headers["x-llorch-job-id"])
+        if isinstance(info, Error) or info.ttft_ms is None:
+            raise RuntimeError(f"no engine TTFT for the edge's job: {info}")
+        run.engine_ttft_ms = info.ttft_ms
+        return run
+
+    def body(self, prompt: str) -> dict[str, object]:
+        return {"model": MODEL, "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0.0,
+                "seed": SEED, "stream": True}  # fmt: skip
+
+    async def close(self) -> None:
+        await self.http.aclose()  # the stack stops the process
+        if self.owner is not None:
+            await self.owner.close()
 
 
 class Llorch:
@@ -208,11 +263,15 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
     (tmp / "logs").mkdir(exist_ok=True)
     peer = Peer(path, args.threads, tmp / "logs" / "peer.log")
     direct = Direct(path, args.threads)
+    edge = Edge(stack)
     try:
         await stack.wait_ready(POOL_ID)
         nc = await connect(stack)
         await peer.wait_ready()
-        paths: dict[str, Path_] = {"direct": direct, "peer": peer, "llorch": Llorch(nc)}
+        await edge.wait_ready()
+        paths: dict[str, Path_] = {
+            "direct": direct, "peer": peer, "llorch": Llorch(nc), "edge": edge,
+        }  # fmt: skip
         prompts = [p for pair in zip(SHORT, LONG, strict=True) for p in pair]
         runs: dict[str, list[Run]] = {name: [] for name in paths}
         kinds: list[str] = []
@@ -229,6 +288,7 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
         await nc.close()
     finally:
         await peer.close()
+        await edge.close()
         stack.stop()
     return report(runs, kinds, args)
 
@@ -242,8 +302,10 @@ def _paired(a: list[Run], b: list[Run], field: str, op: str) -> list[float]:
 
 
 def report(runs: dict[str, list[Run]], kinds: list[str], args: argparse.Namespace) -> dict:
-    d, p, o = runs["direct"], runs["peer"], runs["llorch"]
-    same_text = sum(x.text == y.text == z.text for x, y, z in zip(d, p, o, strict=True))
+    d, p, o, e = runs["direct"], runs["peer"], runs["llorch"], runs["edge"]
+    same_text = sum(
+        w.text == x.text == y.text == z.text for w, x, y, z in zip(d, p, o, e, strict=True)
+    )
     paths = {}
     for name, rs in runs.items():
         by_kind = {
@@ -265,6 +327,13 @@ def report(runs: dict[str, list[Run]], kinds: list[str], args: argparse.Namespac
         "llorch_client_minus_engine_ttft_ms": summary([r.ttft_ms - r.engine_ttft_ms for r in o]),
         "tps_llorch_over_direct": summary(_paired(o, d, "decode_tps", "/")),
         "tps_llorch_over_peer": summary(_paired(o, p, "decode_tps", "/")),
+        # the HTTP edge: what it adds to the NATS path, and how it compares with the peer
+        "ttft_edge_minus_llorch_ms": summary(_paired(e, o, "ttft_ms", "-")),
+        # within each job, as for llorch: what the edge adds is the difference of the two
+        "edge_client_minus_engine_ttft_ms": summary([r.ttft_ms - r.engine_ttft_ms for r in e]),
+        "ttft_edge_over_peer": summary(_paired(e, p, "ttft_ms", "/")),
+        "tps_edge_over_llorch": summary(_paired(e, o, "decode_tps", "/")),
+        "tps_edge_over_peer": summary(_paired(e, p, "decode_tps", "/")),
     }
     return {
         "config": {
@@ -286,7 +355,7 @@ def print_tables(res: dict) -> None:
             [name, t["p50"], t["p95"], t["p99"], s["p50"], lg["p50"], tps["p50"], tps["mean"]]
         )
     print(
-        f"identical text on all three paths: {res['identical_text_rounds']}"
+        f"identical text on all paths: {res['identical_text_rounds']}"
         f"/{res['config']['rounds']} rounds"
     )
     print(table(

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from llorch_common import client, tracing
 from schemas import (
@@ -93,6 +94,7 @@ class Measure:
     route: str
     start: float = field(default_factory=time.perf_counter)
     done: bool = False
+    status: int = 499  # a stream's, until its body has said otherwise: its client left
 
     def first_token(self) -> None:
         elapsed = time.perf_counter() - self.start
@@ -262,9 +264,9 @@ async def _generate(request: Request, edge: Edge, measure: Measure, kind: mappin
         headers = {"x-llorch-job-id": job.job_id}
         if plan.stream:
             streaming = True
-            events = _events(job, head, plan.include_usage, first, span, measure)
-            return StreamingResponse(
-                events, media_type="text/event-stream", headers={**_SSE_HEADERS, **headers}
+            events = _events(job, head, plan.include_usage, first, measure)
+            return _Stream(
+                events, lambda: _end_stream(job, span, measure), headers={**_SSE_HEADERS, **headers}
             )
         text, end = await unless_disconnected(request.receive, _collect(job, first))
         return JSONResponse(bodies.whole(head, text, end), headers=headers)
@@ -301,34 +303,51 @@ def _sse(data: object) -> bytes:
     return b"data: " + msgspec.json.encode(data) + b"\n\n"
 
 
+class _Stream(StreamingResponse):
+    """An SSE response that runs `on_exit` however it ends, even when its client left before
+    the body started (then Starlette never starts the body, and its `finally` never runs)."""
+
+    def __init__(
+        self, body: AsyncIterator[bytes], on_exit: Callable[[], None], headers: dict[str, str]
+    ) -> None:
+        super().__init__(body, media_type="text/event-stream", headers=headers)
+        self._on_exit = on_exit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_exit()
+
+
+def _end_stream(job: Job, span: Span, measure: Measure) -> None:
+    if measure.status == 499:
+        telemetry.disconnects.add(1, {"route": measure.route})
+    _finish(job, span, measure)
+    measure.end(measure.status)
+
+
 async def _events(
-    job: Job, head: bodies.Head, include_usage: bool, first: Any, span: Span, measure: Measure
+    job: Job, head: bodies.Head, include_usage: bool, first: Any, measure: Measure
 ) -> AsyncIterator[bytes]:
     """The SSE body of a stream: the role (chat), a chunk per token, the finish reason, the
     usage when asked for, `[DONE]`. An error after the first token can only be said in the
     stream: an `error` object, as OpenAI sends it, and no `[DONE]`."""
-    status = 200
-    try:
-        if head.kind == "chat":
-            yield _sse(bodies.chunk(head, "", include_usage, first=True))
-        event = first
-        while isinstance(event, Token):
-            yield _sse(bodies.chunk(head, event.text, include_usage))
-            event = await job.next()
-        if isinstance(event, Error):
-            status = from_wire(event).status
-            yield _sse(from_wire(event).body())
-            return
-        assert isinstance(event, End)
-        final = None if head.kind == "chat" else ""
-        yield _sse(bodies.chunk(head, final, include_usage, finish=event.finish_reason))
-        if include_usage:
-            yield _sse(bodies.usage_chunk(head, event))
-        yield _DONE
-    except asyncio.CancelledError:
-        status = 499  # the client left: Starlette cancels the body
-        telemetry.disconnects.add(1, {"route": measure.route})
-        raise
-    finally:
-        _finish(job, span, measure)
-        measure.end(status)
+    if head.kind == "chat":
+        yield _sse(bodies.chunk(head, "", include_usage, first=True))
+    event = first
+    while isinstance(event, Token):
+        yield _sse(bodies.chunk(head, event.text, include_usage))
+        event = await job.next()
+    if isinstance(event, Error):
+        error = from_wire(event)
+        measure.status = error.status
+        yield _sse(error.body())
+        return
+    assert isinstance(event, End)
+    final = None if head.kind == "chat" else ""
+    yield _sse(bodies.chunk(head, final, include_usage, finish=event.finish_reason))
+    if include_usage:
+        yield _sse(bodies.usage_chunk(head, event))
+    measure.status = 200
+    yield _DONE

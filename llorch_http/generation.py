@@ -42,6 +42,7 @@ class Job:
         self._nc, self._subjects = nc, subjects
         self._events: AsyncGenerator[Event, None] = client.stream(nc, request, subjects)
         self.ended = False
+        self._closed = False
 
     async def next(self) -> Event:
         """The next token, or the terminal End or Error."""
@@ -56,6 +57,9 @@ class Job:
         """Stop listening; a job not yet ended is cancelled. Both in the background: this
         runs where the request is being cancelled (its client left), and there any await
         would be cancelled in turn, nor should a request wait for the orchestrator's answer."""
+        if self._closed:
+            return
+        self._closed = True
         _background(self._events.aclose())
         if not self.ended:
             self.ended = True

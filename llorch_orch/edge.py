@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import contextlib
 import socket
+from pathlib import Path
 
 from .stack import HTTP_IDENTITY, READY_TIMEOUT_S, Stack, StackError
 
@@ -44,9 +45,15 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def spawn(stack: Stack, sock: socket.socket, extra: list[str]) -> None:
+    seed = stack.seed_args(HTTP_IDENTITY)
+    if seed and not Path(seed[1]).is_file():  # a `nats-config` deployment made without it
+        raise StackError(
+            f"no identity for the HTTP edge in {stack.creds_dir}: remake it with "
+            f"`llorch nats-config … --client http`, or pass --http off"
+        )
     host, port = sock.getsockname()[:2]
     args = ["llorch_http", "--listen", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    args += ["--listen-fd", str(sock.fileno()), *extra, *stack.seed_args(HTTP_IDENTITY)]
+    args += ["--listen-fd", str(sock.fileno()), *extra, *seed]
     stack.spawn("http", args, pass_fds=(sock.fileno(),))
 
 

@@ -3,13 +3,17 @@ figures, API keys."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from llorch_common.local import seed_file
 from llorch_http import dashboard, keys, mapping
 from llorch_http.errors import ApiError, from_wire
+from llorch_orch import edge, natsconf
+from llorch_orch.stack import Stack, StackError
 from schemas import ChatMessage, ClusterState, Device, Error, ErrorCode, JobInfo, PoolView
 from schemas.control import WorkerInfo
 
@@ -184,3 +188,18 @@ def test_only_loopback_may_go_without_keys(host: str, ok: bool) -> None:
             keys.check_binding(host, frozenset(), insecure_no_auth=False)
         keys.check_binding(host, frozenset(), insecure_no_auth=True)
         keys.check_binding(host, frozenset({"k"}), insecure_no_auth=False)
+
+
+def test_llorch_up_makes_the_edge_an_operator_and_needs_its_seed(tmp_path: Path) -> None:
+    """The dashboard sees every job; a deployment made without the edge's identity says how
+    to get one instead of starting an edge that cannot connect."""
+    creds = tmp_path / "creds"
+    made = natsconf.ensure_seeds(creds, natsconf.deployment(["p1"], clients=["cli", "http"]))
+    keys_of = {i.name: i.public_key for i in made}
+    stack = Stack(tmp_path, "nats://127.0.0.1:1", "llorch.v1", creds_dir=creds)
+    assert stack.operator_args() == [
+        "--operator", keys_of["admin"], "--operator", keys_of["client-http"]]  # fmt: skip
+    seed_file(creds, "client-http").unlink()
+    with socket.create_server(("127.0.0.1", 0)) as sock, pytest.raises(StackError) as refused:
+        edge.spawn(stack, sock, [])
+    assert "--client http" in str(refused.value) and "--http off" in str(refused.value)
