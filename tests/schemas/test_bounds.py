@@ -4,8 +4,9 @@ message, and the helpers that keep client strings out of subjects and log lines.
 from __future__ import annotations
 
 import pytest
+from msgspec import inspect
 
-from schemas import CancelRequest, ErrorCode, GenerateRequest, ProtocolError, decoder
+from schemas import CancelRequest, ErrorCode, Execute, GenerateRequest, ProtocolError, decoder
 from schemas.api import sampling_temperature
 from schemas.subjects import is_publish_subject
 from schemas.text import clip
@@ -80,3 +81,19 @@ def test_clip_bounds_and_escapes() -> None:
 def test_tiny_temperatures_are_greedy() -> None:
     assert sampling_temperature(1e-40) == 0.0 == sampling_temperature(0.0)
     assert sampling_temperature(0.7) == 0.7
+
+
+def test_execute_carries_the_requests_bounds() -> None:
+    """The worker's decoder refuses what the orchestrator's would: Execute's sampling fields
+    have GenerateRequest's bounded types (schemas.api's aliases), not hand-written checks."""
+
+    def fields(kind: type) -> dict[str, object]:
+        info = inspect.type_info(kind)
+        assert isinstance(info, inspect.StructType)
+        return {f.name: f.type for f in info.fields}
+
+    request, execute = fields(GenerateRequest), fields(Execute)
+    shared = ("model", "messages", "max_tokens", "temperature", "top_p", "top_k", "stop")
+    for name in shared:
+        assert execute[name] == request[name], name
+    assert request["seed"] == inspect.UnionType((execute["seed"], inspect.NoneType()))
