@@ -105,8 +105,9 @@ ClusterFactory = Callable[..., Awaitable[Cluster]]
 
 @pytest.fixture
 async def make_cluster(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[ClusterFactory]:
-    """make_cluster(config_toml="", pools=("p1",), pool_args=(), orch_args=()) -> a running
-    Cluster."""
+    """make_cluster(config_toml="", pools=("p1",), pool_args=(), orch_args=(), slots=1) -> a
+    running Cluster. One slot per worker unless asked: most tests here watch one job wait for
+    another."""
     stacks: list[Stack] = []
     clients: list[Client] = []
 
@@ -115,6 +116,7 @@ async def make_cluster(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator
         pools: tuple[str, ...] = ("p1",),
         pool_args: tuple[str, ...] = (),
         orch_args: tuple[str, ...] = (),
+        slots: int = 1,
     ) -> Cluster:
         data_dir = tmp_path / f"data{len(stacks)}"
         (data_dir / "logs").mkdir(parents=True)
@@ -122,7 +124,8 @@ async def make_cluster(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator
         config.write_text(config_toml)
         stack = Stack(data_dir=data_dir, nats_url=nats_server.url, prefix=Subjects().prefix)
         stacks.append(stack)
-        stack.spawn("orchestrator", ["llorch_orch", "orch", "--config", str(config), *orch_args])
+        orch = ["llorch_orch", "orch", "--config", str(config), "--slots", str(slots), *orch_args]
+        stack.spawn("orchestrator", orch)
         nc = await nats.connect(nats_server.url)
         clients.append(nc)
         cluster = Cluster(stack, nc)
