@@ -333,20 +333,21 @@ async def _events(
     """The SSE body of a stream: the role (chat), a chunk per token, the finish reason, the
     usage when asked for, `[DONE]`. An error after the first token can only be said in the
     stream: an `error` object, as OpenAI sends it, and no `[DONE]`."""
-    if head.kind == "chat":
-        yield _sse(bodies.chunk(head, "", include_usage, first=True))
+    # a chat's role chunk leaves with the first token's: one write, one wake-up, before it
+    role = _sse(bodies.chunk(head, "", include_usage, first=True)) if head.kind == "chat" else b""
     event = first
     while isinstance(event, Token):
-        yield _sse(bodies.chunk(head, event.text, include_usage))
+        yield role + _sse(bodies.chunk(head, event.text, include_usage))
+        role = b""
         event = await job.next()
     if isinstance(event, Error):
         error = from_wire(event)
         measure.status = error.status
-        yield _sse(error.body())
+        yield role + _sse(error.body())
         return
     assert isinstance(event, End)
     final = None if head.kind == "chat" else ""
-    yield _sse(bodies.chunk(head, final, include_usage, finish=event.finish_reason))
+    yield role + _sse(bodies.chunk(head, final, include_usage, finish=event.finish_reason))
     if include_usage:
         yield _sse(bodies.usage_chunk(head, event))
     measure.status = 200
