@@ -11,6 +11,7 @@ from typing import Literal
 from llorch_common.connect import Credentials, add_arguments
 from llorch_common.local import nonnegative_int, positive_float, positive_int
 from schemas import DEFAULT_PREFIX, ProtocolError, check_id
+from schemas.control import MAX_SLOTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,7 @@ class WorkerConfig:
     prefix: str = DEFAULT_PREFIX
     threads: int | None = None  # None = llama.cpp's default
     progress_interval: float = 0.25  # seconds between `progress` job statuses
+    slots: int = 1  # jobs decoded together in the one context, each with n_ctx of its own
     credentials: Credentials = field(default_factory=Credentials)  # the pool passes them by env
 
     @property
@@ -38,6 +40,13 @@ def _id(text: str) -> str:
         return check_id(text, "id")
     except ProtocolError as exc:
         raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def _slots(text: str) -> int:
+    n = positive_int(text)
+    if n > MAX_SLOTS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_SLOTS}")
+    return n
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default=DEFAULT_PREFIX)
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--progress-interval", type=positive_float, default=0.25)
+    p.add_argument("--slots", type=_slots, default=1)
     add_arguments(p)
     return p
 
@@ -72,5 +82,6 @@ def parse_args(argv: list[str] | None = None) -> WorkerConfig:
         prefix=ns.prefix,
         threads=ns.threads,
         progress_interval=ns.progress_interval,
+        slots=ns.slots,
         credentials=Credentials.from_args(ns, os.environ),
     )

@@ -14,8 +14,9 @@ from opentelemetry import trace
 
 from llorch_common import tracing
 from llorch_worker import telemetry
-from llorch_worker.engine import Engine, Failed, Finished, Item, Outcome
+from llorch_worker.engine import Engine
 from llorch_worker.jobstate import JobState
+from llorch_worker.outcome import Failed, Finished, Item, Outcome
 from schemas import (
     End,
     Error,
@@ -29,6 +30,10 @@ from schemas import (
 )
 
 StatusState = Literal["started", "progress", "finished", "failed", "abandoned"]
+_DIVERGED = (
+    "the regenerated text differs from what the client already has (its hash at seq {seq}): "
+    "the retry cannot continue the stream"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +140,7 @@ class Job:
         inbox = EngineInbox(asyncio.get_running_loop())
         self.ctx.engine.start(self.execute, self._prompt, self._cancel, inbox.put)
         e = self.execute
-        seq, visible = self._state.take_seq()
+        seq, visible = self._take()
         if visible:
             started = Started(
                 seq=seq, job_id=e.job_id, worker_id=self.ctx.worker_id, model=e.model, seed=e.seed
@@ -167,18 +172,31 @@ class Job:
             self._state.token_generated(now)
         text = "".join(texts)  # "" while text is held back (partial UTF-8 or stop match)
         if text and not self._cancel.is_set():  # once cancelled, only the terminal event goes out
-            seq, visible = self._state.take_seq()
+            seq, visible = self._take(text)
             if visible:
                 await self._publish(Token(seq=seq, text=text), now)
         progress_seq = self._state.progress_due(now)
         if progress_seq is not None:
             await self._status("progress", progress_seq)
 
+    def _take(self, text: str = "") -> tuple[int, bool]:
+        """The next event's seq and whether it is published; a retry whose regenerated text
+        differs from the client's is cancelled with a retriable WORKER_LOST."""
+        seq, visible = self._state.take_seq(text)
+        if self._state.diverged:
+            at = self.execute.resume_after
+            self.cancel(_DIVERGED.format(seq=at), ErrorCode.WORKER_LOST, retriable=True)
+        return seq, visible
+
     async def _finish(self, outcome: Outcome) -> None:
         if isinstance(outcome, Finished) and outcome.tail and outcome.reason != "cancelled":
-            seq, visible = self._state.take_seq()
+            seq, visible = self._take(outcome.tail)
             if visible:
                 await self._publish(Token(seq=seq, text=outcome.tail))
+        if isinstance(outcome, Finished) and (self._state.diverged or self._state.ended_short()):
+            at = self.execute.resume_after
+            self.cancel(_DIVERGED.format(seq=at), ErrorCode.WORKER_LOST, retriable=True)
+            outcome = Finished("cancelled", outcome.tokens_in, "")
         seq, visible = self._state.take_seq()
         terminal, code = self._terminal(outcome, seq)
         if visible:
@@ -266,6 +284,7 @@ class Job:
             tokens_out=self._state.tokens_out,
             code=code,
             ttft_ms=self._first_token_ms() if state in ("finished", "failed") else None,
+            hash=self._state.hash,
         )
         self.final = status
         await self.ctx.nc.publish(self._status_subject, encode(status), headers=self.headers)

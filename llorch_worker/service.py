@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+from collections import OrderedDict
 
 import nats
 from nats.aio.client import Client
@@ -35,6 +36,7 @@ from schemas import (
     ProtocolError,
     Subjects,
     WorkerFailed,
+    WorkerLoad,
     WorkerReady,
     encode,
 )
@@ -47,6 +49,7 @@ _NO_RESPONDERS = "503"
 # After our own reconnect, clients reconnect too (nats-py waits 2 s between attempts, plus
 # jitter): their inbox is without a subscriber meanwhile, which does not mean they left.
 RECONNECT_GRACE_S = 5.0
+ENDED_KEPT = 64  # ended jobs an abandon may still ask about (it answers with their final status)
 
 
 def _abandon_when_parent_dies() -> None:
@@ -67,11 +70,13 @@ class Worker:
     def __init__(self, cfg: WorkerConfig) -> None:
         self.cfg = cfg
         self.subjects = Subjects(cfg.prefix)
-        self.engine = Engine(cfg.model_path, cfg.n_ctx, cfg.gpu, cfg.threads)
-        self._job: Job | None = None
-        self._last: Job | None = None  # the running job, or the last one: an abandon asks it
-        self._preparing = False  # an execute is being checked (tokenized) before its answer
-        self._job_task: asyncio.Task[None] | None = None  # referenced so it is not collected
+        self.engine = Engine(cfg.model_path, cfg.n_ctx, cfg.gpu, cfg.threads, cfg.slots)
+        self._jobs: dict[str, Job] = {}  # running, by job id: one slot each
+        # running and recently ended jobs: an abandon asks them for their final status
+        self._known: OrderedDict[str, Job] = OrderedDict()
+        self._preparing = 0  # executes being checked (tokenized) before their answer: a slot each
+        self._job_tasks: set[asyncio.Task[None]] = set()  # referenced so they are not collected
+        self._load_sent = 0  # slots_busy of the last WorkerLoad published
         self._draining = False
         self._stopped = asyncio.Event()
         self._gpu_before = 0  # device memory in use before our load (GPU workers)
@@ -195,6 +200,7 @@ class Worker:
             layers_offloaded=loaded.layers_offloaded,
             layers_total=loaded.layers_total,
             load_ms=loaded.load_ms,
+            slots=cfg.slots,
         )
         headers = tracing.inject(None, self._load_context)
         await nc.publish(self.subjects.ready(cfg.worker_id), encode(ready), headers=headers)
@@ -210,27 +216,26 @@ class Worker:
         loop.add_signal_handler(signal.SIGHUP, self._abandon_now)
 
     def _drain(self) -> None:
-        """Refuse new jobs, let the running one finish, then stop."""
+        """Refuse new jobs, let the running ones finish, then stop."""
         self._draining = True
-        if self._job is None and not self._preparing:
+        if not self._jobs and not self._preparing:
             self._stopped.set()
 
     def _stop_now(self) -> None:
-        """Refuse new jobs and end the running one at its next token, with a retriable
+        """Refuse new jobs and end the running ones at their next token, with a retriable
         WORKER_LOST (the worker goes away mid-job; the client may submit it again), then stop.
-        Its client and the orchestrator hear that end like any other."""
-        job = self._job
-        if job is not None:
-            reason = "worker stopped mid-job: its pool is shutting down"
+        Their clients and the orchestrator hear that end like any other."""
+        reason = "worker stopped mid-job: its pool is shutting down"
+        for job in self._jobs.values():
             job.cancel(reason, ErrorCode.WORKER_LOST, retriable=True)
         self._drain()
 
     def _abandon_now(self) -> None:
-        """Refuse new jobs, abandon the running one (it stops at its next token and publishes
-        nothing more on its stream; its `abandoned` status tells the orchestrator where it
-        stopped), then stop."""
-        if self._job is not None:
-            self._job.abandon(ErrorCode.POOL_LOST)
+        """Refuse new jobs, abandon the running ones (each stops at its next token and
+        publishes nothing more on its stream; its `abandoned` status tells the orchestrator
+        where it stopped), then stop."""
+        for job in self._jobs.values():
+            job.abandon(ErrorCode.POOL_LOST)
         self._drain()
 
     async def _on_execute(self, req: Request) -> None:
@@ -252,30 +257,52 @@ class Worker:
                 tracing.CONVERSATION_ID: execute.job_id,
             },
         )
-        running = self._job
-        if running is not None or self._draining or self._preparing:
-            why = f"running job {running.job_id}" if running else "draining or preparing a job"
-            await _refuse(req, span, Error(code=ErrorCode.WORKER_BUSY, message=why, retriable=True))
+        busy = self._busy(execute.job_id)
+        if busy:
+            await _refuse(
+                req, span, Error(code=ErrorCode.WORKER_BUSY, message=busy, retriable=True)
+            )
             return
         prompt = await self._prepare(req, execute, span)
         if prompt is None:
             return
-        job = self._job = self._last = Job(self._ctx, execute, prompt, span)
+        job = Job(self._ctx, execute, prompt, span)
+        self._jobs[job.job_id] = job
+        self._remember(job)
         await req.respond(encode(Ack()), headers=job.headers)
-        self._job_task = asyncio.create_task(self._run_job(job))
+        task = asyncio.create_task(self._run_job(job))
+        self._job_tasks.add(task)
+        task.add_done_callback(self._job_tasks.discard)
+        await self._publish_load()
+
+    def _busy(self, job_id: str) -> str:
+        """Why an execute must wait ("" when a slot is free for it)."""
+        if self._draining:
+            return "draining"
+        if job_id in self._jobs:
+            return f"job {job_id} already runs here"
+        if len(self._jobs) + self._preparing >= self.cfg.slots:
+            return f"all {self.cfg.slots} slots busy"
+        return ""
+
+    def _remember(self, job: Job) -> None:
+        self._known[job.job_id] = job
+        self._known.move_to_end(job.job_id)
+        while len(self._known) > ENDED_KEPT + self.cfg.slots:
+            self._known.popitem(last=False)
 
     async def _prepare(self, req: Request, execute: Execute, span: trace.Span) -> list[int] | None:
         """The job's prompt tokens; None once the execute was refused for the job's own fault
         (the orchestrator then fails the job and keeps this worker)."""
-        self._preparing = True
+        self._preparing += 1
         try:
             return await self.engine.prepare(execute)
         except ProtocolError as exc:
             refusal = Error(code=exc.code, message=exc.message)
         finally:
-            self._preparing = False
+            self._preparing -= 1
         if self._draining:  # a signal came meanwhile and waited for this answer
-            self._stopped.set()
+            self._drain()
         await _refuse(req, span, refusal)
         return None
 
@@ -286,9 +313,24 @@ class Worker:
             job.cancel(f"worker error: {exc!r}")  # free the engine for the next job
             log.warning("job %s failed: %r", job.job_id, exc, extra={"job_id": job.job_id})
         finally:
-            self._job = None
-            if self._draining:
-                self._stopped.set()
+            del self._jobs[job.job_id]
+        await self._publish_load()
+        if self._draining:
+            self._drain()
+
+    async def _publish_load(self) -> None:
+        """WorkerLoad on our ready subject when the number of busy slots changed since the last
+        one (its pool reports it in heartbeats)."""
+        busy = len(self._jobs)
+        if busy == self._load_sent:
+            return
+        self._load_sent = busy
+        cfg = self.cfg
+        load = WorkerLoad(worker_id=cfg.worker_id, pool_id=cfg.pool_id, slots_busy=busy)
+        try:
+            await self._ctx.nc.publish(self.subjects.ready(cfg.worker_id), encode(load))
+        except Exception as exc:  # the connection is gone: the heartbeat's view is lost anyway
+            log.warning("cannot publish the load: %r", exc)
 
     async def _on_cancel(self, req: Request) -> None:
         span = tracing.serving(
@@ -304,8 +346,8 @@ class Worker:
             return Error(code=exc.code, message=exc.message)
         if cancel.abandon:
             return await self._abandon(cancel.job_id)
-        job = self._job
-        if job is None or job.job_id != cancel.job_id or job.ended:
+        job = self._jobs.get(cancel.job_id)
+        if job is None or job.ended:
             return Ack(detail="not running")
         job.cancel("cancelled by request")
         return Ack(detail="cancelling")
@@ -314,8 +356,8 @@ class Worker:
         """The orchestrator lost our pool and retries the job elsewhere: stop streaming it, and
         answer once it has stopped with its final status (abandoned where it stopped, or how it
         ended if it ended first). "not running": it never ran here."""
-        job = self._last
-        if job is None or job.job_id != job_id:
+        job = self._known.get(job_id)
+        if job is None:
             return Ack(detail="not running")
         job.abandon(ErrorCode.WORKER_LOST)
         await job.done.wait()
@@ -334,6 +376,6 @@ class Worker:
             return
         if time.monotonic() < self._probes_trusted_from:
             return  # the next probe, after the grace, tells
-        job = self._job
-        if job is not None and msg.subject == f"{self._ctx.probe_prefix}.{job.job_id}":
+        job = self._jobs.get(msg.subject.removeprefix(f"{self._ctx.probe_prefix}."))
+        if job is not None:
             job.cancel("client gone: its stream subject has no subscriber")

@@ -38,16 +38,26 @@ def test_required_flags_and_defaults() -> None:
     )
     assert (cfg.n_ctx, cfg.device, cfg.gpu) == (512, 0, False)
     assert (cfg.prefix, cfg.threads, cfg.progress_interval) == ("llorch.v1", None, 0.25)
+    assert cfg.slots == 1
 
 
 def test_optional_flags() -> None:
-    cfg = parse_args([*BASE, "--prefix", "x.v2", "--threads", "2", "--progress-interval", "1"])
-    assert (cfg.prefix, cfg.threads, cfg.progress_interval) == ("x.v2", 2, 1.0)
+    cfg = parse_args(
+        [*BASE, "--prefix", "x.v2", "--threads", "2", "--progress-interval", "1", "--slots", "8"]
+    )
+    assert (cfg.prefix, cfg.threads, cfg.progress_interval, cfg.slots) == ("x.v2", 2, 1.0, 8)
 
 
 @pytest.mark.parametrize(
     "extra",
-    [["--worker-id", "w.1"], ["--n-ctx", "0"], ["--device", "-1"], ["--device-kind", "tpu"]],
+    [
+        ["--worker-id", "w.1"],
+        ["--n-ctx", "0"],
+        ["--device", "-1"],
+        ["--device-kind", "tpu"],
+        ["--slots", "0"],
+        ["--slots", "257"],
+    ],
 )
 def test_bad_flags_exit_with_usage_error(
     extra: list[str], capsys: pytest.CaptureFixture[str]

@@ -3,8 +3,8 @@
 import asyncio
 import threading
 
-from llorch_worker.engine import Finished
 from llorch_worker.job import EngineInbox
+from llorch_worker.outcome import Finished
 
 
 async def test_a_token_is_taken_as_soon_as_it_is_put() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from llorch_worker.jobstate import PROBE_INTERVAL_S, JobState
+from llorch_worker.texthash import text_hash
 from tests.worker.conftest import make_execute
 
 
@@ -54,3 +55,61 @@ def test_ttft_counts_from_job_start_to_first_token() -> None:
     assert state.tokens_out == 2
     assert state.ttft_ms(101.0) == 500.0
     assert state.elapsed_ms(101.0) == 1000.0
+
+
+def resumed(resume_after: int, resume_hash: str | None) -> JobState:
+    execute = make_execute(
+        "j1", "_INBOX.x", seq=1, resume_after=resume_after, resume_hash=resume_hash
+    )
+    return JobState(execute, 0.25, started_at=100.0)
+
+
+def test_the_hash_follows_the_published_text_however_it_is_cut() -> None:
+    state = make_state(seq=1)
+    state.take_seq()  # started
+    assert state.hash == text_hash()
+    state.take_seq("Hel")
+    state.take_seq("lo")
+    assert state.hash == text_hash("Hello") == text_hash("He", "llo")
+    state.take_seq()  # the terminal event: no text
+    assert state.hash == text_hash("Hello")
+
+
+def test_a_retry_that_regenerates_the_same_text_continues() -> None:
+    state = resumed(resume_after=3, resume_hash=text_hash("ab"))
+    assert state.hash == text_hash("ab")  # what the client holds, before anything is published
+    assert [state.take_seq(t) for t in ("", "a", "b", "c")] == [
+        (1, False),
+        (2, False),
+        (3, False),
+        (4, True),
+    ]
+    assert not state.diverged
+    assert state.hash == text_hash("abc")
+
+
+def test_a_retry_that_regenerates_other_text_diverges_at_resume_after() -> None:
+    state = resumed(resume_after=3, resume_hash=text_hash("ab"))
+    state.take_seq()
+    state.take_seq("a")
+    assert not state.diverged
+    state.take_seq("X")
+    assert state.diverged
+    assert state.hash == text_hash("ab")  # still what the client holds
+    assert state.take_seq() == (4, True)  # the terminal event comes next
+
+
+def test_a_retry_that_ends_before_resume_after_diverges() -> None:
+    state = resumed(resume_after=5, resume_hash=text_hash("abcd"))
+    for text in ("", "a", "b"):
+        state.take_seq(text)
+    assert state.ended_short()
+    assert state.diverged and state.take_seq() == (6, True)
+
+
+def test_without_a_resume_hash_nothing_is_checked() -> None:
+    state = resumed(resume_after=2, resume_hash=None)
+    state.take_seq()
+    state.take_seq("a")
+    assert not state.diverged and state.hash == text_hash("a")
+    assert not resumed(resume_after=5, resume_hash=None).ended_short()
