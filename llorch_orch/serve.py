@@ -14,7 +14,7 @@ import nats
 from llorch_common import observe
 from llorch_common.connect import Credentials
 from llorch_common.lifeline import EXIT_CONNECTION_LOST, Lifeline
-from schemas import SnapshotRequest, Subjects, encode
+from schemas import Subjects
 
 from . import batch
 from .core import Core, OrchConfig
@@ -44,10 +44,11 @@ async def serve(
     log.info("connecting to %s as %s", nats_url, credentials.describe())
     lifeline = Lifeline("orchestrator", log)
 
+    service: OrchestratorService | None = None
+
     async def reconnected() -> None:
-        # Heartbeats sent while we were away were lost: every pool beats at once rather than
-        # at its next interval, so its models are served again as soon as we are back.
-        await nc.publish(subjects.snapshot_request, encode(SnapshotRequest()))
+        if service is not None:  # a reconnect before it exists has nothing to tell it
+            await service.reconnected()
 
     nc = await nats.connect(
         nats_url,

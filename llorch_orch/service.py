@@ -292,8 +292,19 @@ class OrchestratorService:
             await self._feed(ev.StatusSeen(self.clock(), reply))
         await self._feed(ev.AbandonAnswered(self.clock(), job_id, worker_id))
 
+    async def reconnected(self) -> None:
+        """Our connection is back (nats-py's reconnected callback): loss timers restart, and
+        every pool beats at once rather than at its next interval (the heartbeats sent while we
+        were away were lost), so its models are served again as soon as we are back."""
+        await self._feed(ev.Reconnected(self.clock()))
+        await self._publish(self.subjects.snapshot_request, SnapshotRequest(), to_client=False)
+
     async def _timer_loop(self) -> None:
         while True:
+            if not self.nc.is_connected:  # what we cannot hear now must not count as silence
+                self._wake.clear()
+                await wait_event(self._wake, MAX_TICK_S)
+                continue
             wake = self.core.next_wake()
             delay = MAX_TICK_S if wake is None else min(MAX_TICK_S, wake - self.clock())
             self._wake.clear()

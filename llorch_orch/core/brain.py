@@ -89,8 +89,8 @@ class Core:
                 self._status(event.now, event.status)
             case ev.ExecuteAccepted() | ev.ExecuteRefused() | ev.AbandonAnswered():
                 self._answered(event)
-            case ev.Tick():
-                self.recovery.tick(event.now)
+            case ev.Tick() | ev.Reconnected():
+                self._time(event)
             case ev.Shutdown():
                 self._shutdown(event.now)
             case _:
@@ -391,6 +391,13 @@ class Core:
             status.tokens_out,
         )
         s.finish(now, job, _outcome(status), status.code)
+
+    def _time(self, event: ev.Tick | ev.Reconnected) -> None:
+        """Timers: due ones fire (Tick), or all restart (our connection was away)."""
+        if isinstance(event, ev.Tick):
+            self.recovery.tick(event.now)
+        else:
+            self.recovery.reconnected(event.now)
 
     def _spawn_outcome(self, event: ev.FailedSeen | ev.SpawnRefused) -> None:
         """A worker failed to start: its pool said so, or refused (or never answered) the spawn."""

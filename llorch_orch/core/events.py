@@ -94,6 +94,14 @@ class Cancel:
 
 
 @dataclass(frozen=True, slots=True)
+class Reconnected:
+    """The orchestrator's own NATS connection was away and is back: what it did not hear
+    meanwhile (heartbeats, job statuses) says nothing about pools and workers."""
+
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     now: float
 
@@ -116,6 +124,7 @@ Event = (
     | ExecuteAccepted
     | AbandonAnswered
     | Cancel
+    | Reconnected
     | Tick
     | Shutdown
 )

@@ -38,6 +38,17 @@ class Recovery:
             if pool.alive and now - pool.last_seen >= s.cfg.pool_lost_after * pool.interval_s:
                 self.pool_lost(now, pool.pool_id, f"pool {pool.pool_id} lost")
 
+    def reconnected(self, now: float) -> None:
+        """Silence while we were away proves nothing: every loss timer starts again now."""
+        s = self.s
+        for pool in s.view.pools.values():
+            if pool.alive:
+                pool.last_seen = now
+        for job in s.active.values():
+            job.last_activity = now
+            if job.ack_deadline is not None:
+                job.ack_deadline = now + s.cfg.execute_ack_timeout_s
+
     def next_wake(self) -> float | None:
         """Earliest time at which a Tick may change something (a pure read)."""
         s = self.s

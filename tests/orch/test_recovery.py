@@ -2,6 +2,7 @@
 resume the stream, heartbeat skew, adoption after an orchestrator restart."""
 
 from llorch_orch.core import Core, Emit, ModelConfig, OrchConfig
+from llorch_orch.core import events as ev
 from llorch_orch.core.drain import NO_RATE_MS
 from schemas import Queued
 from schemas.codes import ErrorCode
@@ -382,3 +383,17 @@ def test_keepalives_of_a_huge_queue_go_out_in_slices() -> None:
     assert core.next_wake() == T0 + 16  # the rest are due now: wake again at once
     rest = queued(core.handle(tick(T0 + 16)))
     assert sorted(e.job_id for e in first + rest) == sorted(f"q{i}" for i in range(waiting))
+
+
+def test_silence_while_the_orchestrator_was_disconnected_loses_nothing() -> None:
+    core = make_core()  # heartbeat interval 2 s, lost after 3 missed
+    worker = running_worker(core)
+    core.handle(status("j1", worker, "progress", seq=2, now=T0 + 1))
+    out = core.handle(ev.Reconnected(T0 + 100))  # away for longer than every timer
+    assert not abandons(out) and not stops(out) and not errors(out)
+    assert core.next_wake() == T0 + 100 + 3 * 2.0  # the pool's loss timer restarted
+    out = core.handle(tick(T0 + 105))
+    assert not abandons(out) and not stops(out)
+    assert core.jobs["j1"].phase == "running" and core.view.pools["p1"].alive
+    out = core.handle(tick(T0 + 106))  # and still runs: silence after we are back counts
+    assert [a.job_id for a in abandons(out)] == ["j1"] and not core.view.pools["p1"].alive
