@@ -1,6 +1,7 @@
 """The worker registry as data: records and pure transitions, no I/O.
 
 starting --ready--> ready --stop(drain)--> draining --exit--> exited
+(ready and draining workers report their busy slots: WorkerLoad, whenever the count changes)
 starting --WorkerFailed--> failed --exit--> failed (exit code added)
 starting --exit--> failed when the process dies before it is ready, else exited.
 A reaped record stays for REPORTS_AFTER_EXIT heartbeats so a heartbeat lost on the way does not
@@ -26,8 +27,10 @@ class WorkerRecord:
     device: int
     pid: int | None
     state: WorkerState
-    estimate_bytes: int  # model file size: the memory assumed until the worker measures it
+    estimate_bytes: int  # assumed until the worker measures it (spawn_checks.need_bytes)
     memory_bytes: int | None = None  # measured, from WorkerReady
+    slots: int = 1  # jobs it runs at once, from WorkerReady
+    slots_busy: int = 0  # from its latest WorkerLoad
     exit_code: int | None = None  # set once the process is reaped (negative = signal)
     message: str = ""
     reports_left: int = REPORTS_AFTER_EXIT  # heartbeats still to carry it once reaped
@@ -46,10 +49,17 @@ def is_reaped(record: WorkerRecord) -> bool:
     return record.exit_code is not None
 
 
-def on_ready(record: WorkerRecord, memory_bytes: int) -> WorkerRecord:
+def on_ready(record: WorkerRecord, memory_bytes: int, slots: int = 1) -> WorkerRecord:
     if record.state != "starting":
         return record
-    return replace(record, state="ready", memory_bytes=memory_bytes)
+    return replace(record, state="ready", memory_bytes=memory_bytes, slots=slots)
+
+
+def on_load(record: WorkerRecord, slots_busy: int) -> WorkerRecord:
+    """A WorkerLoad: only a loaded, living worker runs jobs (a late one changes nothing else)."""
+    if record.state not in ("ready", "draining") or is_reaped(record):
+        return record
+    return replace(record, slots_busy=min(max(slots_busy, 0), record.slots))
 
 
 def on_failed(record: WorkerRecord, message: str) -> WorkerRecord:
@@ -147,4 +157,6 @@ def to_wire(record: WorkerRecord) -> WorkerInfo:
         memory_bytes=record.memory_bytes,
         exit_code=record.exit_code,
         message=record.message,
+        slots=record.slots,
+        slots_busy=record.slots_busy,
     )

@@ -43,6 +43,7 @@ from schemas import (
     StopRequest,
     Subjects,
     WorkerFailed,
+    WorkerLoad,
     WorkerReady,
     check_id,
     decoder,
@@ -61,7 +62,7 @@ _DRAIN, _STOP_NOW, _KILL = signal.SIGTERM, signal.SIGINT, signal.SIGKILL
 
 _decode_spawn = decoder(SpawnRequest)
 _decode_stop = decoder(StopRequest)
-_decode_ready = decoder(WorkerReady | WorkerFailed)
+_decode_ready = decoder(WorkerReady | WorkerFailed | WorkerLoad)
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +245,7 @@ class PoolService:
                     "refused model %r for worker %s: %s", req.model, req.worker_id, exc.message
                 )
             raise
-        spawn_checks.check_fits(device, model)
+        spawn_checks.check_fits(device, model, req.n_ctx, req.slots)
         launch = supervisor.Launch(
             worker_id=req.worker_id,
             model=req.model,
@@ -252,10 +253,11 @@ class PoolService:
             n_ctx=req.n_ctx,
             device=device.index,
             device_kind=device.kind,
+            slots=req.slots,
             # the worker's load span joins the trace of the spawn (and of the job behind it)
             trace_env={k.upper(): v for k, v in (tracing.inject() or {}).items()},
         )
-        return await self._launch(launch, model.size_bytes)
+        return await self._launch(launch, spawn_checks.need_bytes(model, req.n_ctx, req.slots))
 
     async def _launch(self, launch: supervisor.Launch, estimate_bytes: int) -> Ack:
         worker_id = launch.worker_id
@@ -310,14 +312,18 @@ class PoolService:
         record = self.workers.get(worker_id)
         if record is None or event.worker_id != worker_id:
             return
+        if isinstance(event, WorkerLoad):  # reported with the next heartbeat, not at once
+            self.workers[worker_id] = registry.on_load(record, event.slots_busy)
+            return
         if isinstance(event, WorkerReady):
-            updated = registry.on_ready(record, event.memory_bytes)
+            updated = registry.on_ready(record, event.memory_bytes, event.slots)
         else:
             updated = registry.on_failed(record, f"{event.code}: {event.message}")
         if updated != record:
             self.workers[worker_id] = updated
             self._spawn_done(worker_id, updated.state)
-            await self._drop_ready_sub(worker_id)
+            if updated.state == "failed":  # a ready worker's subject carries its WorkerLoad
+                await self._drop_ready_sub(worker_id)
             self._mark_changed()
 
     async def _drop_ready_sub(self, worker_id: str) -> None:

@@ -56,12 +56,20 @@ def check_model_dir(model: str, real_path: Path, allowed: Sequence[Path]) -> Non
         )
 
 
-def check_fits(device: Device, model: ModelRecord) -> None:
-    """The weights alone must fit in what the device has free; the KV cache is the worker's
-    own check after load (it reports INSUFFICIENT_VRAM then)."""
-    if device.free_bytes < model.size_bytes:
+def need_bytes(model: ModelRecord, n_ctx: int, slots: int) -> int:
+    """What a worker is assumed to hold until it measures itself: the weights and an f16 KV
+    cache of n_ctx positions for each of its slots (GGUF facts; compute buffers are not
+    known before the load, the worker's measurement after it includes them)."""
+    return model.size_bytes + model.kv_bytes_per_token * n_ctx * slots
+
+
+def check_fits(device: Device, model: ModelRecord, n_ctx: int, slots: int) -> None:
+    """The weights and the KV cache of every slot must fit in what the device has free; the
+    rest is the worker's own check at load (it reports INSUFFICIENT_VRAM then)."""
+    need = need_bytes(model, n_ctx, slots)
+    if device.free_bytes < need:
         raise ProtocolError(
             ErrorCode.INSUFFICIENT_VRAM,
-            f"device {device.index} has {device.free_bytes} bytes free, "
-            f"the model file is {model.size_bytes} bytes",
+            f"device {device.index} has {device.free_bytes} bytes free, the model needs {need} "
+            f"({model.size_bytes} of weights, KV cache for {slots} x {n_ctx} positions)",
         )

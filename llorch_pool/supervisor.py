@@ -46,6 +46,7 @@ class Launch:
     n_ctx: int
     device: int
     device_kind: DeviceKind
+    slots: int = 1  # jobs it decodes together, each with n_ctx of its own
     trace_env: Mapping[str, str] = field(default_factory=dict)  # TRACEPARENT of the spawn
 
 
@@ -72,6 +73,8 @@ def worker_argv(settings: PoolSettings, launch: Launch, python: str = sys.execut
         launch.device_kind,
         "--prefix",
         settings.prefix,
+        "--slots",
+        str(launch.slots),
     ]
     if settings.threads is not None:
         argv += ["--threads", str(settings.threads)]

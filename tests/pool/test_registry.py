@@ -102,3 +102,20 @@ def test_measured_memory_only_grows_and_only_for_loaded_workers() -> None:
     assert grown["w1"].memory_bytes == 600
     assert grown["w2"].memory_bytes is None  # still loading: its estimate stands
     assert registry.with_measured(grown, {11: 550})["w1"].memory_bytes == 600  # high-water mark
+
+
+def test_ready_records_its_slots_and_loads_report_the_busy_ones() -> None:
+    record = registry.on_ready(started(), memory_bytes=5, slots=4)
+    assert (record.slots, record.slots_busy) == (4, 0)
+    record = registry.on_load(record, 3)
+    assert registry.to_wire(record).slots_busy == 3
+    assert registry.to_wire(record).slots == 4
+    assert registry.on_load(record, 9).slots_busy == 4  # never more than it has
+    record = registry.on_load(registry.on_draining(record), 1)
+    assert record.slots_busy == 1  # a draining worker finishes its jobs
+
+
+def test_a_load_before_ready_or_after_exit_changes_nothing() -> None:
+    assert registry.on_load(started(), 2) == started()
+    exited = registry.on_exit(registry.on_ready(started(), 1, slots=2), 0)
+    assert registry.on_load(exited, 2) == exited

@@ -17,6 +17,7 @@ from schemas import (
     Ack,
     Error,
     ErrorCode,
+    Execute,
     SnapshotRequest,
     SpawnRequest,
     StopRequest,
@@ -44,9 +45,9 @@ async def call(nc: Client, subject: str, payload: bytes) -> Ack | Error:
 
 
 async def spawn(
-    nc: Client, worker_id: str, model: str = "smollm2-135m", device: int = 0
+    nc: Client, worker_id: str, model: str = "smollm2-135m", device: int = 0, slots: int = 1
 ) -> Ack | Error:
-    req = SpawnRequest(worker_id=worker_id, model=model, device=device, n_ctx=512)
+    req = SpawnRequest(worker_id=worker_id, model=model, device=device, n_ctx=512, slots=slots)
     return await call(nc, SUBJECTS.spawn(POOL_ID), encode(req))
 
 
@@ -189,6 +190,27 @@ async def test_spawn_ready_then_drain_to_exit(start_pool: StartPool, nc: Client)
     gone = await pool.worker_where("w1", lambda w: w.exit_code is not None)
     assert (gone.state, gone.exit_code) == ("exited", 0)
     assert not pid_alive(pid)
+
+
+@needs_worker
+async def test_heartbeats_report_a_workers_slots_and_its_busy_ones(
+    start_pool: StartPool, nc: Client
+) -> None:
+    pool = await start_pool(interval=0.2)
+    assert isinstance(await spawn(nc, "w1", slots=2), Ack)
+    ready = await pool.worker_where("w1", lambda w: w.state == "ready")
+    assert (ready.slots, ready.slots_busy) == (2, 0)
+    execute = Execute(
+        job_id="j1", model="smollm2-135m", prompt="Write a long story about a dragon:",
+        max_tokens=400, temperature=0.0, top_p=0.95, top_k=40, seed=1, stream=nc.new_inbox(),
+    )  # fmt: skip
+    events = await nc.subscribe(execute.stream)
+    assert isinstance(await call(nc, SUBJECTS.execute("w1"), encode(execute)), Ack)
+    busy = await pool.worker_where("w1", lambda w: w.slots_busy == 1)  # heard through WorkerLoad
+    assert busy.slots == 2
+    await nc.request(SUBJECTS.worker_cancel("w1"), b'{"job_id":"j1"}', timeout=WAIT_S)
+    await pool.worker_where("w1", lambda w: w.slots_busy == 0)
+    await events.unsubscribe()
 
 
 @needs_worker

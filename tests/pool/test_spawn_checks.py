@@ -48,8 +48,14 @@ def test_each_fact_has_its_code(fields: dict[str, object], code: ErrorCode) -> N
     assert err.value.code == code
 
 
-def test_fits_when_free_covers_the_file() -> None:
-    spawn_checks.check_fits(DEVICES[1], MODEL)
-    with pytest.raises(ProtocolError) as err:
-        spawn_checks.check_fits(DEVICES[0], MODEL)
-    assert err.value.code == ErrorCode.INSUFFICIENT_VRAM
+def test_fits_when_free_covers_the_file_and_the_kv_cache_of_every_slot() -> None:
+    assert spawn_checks.need_bytes(MODEL, 4, 2) == 1000 + 64 * 4 * 2
+    room = Device(
+        index=5, uuid="u5", name="g", kind="gpu", total_bytes=10**6, free_bytes=1512, used_bytes=0
+    )
+    spawn_checks.check_fits(room, MODEL, n_ctx=4, slots=2)
+    spawn_checks.check_fits(room, MODEL, n_ctx=8, slots=1)
+    for n_ctx, slots in ((4, 3), (9, 1)):  # more positions than the room holds
+        with pytest.raises(ProtocolError) as err:
+            spawn_checks.check_fits(room, MODEL, n_ctx=n_ctx, slots=slots)
+        assert err.value.code == ErrorCode.INSUFFICIENT_VRAM

@@ -14,8 +14,14 @@ def test_argv_is_the_worker_contract() -> None:
     assert worker_argv(SETTINGS, LAUNCH, python="py") == [
         *("py", "-m", "llorch_worker", "--nats-url", "nats://h:4222", "--worker-id", "w1"),
         *("--pool-id", "p1", "--model", "m", "--model-path", "/m.gguf", "--n-ctx", "512"),
-        *("--device", "2", "--device-kind", "gpu", "--prefix", "x.v1", "--threads", "3"),
+        *("--device", "2", "--device-kind", "gpu", "--prefix", "x.v1", "--slots", "1"),
+        *("--threads", "3"),
     ]
+
+
+def test_argv_passes_the_slots_on() -> None:
+    argv = worker_argv(SETTINGS, Launch("w1", "m", "/m.gguf", 512, 2, "gpu", slots=8))
+    assert argv[argv.index("--slots") + 1] == "8"
 
 
 def test_threads_omitted_when_unset() -> None:
