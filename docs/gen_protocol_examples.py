@@ -17,6 +17,7 @@ from pathlib import Path
 
 import msgspec
 
+from llorch_worker.texthash import text_hash  # pure: the hash a worker reports
 from schemas import (
     Ack,
     BatchCancelReply,
@@ -98,7 +99,14 @@ _cpu = Device(
     used_bytes=11 * GiB,
 )
 _worker = WorkerInfo(
-    worker_id=WORKER, model=MODEL, device=0, pid=41237, state="ready", memory_bytes=905969664
+    worker_id=WORKER,
+    model=MODEL,
+    device=0,
+    pid=41237,
+    state="ready",
+    memory_bytes=905969664,
+    slots=8,
+    slots_busy=3,
 )
 _exited = WorkerInfo(
     worker_id="w-0b7e55aa1c3d",
@@ -343,14 +351,15 @@ EXAMPLES: list[tuple[str, msgspec.Struct]] = [
     ("worker-info", _worker),
     ("model-info", _model),
     ("snapshot-request", SnapshotRequest()),
-    ("spawn", SpawnRequest(worker_id=WORKER, model=MODEL, device=0, n_ctx=2048)),
+    ("spawn", SpawnRequest(worker_id=WORKER, model=MODEL, device=0, n_ctx=2048, slots=8)),
     ("stop", StopRequest(worker_id=WORKER, drain=False)),
     ("ack", Ack(detail="41237")),
     (
         "error-spawn",
         Error(
             code=ErrorCode.INSUFFICIENT_VRAM,
-            message="device 0 has 52428800 bytes free, the model file is 98362432 bytes",
+            message="device 0 has 52428800 bytes free, the model needs 475849792 (98362432 of "
+            "weights, KV cache for 8 x 2048 positions)",
         ),
     ),
     (
@@ -389,21 +398,42 @@ EXAMPLES: list[tuple[str, msgspec.Struct]] = [
             stop=[],
         ),
     ),
-    ("execute-retry", msgspec.structs.replace(EXECUTE, resume_after=3)),
+    (
+        "execute-retry",
+        msgspec.structs.replace(EXECUTE, resume_after=3, resume_hash=text_hash(" Paris")),
+    ),
     (
         "execute-busy",
-        Error(code=ErrorCode.WORKER_BUSY, message="running job job-1", retriable=True),
+        Error(code=ErrorCode.WORKER_BUSY, message="all 8 slots busy", retriable=True),
     ),
     ("worker-abandon", WorkerCancel(job_id=JOB, abandon=True)),
     ("worker-cancel-ack", Ack(detail="cancelling")),
-    ("status-started", JobStatus(job_id=JOB, worker_id=WORKER, state="started", seq=2)),
+    (
+        "status-started",
+        JobStatus(job_id=JOB, worker_id=WORKER, state="started", seq=2, hash=text_hash()),
+    ),
     (
         "status-progress",
-        JobStatus(job_id=JOB, worker_id=WORKER, state="progress", seq=3, tokens_out=1),
+        JobStatus(
+            job_id=JOB,
+            worker_id=WORKER,
+            state="progress",
+            seq=3,
+            tokens_out=1,
+            hash=text_hash(" Paris"),
+        ),
     ),
     (
         "status-finished",
-        JobStatus(job_id=JOB, worker_id=WORKER, state="finished", seq=5, tokens_in=6, tokens_out=2),
+        JobStatus(
+            job_id=JOB,
+            worker_id=WORKER,
+            state="finished",
+            seq=5,
+            tokens_in=6,
+            tokens_out=2,
+            hash=text_hash(" Paris", "."),
+        ),
     ),
     (
         "status-failed",
