@@ -6,6 +6,7 @@ from schemas.api import Error, FinishReason, GenerateRequest
 from schemas.base import Message
 
 BatchOutcome = Literal["ok", "failed"]
+NoticeOutcome = Literal["ok", "failed", "retry", "duplicate"]  # a BatchEvent's
 
 
 class BatchJob(GenerateRequest, tag="batch_job", kw_only=True):
@@ -82,4 +83,4 @@ class BatchEvent(Message, tag="batch_event"):
 
     batch_id: str
     custom_id: str
-    outcome: Literal["ok", "failed", "retry", "duplicate"]
+    outcome: NoticeOutcome

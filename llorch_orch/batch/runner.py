@@ -36,6 +36,7 @@ from schemas import (
     is_valid_id,
     new_id,
 )
+from schemas.batch import NoticeOutcome
 from schemas.text import clip
 
 from ..core import JobEnded, Notice
@@ -376,8 +377,10 @@ class BatchRunner:
         with contextlib.suppress(Exception):  # lost: it comes back and is dead-lettered again
             await self._term(msg, f"dead letter ({kind}): {reason}")
 
-    async def _notice(self, producer: str, batch: str, custom_id: str, outcome: str) -> None:
-        event = BatchEvent(batch_id=batch, custom_id=custom_id, outcome=outcome)  # type: ignore[arg-type]
+    async def _notice(
+        self, producer: str, batch: str, custom_id: str, outcome: NoticeOutcome
+    ) -> None:
+        event = BatchEvent(batch_id=batch, custom_id=custom_id, outcome=outcome)
         with contextlib.suppress(Exception):  # a notice only: results are the record
             await self.nc.publish(self.subjects.batch_event(producer, batch), encode(event))
 

@@ -1,12 +1,18 @@
 """The core's state as wire messages for `api.state` and `api.models`."""
 
 from schemas import CatalogEntry, ClusterState, ModelsReply, PoolView, WorkerInfo
+from schemas.control import WorkerState
 
 from .brain import Core
 from .tenancy import ANYONE, Caller
 from .view import WorkerRec
 
-_PHASE_TO_STATE = {"starting": "starting", "idle": "ready", "busy": "busy", "draining": "draining"}
+_PHASE_TO_STATE: dict[str, WorkerState] = {
+    "starting": "starting",
+    "idle": "ready",
+    "busy": "busy",
+    "draining": "draining",
+}
 
 
 def _worker_info(w: WorkerRec) -> WorkerInfo:
@@ -16,7 +22,7 @@ def _worker_info(w: WorkerRec) -> WorkerInfo:
         model=w.model,
         device=w.device,
         pid=None,
-        state=state,  # type: ignore[arg-type]
+        state=state,
         memory_bytes=w.memory_bytes,
         slots=w.slots,
         slots_busy=len(w.jobs) + w.foreign,
