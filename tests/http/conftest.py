@@ -74,7 +74,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     up = subprocess.Popen(
         [*LLORCH, "up", "--cpu", "--data-dir", str(data_dir), "--port", str(port),
          "--http", f"127.0.0.1:{http_port}", "--api-key-file", str(keys),
-         "--queue-capacity", "1", "--max-workers", "1"],
+         "--queue-capacity", "1", "--max-workers", "1", "--slots", "1"],
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert up.stderr is not None
