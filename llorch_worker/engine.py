@@ -4,7 +4,7 @@ ONE dedicated thread that decodes every running job together (continuous batchin
 Each job is one sequence (a slot: its own `seq_id` and n_ctx of KV cache) with its own sampler
 chain. The thread steps while any sequence runs; each step decodes one token for every
 generating sequence plus chunks of waiting prompts (`slots.plan_step`), then samples. Other
-work for the thread (load, prepare, new jobs) waits in a queue and runs between steps. ctypes
+work for the thread (the load, new jobs) waits in a queue and runs between steps. ctypes
 calls release the GIL: the event loop publishes while a step computes.
 
 Import order matters: on a CUDA build, importing `nats` before `llama_cpp` made the CUDA
@@ -157,8 +157,11 @@ class Engine:
     async def prepare(self, job: Execute) -> list[int]:
         """The job's prompt tokens, or ProtocolError when the job cannot run on this model (a
         chat its template refuses, no template, an empty prompt, no room in a slot's context):
-        found before the worker accepts the job, so the refusal is its execute answer."""
-        return await self._on_thread(partial(self._prepare, job))
+        found before the worker accepts the job, so the refusal is its execute answer. Runs
+        beside the engine thread, not between its steps: tokenizing only reads the vocabulary
+        (llama-server tokenizes in its HTTP threads too), and a new job's answer need not wait
+        for the step that is computing."""
+        return await asyncio.to_thread(self._prepare, job)
 
     def start(
         self,
