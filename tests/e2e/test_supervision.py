@@ -62,6 +62,8 @@ class Up:
                 "--port",
                 str(self.port),
                 "--cpu",
+                "--slots",  # one job at a time: a test here watches a job wait behind another
+                "1",
                 *_http(),
             ],
             stderr=subprocess.PIPE,
