@@ -61,6 +61,8 @@ def _worker(worker: WorkerInfo) -> dict[str, Any]:
         "device": worker.device,
         "state": worker.state,
         "memory_bytes": worker.memory_bytes,
+        "slots": worker.slots,  # jobs it runs at once
+        "slots_busy": worker.slots_busy,
     }
 
 

@@ -77,12 +77,13 @@ function rows(tbody, items, columns, empty, key) {
 
 function pool(p) {
   const workers = el("table", {},
-    el("thead", {}, el("tr", {}, ...["worker", "model", "device", "state", "memory"].map((h) => el("th", {}, h)))),
+    el("thead", {}, el("tr", {}, ...["worker", "model", "device", "state", "slots busy", "memory"].map((h) => el("th", {}, h)))),
     el("tbody"));
   rows(workers.tBodies[0], p.workers.map((w) => ({
     id: w.worker_id,
-    cells: [el("code", {}, w.worker_id), w.model, String(w.device), badge(w.state), bytes(w.memory_bytes)],
-  })), 5, "no workers yet: one starts with the first job", ["data-worker", "id"]);
+    cells: [el("code", {}, w.worker_id), w.model, String(w.device), badge(w.state),
+      `${w.slots_busy} of ${w.slots}`, bytes(w.memory_bytes)],
+  })), 6, "no workers yet: one starts with the first job", ["data-worker", "id"]);
   return el("div", { class: "card", "data-pool": p.pool_id },
     el("h3", {}, `pool ${p.pool_id}`, p.alive ? badge("alive") : badge("lost"),
       el("span", { class: "legend" }, `seen ${ago(p.last_seen_s)} ago`)),

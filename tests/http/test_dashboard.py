@@ -59,8 +59,8 @@ def test_the_dashboard_shows_the_cluster_and_follows_a_job(edge: Edge, browser: 
     cells = row.locator("td").all_inner_texts()
     assert cells[1] == MODEL and cells[2] == "finished" and cells[3].endswith(" ms")
     assert cells[4].endswith("→ 8")
-    worker = page.locator("[data-worker]")
-    assert MODEL in worker.first.inner_text()
+    worker = page.locator("[data-worker]").first.locator("td").all_inner_texts()
+    assert worker[1] == MODEL and worker[4].endswith(" of 1")  # slots busy, of its one slot
     assert page.locator("#rate").inner_text().endswith("tok/s")
     if shot := os.environ.get(SHOT_ENV):
         page.screenshot(path=shot, full_page=True)

@@ -150,13 +150,19 @@ def test_the_view_shows_a_dash_for_what_is_not_known() -> None:
     old = JobInfo(job_id="j0", state="failed", model="m", priority="batch")
     waiting = JobInfo(job_id="j2", state="queued", model="m", priority="interactive",
                       position=1, reasons=["no free memory"], submitted_at=95.0)  # fmt: skip
-    pool = PoolView(pool_id="p", alive=True, last_seen_ms_ago=500.0, devices=[], workers=[])
+    busy = WorkerInfo(worker_id="w", model="m", device=0, pid=1, state="busy", slots=4,
+                      slots_busy=3)  # fmt: skip
+    pool = PoolView(pool_id="p", alive=True, last_seen_ms_ago=500.0, devices=[], workers=[busy])
     state = ClusterState(pools=[pool], queue=[waiting], running=[], recent=[ended, old])
     view = dashboard.view(state, [], now=105.0)
     assert view["queue"][0]["reasons"] == ["no free memory"] and view["queue"][0]["waited_s"] == 10
     assert view["recent"][0]["tokens_per_s"] == 10.0  # 10 tokens in the 1 s after the first
     assert view["recent"][1]["tokens_per_s"] is None and view["recent"][1]["ttft_ms"] is None
     assert view["pools"][0]["last_seen_s"] == 0.5
+    assert (
+        view["pools"][0]["workers"][0]["slots"],
+        view["pools"][0]["workers"][0]["slots_busy"],
+    ) == (4, 3)
 
 
 def test_keys_come_from_the_file_and_the_environment(tmp_path: Path) -> None:
