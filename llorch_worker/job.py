@@ -50,9 +50,8 @@ class JobContext:
 
 class EngineInbox:
     """Engine thread -> event loop: items wait in a deque and the loop is woken at most once
-    per batch. When the loop keeps up each token goes out alone, as soon as it is made; when
-    it falls behind (a fast GPU), the tokens that piled up leave as one event, so publishing
-    never holds the GIL once per token against the engine."""
+    per batch: when it falls behind (a fast GPU), it takes the tokens that piled up at once
+    (each still its own event: an event's seq must name the same text on every run)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -166,15 +165,16 @@ class Job:
         self._record(self._cancel_code, outcome.tokens_in)
 
     async def _on_tokens(self, texts: list[str]) -> None:
-        """Tokens the engine made since the last wake-up, sent as one `token` event."""
+        """Tokens the engine made since the last wake-up, one `token` event each (never joined
+        by timing): an event's seq then names the same text on every run of the job, so a
+        retry's events splice into the client's stream exactly where its seqs say."""
         now = time.monotonic()
-        for _ in texts:
+        for text in texts:  # "" while text is held back (partial UTF-8 or stop match)
             self._state.token_generated(now)
-        text = "".join(texts)  # "" while text is held back (partial UTF-8 or stop match)
-        if text and not self._cancel.is_set():  # once cancelled, only the terminal event goes out
-            seq, visible = self._take(text)
-            if visible:
-                await self._publish(Token(seq=seq, text=text), now)
+            if text and not self._cancel.is_set():  # once cancelled, only the terminal goes out
+                seq, visible = self._take(text)
+                if visible:
+                    await self._publish(Token(seq=seq, text=text), now)
         progress_seq = self._state.progress_due(now)
         if progress_seq is not None:
             await self._status("progress", progress_seq)
