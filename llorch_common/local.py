@@ -14,7 +14,11 @@ from typing import TypeVar
 
 import msgspec
 
+from llorch_common.connect import Credentials
+
 DATA_DIR_ENV = "LLORCH_DATA_DIR"
+NATS_URL_ENV = "LLORCH_NATS_URL"
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 STACK_FILE = "stack.json"
 T = TypeVar("T", int, float)
 
@@ -61,6 +65,30 @@ def read_stack_record(data_dir: Path) -> StackRecord | None:
     except (OSError, msgspec.MsgspecError):
         return None
     return record if _alive(record.pid) else None
+
+
+def add_nats_url_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--nats-url",
+        default=os.environ.get(NATS_URL_ENV),
+        help=f"default ${NATS_URL_ENV}, else the URL `llorch up` recorded in --data-dir, else "
+        f"{DEFAULT_NATS_URL}",
+    )
+
+
+def stack_endpoint(
+    data_dir: Path, nats_url: str | None, credentials: Credentials, identity: str
+) -> tuple[str, Credentials]:
+    """Where and as whom a client process connects: flags and env first, else what
+    `llorch up` recorded in the data dir (its URL, the seed it made for `identity`), else the
+    defaults."""
+    stack = read_stack_record(data_dir)
+    url = nats_url or (stack.nats_url if stack else DEFAULT_NATS_URL)
+    if not credentials.empty:
+        return url, credentials
+    creds_dir = Path(stack.creds_dir) if stack and stack.creds_dir else data_dir / "creds"
+    seed = seed_file(creds_dir, identity)
+    return url, Credentials(nkey_seed_file=seed) if seed.is_file() else credentials
 
 
 def remove_stack_record(data_dir: Path) -> None:

@@ -19,15 +19,13 @@ import uvicorn
 from llorch_common import observe
 from llorch_common.connect import Credentials, add_arguments
 from llorch_common.lifeline import EXIT_CONNECTION_LOST, Lifeline
-from llorch_common.local import default_data_dir, read_stack_record, seed_file
+from llorch_common.local import add_nats_url_argument, default_data_dir, stack_endpoint
 from schemas import DEFAULT_PREFIX, ProtocolError, Subjects
 
 from . import keys
 from .app import Edge, build
 
 DEFAULT_LISTEN = "127.0.0.1:8000"
-DEFAULT_URL = "nats://127.0.0.1:4222"
-URL_ENV = "LLORCH_NATS_URL"
 IDENTITY = "client-http"  # the seed `llorch up` makes for it (llorch_orch/natsconf.py)
 CONNECT_WAIT_S = 30.0  # give up starting when NATS is unreachable this long
 STOP_GRACE_S = 3  # open streams get this long to end once asked to stop
@@ -36,12 +34,7 @@ log = logging.getLogger("llorch.http")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llorch http", description=__doc__)
-    p.add_argument(
-        "--nats-url",
-        default=os.environ.get(URL_ENV),
-        help=f"default ${URL_ENV}, else the URL `llorch up` recorded in --data-dir, else "
-        f"{DEFAULT_URL}",
-    )
+    add_nats_url_argument(p)
     p.add_argument(
         "--data-dir",
         type=Path,
@@ -87,14 +80,8 @@ def url_of(host: str, port: int) -> str:
 
 def _endpoint(args: argparse.Namespace) -> tuple[str, Credentials]:
     """Flags and env first, else what `llorch up` recorded (its URL, the edge's identity)."""
-    stack = read_stack_record(args.data_dir)
-    url = args.nats_url or (stack.nats_url if stack else DEFAULT_URL)
     creds = Credentials.from_args(args, os.environ)
-    if not creds.empty:
-        return url, creds
-    creds_dir = Path(stack.creds_dir) if stack and stack.creds_dir else args.data_dir / "creds"
-    seed = seed_file(creds_dir, IDENTITY)
-    return url, Credentials(nkey_seed_file=seed) if seed.is_file() else creds
+    return stack_endpoint(args.data_dir, args.nats_url, creds, IDENTITY)
 
 
 def _socket(args: argparse.Namespace) -> socket.socket:

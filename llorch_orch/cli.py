@@ -22,11 +22,11 @@ from llorch_common import client, observe, tracing
 from llorch_common.connect import Credentials, add_arguments
 from llorch_common.local import (
     DATA_DIR_ENV,
+    add_nats_url_argument,
     default_data_dir,
     default_pool_id,
-    read_stack_record,
     remove_stack_record,
-    seed_file,
+    stack_endpoint,
     write_stack_record,
 )
 from schemas import (
@@ -52,17 +52,10 @@ from .table import job_table, models_table, state_table
 T = TypeVar("T")
 
 DEFAULT_MODEL = "smollm2-135m"
-DEFAULT_URL = "nats://127.0.0.1:4222"
-URL_ENV = "LLORCH_NATS_URL"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--nats-url",
-        default=os.environ.get(URL_ENV),
-        help=f"default ${URL_ENV}, else the URL `llorch up` recorded in --data-dir, else "
-        f"{DEFAULT_URL}",
-    )
+    add_nats_url_argument(p)
     p.add_argument(
         "--data-dir",
         type=Path,
@@ -291,15 +284,9 @@ def _client_endpoint(args: argparse.Namespace) -> tuple[str, Credentials]:
     """Where and as whom a client command connects: flags and env first, else what
     `llorch up` recorded in the data dir (its URL, the identity it made for this host's CLI),
     else the defaults."""
-    stack = read_stack_record(args.data_dir)
-    url = args.nats_url or (stack.nats_url if stack else DEFAULT_URL)
-    creds = Credentials.from_args(args, os.environ)
-    if not creds.empty:
-        return url, creds
-    creds_dir = Path(stack.creds_dir) if stack and stack.creds_dir else args.data_dir / "creds"
     name = "producer-cli" if args.command == "batch" else "client-cli"
-    seed = seed_file(creds_dir, name)
-    return url, Credentials(nkey_seed_file=seed) if seed.is_file() else creds
+    creds = Credentials.from_args(args, os.environ)
+    return stack_endpoint(args.data_dir, args.nats_url, creds, name)
 
 
 def _nats_config(args: argparse.Namespace) -> int:

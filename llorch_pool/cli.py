@@ -16,7 +16,13 @@ import nats
 
 from llorch_common import connect, observe
 from llorch_common.lifeline import EXIT_CONNECTION_LOST, Lifeline
-from llorch_common.local import default_data_dir, default_pool_id, positive_float, positive_int
+from llorch_common.local import (
+    DEFAULT_NATS_URL,
+    default_data_dir,
+    default_pool_id,
+    positive_float,
+    positive_int,
+)
 from llorch_pool import announce, catalog, model_files
 from llorch_pool.inventory import Inventory
 from llorch_pool.paths import model_dirs
@@ -30,7 +36,7 @@ from schemas import (
 )
 
 CONNECT_WAIT_S = 30.0  # give up starting when NATS is unreachable this long
-DEFAULT_URL = "nats://127.0.0.1:4222"
+
 _PROGRESS_MIN_BYTES = 256 << 20  # smaller copies take well under a second
 log = logging.getLogger("llorch_pool")
 
@@ -42,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_dir.add_argument("--data-dir", type=Path, default=None, help="default: $LLORCH_DATA_DIR")
 
     serve = sub.add_parser("serve", parents=[data_dir], help="run the pool manager")
-    serve.add_argument("--nats-url", default=DEFAULT_URL)
+    serve.add_argument("--nats-url", default=DEFAULT_NATS_URL)
     serve.add_argument("--pool-id", default=None, help="default: the hostname, sanitised")
     serve.add_argument("--prefix", default=DEFAULT_PREFIX)
     serve.add_argument("--heartbeat-interval", type=positive_float, default=2.0)
