@@ -23,6 +23,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from llorch_common import tracing
 from llorch_common.connect import Credentials
+from llorch_common.local import servers
 from schemas import (
     CancelReply,
     CancelRequest,
@@ -92,7 +93,8 @@ async def _backoff(delay: float) -> float:
 async def connect(url: str, credentials: Credentials | None = None, **options: Any) -> Client:
     """A connection as `credentials`: its replies and streams come under the identity's own
     inbox prefix (`_INBOX.<user or nkey>`), the only one the server lets it read."""
-    return await nats.connect(url, **options, **(credentials or Credentials()).connect_options())
+    creds = (credentials or Credentials()).connect_options()
+    return await nats.connect(servers(url), **options, **creds)
 
 
 async def stream(

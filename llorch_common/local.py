@@ -67,12 +67,31 @@ def read_stack_record(data_dir: Path) -> StackRecord | None:
     return record if _alive(record.pid) else None
 
 
+def servers(url: str) -> list[str]:
+    """The servers of a NATS URL as the clients of NATS take it: one URL or a comma-separated
+    list of them (`nats://a:4222,nats://b:4222`), blanks trimmed. For `nats.connect`, which
+    takes a string as one URL: the list is what lets a connection move to another server of a
+    cluster when its own goes away."""
+    found = [part.strip() for part in url.split(",") if part.strip()]
+    if not found:
+        raise argparse.ArgumentTypeError(f"no NATS server URL in {url!r}")
+    return found
+
+
+def nats_url(text: str) -> str:
+    """The argparse type of `--nats-url`: checked, blanks trimmed, and kept one string, as it
+    travels on (a worker's command line, stack.json, logs)."""
+    return ",".join(servers(text))
+
+
 def add_nats_url_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--nats-url",
-        default=os.environ.get(NATS_URL_ENV),
-        help=f"default ${NATS_URL_ENV}, else the URL `llorch up` recorded in --data-dir, else "
-        f"{DEFAULT_NATS_URL}",
+        type=nats_url,
+        default=os.environ.get(NATS_URL_ENV) or None,
+        metavar="URL[,URL...]",
+        help=f"NATS server(s), comma-separated (default ${NATS_URL_ENV}, else the URL "
+        f"`llorch up` recorded in --data-dir, else {DEFAULT_NATS_URL})",
     )
 
 

@@ -19,7 +19,7 @@ import uvicorn
 from llorch_common import observe
 from llorch_common.connect import Credentials, add_arguments
 from llorch_common.lifeline import EXIT_CONNECTION_LOST, Lifeline
-from llorch_common.local import add_nats_url_argument, default_data_dir, stack_endpoint
+from llorch_common.local import add_nats_url_argument, default_data_dir, servers, stack_endpoint
 from schemas import DEFAULT_PREFIX, ProtocolError, Subjects
 
 from . import keys
@@ -114,7 +114,7 @@ async def serve(args: argparse.Namespace) -> int:
     lifeline = Lifeline("HTTP edge", log)
     nc = await asyncio.wait_for(
         nats.connect(
-            url, name="llorch-http", **lifeline.options(), **credentials.connect_options()
+            servers(url), name="llorch-http", **lifeline.options(), **credentials.connect_options()
         ),
         CONNECT_WAIT_S,
     )

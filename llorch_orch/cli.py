@@ -25,6 +25,7 @@ from llorch_common.local import (
     add_nats_url_argument,
     default_data_dir,
     default_pool_id,
+    nats_url,
     remove_stack_record,
     stack_endpoint,
     write_stack_record,
@@ -87,7 +88,12 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
 
 def _stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
-    p.add_argument("--nats-url", help="use this NATS server instead of starting one")
+    p.add_argument(
+        "--nats-url",
+        type=nats_url,
+        metavar="URL[,URL...]",
+        help="use this NATS server (or cluster: comma-separated) instead of starting one",
+    )
     p.add_argument("--creds-dir", type=Path, help="with --nats-url: seeds from `nats-config`")
     p.add_argument("--listen", default="127.0.0.1", help="embedded server's bind address")
     p.add_argument(

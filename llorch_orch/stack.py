@@ -18,7 +18,7 @@ from nats.aio.client import Client
 
 from llorch_common.aio import wait_event
 from llorch_common.connect import Credentials, nkey_public, without_credentials
-from llorch_common.local import seed_file
+from llorch_common.local import seed_file, servers
 from schemas import ClusterState, Error, Heartbeat, StateRequest, Subjects, decoder, encode
 
 from . import natsconf
@@ -122,7 +122,9 @@ class Stack:
         is served. Woken by the pool's heartbeats; a child that dies first is reported with
         its log. Returns the pool's latest heartbeat."""
         subjects = Subjects(self.prefix)
-        nc = await nats.connect(self.nats_url, **self.credentials("admin").connect_options())
+        nc = await nats.connect(
+            servers(self.nats_url), **self.credentials("admin").connect_options()
+        )
         try:
             sub = await nc.subscribe(subjects.heartbeat(pool_id))
             deadline = asyncio.get_running_loop().time() + READY_TIMEOUT_S

@@ -22,7 +22,7 @@ from nats.errors import NoRespondersError, NoServersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from llorch_common.connect import Credentials
-from llorch_common.local import read_stack_record, seed_file
+from llorch_common.local import read_stack_record, seed_file, servers
 from schemas import (
     Error,
     Heartbeat,
@@ -86,7 +86,7 @@ async def announce(
     try:
         # one attempt: nats-py keeps trying forever with max_reconnect_attempts=0
         nc = await nats.connect(
-            url,
+            servers(url),
             connect_timeout=2,
             allow_reconnect=False,
             max_reconnect_attempts=1,

@@ -18,10 +18,13 @@ from llorch_common import connect, observe
 from llorch_common.lifeline import EXIT_CONNECTION_LOST, Lifeline
 from llorch_common.local import (
     DEFAULT_NATS_URL,
+    NATS_URL_ENV,
     default_data_dir,
     default_pool_id,
+    nats_url,
     positive_float,
     positive_int,
+    servers,
 )
 from llorch_pool import announce, catalog, model_files
 from llorch_pool.inventory import Inventory
@@ -48,7 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     data_dir.add_argument("--data-dir", type=Path, default=None, help="default: $LLORCH_DATA_DIR")
 
     serve = sub.add_parser("serve", parents=[data_dir], help="run the pool manager")
-    serve.add_argument("--nats-url", default=DEFAULT_NATS_URL)
+    serve.add_argument(
+        "--nats-url",
+        type=nats_url,
+        default=DEFAULT_NATS_URL,
+        metavar="URL[,URL...]",
+        help="NATS server(s), comma-separated; its workers get the same list",
+    )
     serve.add_argument("--pool-id", default=None, help="default: the hostname, sanitised")
     serve.add_argument("--prefix", default=DEFAULT_PREFIX)
     serve.add_argument("--heartbeat-interval", type=positive_float, default=2.0)
@@ -97,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add.add_argument(
         "--nats-url",
-        default=os.environ.get("LLORCH_NATS_URL"),
+        type=nats_url,
+        default=os.environ.get(NATS_URL_ENV) or None,
+        metavar="URL[,URL...]",
         help="the stack to tell (default $LLORCH_NATS_URL, else the `llorch up` of --data-dir)",
     )
     add.add_argument("--prefix", default=DEFAULT_PREFIX)
@@ -224,7 +235,7 @@ async def serve(
     lifeline = Lifeline(f"pool {config.pool_id}", log)
     nc = await asyncio.wait_for(
         nats.connect(
-            config.nats_url,
+            servers(config.nats_url),
             name=f"llorch-pool-{config.pool_id}",
             error_cb=_log_nats_error,
             **lifeline.options(),

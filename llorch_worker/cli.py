@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from llorch_common.connect import Credentials, add_arguments
-from llorch_common.local import nonnegative_int, positive_float, positive_int
+from llorch_common.local import nats_url, nonnegative_int, positive_float, positive_int
 from schemas import DEFAULT_PREFIX, ProtocolError, check_id
 from schemas.control import MAX_SLOTS
 
@@ -51,7 +51,7 @@ def _slots(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m llorch_worker", description=__doc__)
-    p.add_argument("--nats-url", required=True)
+    p.add_argument("--nats-url", required=True, type=nats_url)
     p.add_argument("--worker-id", required=True, type=_id)
     p.add_argument("--pool-id", required=True, type=_id)
     p.add_argument("--model", required=True)

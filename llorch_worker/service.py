@@ -22,6 +22,7 @@ from opentelemetry.context import Context
 
 from llorch_common import orphan, tracing
 from llorch_common.lifeline import EXIT_CONNECTION_LOST, Lifeline
+from llorch_common.local import servers
 from llorch_worker import memory, telemetry
 from llorch_worker.cli import WorkerConfig
 from llorch_worker.engine import Engine, Loaded, LoadFailed
@@ -91,7 +92,7 @@ class Worker:
         # reconnects forever: a NATS restart is ridden out, the job stream resumes after it
         lifeline = Lifeline(f"worker {self.cfg.worker_id}", log)
         nc = await nats.connect(
-            self.cfg.nats_url,
+            servers(self.cfg.nats_url),
             name=f"llorch-worker-{self.cfg.worker_id}",
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
