@@ -173,7 +173,22 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("--client", action="append", default=[], help="repeatable")
     conf.add_argument("--producer", action="append", default=[], help="batch producer")
     conf.add_argument("--listen", help="host:port for the config's listen line")
-    conf.add_argument("--store-dir", type=Path, help="JetStream store dir for the config")
+    conf.add_argument(
+        "--store-dir",
+        type=Path,
+        help="JetStream store dir for the config (with --node: of each node's own dir, "
+        "default <out>/jetstream)",
+    )
+    conf.add_argument(
+        "--node",
+        type=natsconf.parse_node,
+        action="append",
+        default=[],
+        metavar="NAME=HOST:CLIENT_PORT:CLUSTER_PORT",
+        help="a server of a NATS cluster (repeatable): writes nats-NAME.conf per node, with "
+        "routes to the others, instead of nats.conf",
+    )
+    conf.add_argument("--cluster-name", default=natsconf.DEFAULT_CLUSTER, help="with --node")
     for name in ("pool", "worker", "http"):
         sub.add_parser(
             name, help=f"run a {name} alone (see `llorch {name} --help`)", add_help=False
@@ -296,16 +311,22 @@ def _client_endpoint(args: argparse.Namespace) -> tuple[str, Credentials]:
 
 
 def _nats_config(args: argparse.Namespace) -> int:
-    path = natsconf.write_deployment(
-        args.out,
-        Subjects(args.prefix),
-        args.pool_id,
-        args.client,
-        args.producer,
-        args.listen,
-        args.store_dir,
-    )
-    print(f"wrote {path} and seeds in {args.out / 'creds'}", file=sys.stderr)
+    subjects, creds = Subjects(args.prefix), args.out / "creds"
+    if not args.node:
+        path = natsconf.write_deployment(
+            args.out, subjects, args.pool_id, args.client, args.producer, args.listen,
+            args.store_dir,
+        )  # fmt: skip
+        print(f"wrote {path} and seeds in {creds}", file=sys.stderr)
+        return 0
+    if args.listen:
+        raise settings.ConfigError("--listen and --node: each node says where it listens")
+    paths = natsconf.write_cluster(
+        args.out, subjects, args.node, args.pool_id, args.client, args.producer,
+        args.store_dir, args.cluster_name,
+    )  # fmt: skip
+    names = ", ".join(p.name for p in paths)
+    print(f"wrote {names} in {args.out}, seeds and the route secret in {creds}", file=sys.stderr)
     return 0
 
 

@@ -4,24 +4,38 @@ The role table below is the one source of who may do what on the bus: `llorch up
 server config from it, and the repo's `nats.conf` is its output for an example deployment
 (`llorch nats-config`). The config holds public keys only; each seed is a 0600 file in the
 creds dir (0700), named after its identity. See docs/security.md.
+
+A cluster (`--node`, docs/deployment.md) gets one config per server: its name, listen address,
+JetStream store and routes to every other server differ; the accounts block is the same text
+on every one (a server checks the clients connected to it, so each must know every identity).
+The routes authenticate with a shared secret (`creds/route.secret`): without it anyone who
+reaches a cluster port could join as a server and read every subject.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-from collections.abc import Iterable
+import re
+import secrets
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from llorch_common.connect import nkey_public
 from llorch_common.local import seed_file
-from schemas import MAX_MESSAGE_BYTES, Subjects, check_id
+from schemas import MAX_MESSAGE_BYTES, ProtocolError, Subjects, check_id
 from schemas.subjects import DEFAULT_INBOX
 
 from .batch.config import BATCH_STREAM, PRODUCER_PREFIX, RESULTS_STREAM
+from .settings import ConfigError
 
 ROLES = ("orchestrator", "pool", "worker", "client", "batch-producer", "admin")
+DEFAULT_CLUSTER = "llorch"
+ROUTE_USER = "route"
+ROUTE_SECRET = "route.secret"  # in the creds dir, beside the seeds
+_NODE = re.compile(r"(?P<name>[^=]+)=(?P<host>.+):(?P<client>\d+):(?P<cluster>\d+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +52,51 @@ class Permissions:
     subscribe: tuple[str, ...]
     responses: bool  # may reply once to a request it received (micro endpoints)
     publish_deny: tuple[str, ...] = ()  # carved out of `publish` (the server's deny wins)
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One server of a NATS cluster: `--node NAME=HOST:CLIENT_PORT:CLUSTER_PORT`."""
+
+    name: str  # its server_name, unique in the cluster ([A-Za-z0-9_-])
+    host: str  # where clients and the other servers reach it (and where it listens)
+    client_port: int
+    cluster_port: int  # routes between the servers
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.client_port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Seat:
+    """A server's place in its cluster: what its config says beyond the shared accounts."""
+
+    node: Node
+    nodes: tuple[Node, ...]  # every server of the cluster, this one included
+    name: str  # the cluster's
+    route_secret: str  # the routes' password, the same on every server
+
+
+def parse_node(text: str) -> Node:
+    """The argparse type of `--node`."""
+    match = _NODE.fullmatch(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"want NAME=HOST:CLIENT_PORT:CLUSTER_PORT, got {text!r}")
+    try:
+        name = check_id(match["name"], "node name")
+    except ProtocolError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    return Node(name, match["host"], int(match["client"]), int(match["cluster"]))
+
+
+def check_nodes(nodes: Sequence[Node]) -> tuple[Node, ...]:
+    """Distinct names and addresses: two servers in one place would fight over it."""
+    names = [n.name for n in nodes]
+    places = [(n.host, port) for n in nodes for port in (n.client_port, n.cluster_port)]
+    if len(set(names)) < len(names) or len(set(places)) < len(places):
+        raise ConfigError("each --node needs a name and ports of its own")
+    return tuple(nodes)
 
 
 def deployment(
@@ -154,24 +213,49 @@ def _deny(subjects: tuple[str, ...]) -> str:
     return f", deny: {_list(subjects)}" if subjects else ""
 
 
+def _cluster(seat: Seat) -> list[str]:
+    """The cluster block: routes to every other server, authenticated with the shared secret."""
+    me = seat.node
+    auth = f"{ROUTE_USER}:{seat.route_secret}@"
+    routes = [f"nats-route://{auth}{n.host}:{n.cluster_port}" for n in seat.nodes if n != me]
+    return [
+        "cluster {",
+        f"  name: {json.dumps(seat.name)}",
+        f"  listen: {json.dumps(f'{me.host}:{me.cluster_port}')}",
+        f"  authorization {{ user: {ROUTE_USER}, password: {json.dumps(seat.route_secret)} }}",
+        f"  routes: {_list(tuple(routes))}",
+        "}",
+    ]
+
+
 def render(
     identities: Iterable[Identity],
     subjects: Subjects,
     listen: str | None = None,
     store_dir: Path | None = None,
     max_payload: int = MAX_MESSAGE_BYTES,
+    seat: Seat | None = None,
 ) -> str:
-    """The server config text. `listen`/`store_dir` may be left to command-line flags."""
+    """The server config text. `listen`/`store_dir` may be left to command-line flags; a
+    cluster's server (`seat`) listens where its node says."""
     lines = [
         "# Generated by llorch (llorch_orch/natsconf.py) from its role table.",
         "# Public nkeys only: the seeds are 0600 files beside this file, in creds/.",
         "# Remake: llorch nats-config --out DIR --pool-id ID [--client NAME] [--producer NAME]",
         f"max_payload: {max_payload}  # = the decoders' limit (schemas.MAX_MESSAGE_BYTES)",
     ]
+    if seat is not None:
+        lines += [
+            "# A server of a cluster: this file holds the routes' secret; keep it on its host.",
+            f"server_name: {json.dumps(seat.node.name)}",
+        ]
+        listen = f"{seat.node.host}:{seat.node.client_port}"
     if listen:
         lines.append(f"listen: {json.dumps(listen)}")
     if store_dir:
         lines.append(f"jetstream {{ store_dir: {json.dumps(str(store_dir))} }}")
+    if seat is not None:
+        lines += _cluster(seat)
     lines += ["", "authorization {", "  users = ["]
     for ident in identities:
         perms = permissions(ident, subjects)
@@ -213,6 +297,17 @@ def ensure_seeds(creds_dir: Path, identities: Iterable[Identity]) -> list[Identi
     return out
 
 
+def ensure_route_secret(creds_dir: Path) -> str:
+    """The routes' password (made once, 0600; delete it and remake every config to rotate)."""
+    _private_dir(creds_dir)
+    path = creds_dir / ROUTE_SECRET
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(24) + "\n")  # hex: safe inside a route URL
+    return path.read_text().strip()
+
+
 def write_config(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -233,3 +328,33 @@ def write_deployment(
     path = out / "nats.conf"
     write_config(path, render(identities, subjects, listen, store_dir))
     return path
+
+
+def node_config(out: Path, node: Node) -> Path:
+    return out / f"nats-{node.name}.conf"
+
+
+def write_cluster(
+    out: Path,
+    subjects: Subjects,
+    nodes: Sequence[Node],
+    pools: Iterable[str],
+    clients: Iterable[str] = ("cli",),
+    producers: Iterable[str] = (),
+    store_dir: Path | None = None,
+    name: str = DEFAULT_CLUSTER,
+) -> list[Path]:
+    """`<out>/nats-<node>.conf` per server (JetStream in `<store_dir>/<node>`, default
+    `<out>/jetstream/<node>`) and the seeds and route secret in `<out>/creds` (kept if
+    present)."""
+    nodes = check_nodes(nodes)
+    identities = ensure_seeds(out / "creds", deployment(pools, clients, producers))
+    secret = ensure_route_secret(out / "creds")
+    stores = store_dir or out.resolve() / "jetstream"
+    paths = []
+    for node in nodes:
+        seat = Seat(node, nodes, name, secret)
+        path = node_config(out, node)
+        write_config(path, render(identities, subjects, store_dir=stores / node.name, seat=seat))
+        paths.append(path)
+    return paths

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from llorch_common import orphan
 
+from .natsconf import Node
+
 
 class NatsServerError(RuntimeError):
     pass
@@ -72,10 +74,28 @@ class NatsServer:
         log_file: Path | None = None,
     ) -> NatsServer:
         port = port or free_port(host)
-        store_dir.mkdir(parents=True, exist_ok=True)
-        args = [str(find_binary()), "-a", host, "-p", str(port), "-js", "-sd", str(store_dir)]
+        args = ["-a", host, "-p", str(port), "-js", "-sd", str(store_dir)]
         if config is not None:
             args += ["-c", str(config)]
+        return cls._run(args, host, port, store_dir, log_file)
+
+    @classmethod
+    def start_node(
+        cls, config: Path, node: Node, store_dir: Path, log_file: Path, *flags: str
+    ) -> NatsServer:
+        """A server of a cluster, all of whose settings are in its `config` (natsconf's
+        `write_cluster`; `store_dir` is the one it names), plus command-line `flags` (they
+        win over the file's, e.g. `-m PORT` for the monitoring endpoint)."""
+        args = ["-c", str(config), *flags]
+        return cls._run(args, node.host, node.client_port, store_dir, log_file)
+
+    @classmethod
+    def _run(
+        cls, flags: list[str], host: str, port: int, store_dir: Path, log_file: Path | None
+    ) -> NatsServer:
+        """Started, and listening on host:port."""
+        store_dir.mkdir(parents=True, exist_ok=True)
+        args = [str(find_binary()), *flags]
         out = open(log_file, "ab") if log_file else None  # noqa: SIM115 (closed below)
         # Its own process group: a Ctrl-C in the terminal reaches every process of the
         # foreground group at once, and a server that exits then cuts off the others while they
