@@ -16,3 +16,14 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+async def first_set(*events: asyncio.Event) -> asyncio.Event:
+    """Wait until one of `events` is set; that one (the earliest named, if several are)."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+    return next(event for event in events if event.is_set())

@@ -7,19 +7,27 @@ start-up rule: while no orchestrator listens (NATS answers "no responders") or t
 does has heard from no pool yet (UNAVAILABLE), a generate request is sent again for up to
 `ready_s`, then reported as UNAVAILABLE, retriable. It was not admitted, so sending it again is
 safe.
+
+It also rides out a change of leader (docs/protocol.md, "Orchestrator failover"): a job that
+has not started yet is sent again, with the same job id, when a new leader announces itself
+(the dead one may have held it in its queue) or when its request got no answer at all for
+`resend_s` (it may have gone to a leader that was frozen). Admission of a job id the leader
+already holds for the same stream is idempotent, so neither can run a job twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import msgspec
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
 
 from llorch_common import tracing
 from llorch_common.connect import Credentials
@@ -37,10 +45,13 @@ from schemas import (
     JobInfo,
     ModelsReply,
     ModelsRequest,
+    Started,
     StateRequest,
     Subjects,
+    Token,
     decoder,
     encode,
+    new_id,
 )
 
 _event = decoder(Event)
@@ -53,6 +64,7 @@ T = TypeVar("T")
 
 DEFAULT_STALL_S = 60.0
 DEFAULT_READY_S = 10.0  # a stack that is still starting gets this long to start answering
+DEFAULT_RESEND_S = 5.0  # a request with no answer at all this long is sent again
 _RETRY_FIRST_S, _RETRY_MAX_S = 0.05, 1.0
 _NO_RESPONDERS = "503"
 
@@ -90,11 +102,99 @@ async def _backoff(delay: float) -> float:
     return min(delay * 2, _RETRY_MAX_S)
 
 
+class _Leaders:
+    """One subscription per connection to the leaders' announcements, fanned out to the
+    streams waiting on it (a subscription per job would cost every request a round trip)."""
+
+    def __init__(self) -> None:
+        self.waiting: set[asyncio.Queue[Msg | None]] = set()
+
+    async def heard(self, _msg: Msg) -> None:
+        for queue in self.waiting:
+            queue.put_nowait(None)  # None: a new leader
+
+
+_leaders: weakref.WeakKeyDictionary[Client, dict[str, _Leaders]] = weakref.WeakKeyDictionary()
+
+
+async def _leaders_of(nc: Client, subjects: Subjects) -> _Leaders:
+    per_subject = _leaders.setdefault(nc, {})
+    if (leaders := per_subject.get(subjects.leader)) is None:
+        leaders = per_subject[subjects.leader] = _Leaders()
+        await nc.subscribe(subjects.leader, cb=leaders.heard)
+    return leaders
+
+
 async def connect(url: str, credentials: Credentials | None = None, **options: Any) -> Client:
     """A connection as `credentials`: its replies and streams come under the identity's own
     inbox prefix (`_INBOX.<user or nkey>`), the only one the server lets it read."""
     creds = (credentials or Credentials()).connect_options()
     return await nats.connect(servers(url), **options, **creds)
+
+
+@dataclass
+class _Asking:
+    """One job's request, and the rules for sending it again (the same job id each time)."""
+
+    nc: Client
+    subject: str
+    data: bytes
+    inbox: str
+    headers: dict[str, str] | None
+    stall_s: float
+    ready_s: float
+    resend_s: float
+    clock: Callable[[], float]
+    sent_at: float = 0.0
+    heard_at: float = 0.0
+    give_up_at: float = 0.0  # refusals "not ready" are answered by sending again until then
+    delay: float = _RETRY_FIRST_S
+    last_seq: int = -1  # of the last event kept
+    answered: bool = False  # admitted: an event came from the orchestrator or a worker
+    started: bool = False  # a worker runs the job: it is never sent again
+
+    async def send(self, afresh: bool = True) -> None:
+        """`afresh`: to a leader that may not know the job (first, or after a new leader),
+        which may answer "not ready" for up to `ready_s`; else a retry after such an answer."""
+        self.sent_at = self.clock()
+        if afresh:
+            self.give_up_at, self.delay = self.sent_at + self.ready_s, _RETRY_FIRST_S
+        # only `queued` can have come before: a new leader admits and counts afresh
+        self.last_seq, self.answered = -1, False
+        await self.nc.publish(self.subject, self.data, reply=self.inbox, headers=self.headers)
+
+    async def heard(self, msg: Msg) -> Event | None:
+        """The event to hand on, if any (a refusal "not ready" is answered by sending again)."""
+        self.heard_at = self.clock()
+        event = None if _no_responders(msg) else _event(msg.data)
+        if not self.answered and _starting(event):  # not admitted: safe to send again
+            if self.clock() >= self.give_up_at:
+                return event or unavailable(self.subject, self.ready_s)
+            self.delay = await _backoff(self.delay)
+            await self.send(afresh=False)
+            return None
+        return event if event is not None and self.keep(event) else None
+
+    def timeout(self) -> float:
+        """Until the stream counts as stalled, or (no answer yet) until it is sent again."""
+        due = self.heard_at + self.stall_s
+        if not self.answered:
+            due = min(due, self.sent_at + self.resend_s)
+        return max(due - self.clock(), 0.0)
+
+    def stalled(self) -> bool:
+        return self.clock() >= self.heard_at + self.stall_s
+
+    def keep(self, event: Event) -> bool:
+        """Whether to hand `event` on (not one delivered before a transparent retry)."""
+        self.answered = True
+        self.started = self.started or isinstance(event, Started | Token)
+        if isinstance(event, End | Error):
+            return True  # one per job, never a duplicate, whatever its seq
+        if event.seq <= self.last_seq:
+            return False
+        self.last_seq = event.seq
+        return True
 
 
 async def stream(
@@ -104,48 +204,53 @@ async def stream(
     stall_s: float = DEFAULT_STALL_S,
     headers: dict[str, str] | None = None,
     ready_s: float = DEFAULT_READY_S,
+    resend_s: float = DEFAULT_RESEND_S,
 ) -> AsyncGenerator[Event, None]:
     """Events of one job, in seq order, ending with exactly one End or Error."""
     subjects = subjects or Subjects()
+    if request.job_id is None:  # named here: sending it again must not make a second job
+        request = msgspec.structs.replace(request, job_id=new_id("job"))
     inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
+    queue: asyncio.Queue[Msg | None] = asyncio.Queue()
+    sub = await nc.subscribe(inbox, cb=queue.put)
+    leaders = await _leaders_of(nc, subjects)
+    leaders.waiting.add(queue)
+    loop = asyncio.get_running_loop()
+    headers = tracing.inject(headers)  # the caller's trace continues in the orchestrator
+    data = encode(request)
+    asking = _Asking(
+        nc, subjects.generate, data, inbox, headers, stall_s, ready_s, resend_s, loop.time
+    )
     try:
-        headers = tracing.inject(headers)  # the caller's trace continues in the orchestrator
-        send = encode(request)
-        await nc.publish(subjects.generate, send, reply=inbox, headers=headers)
-        loop = asyncio.get_running_loop()
-        give_up, delay = loop.time() + ready_s, _RETRY_FIRST_S
-        last_seq = -1
+        await asking.send()
+        asking.heard_at = asking.sent_at
         while True:
             try:
-                msg = await sub.next_msg(timeout=stall_s)
-            except NatsTimeout:
-                yield Error(
-                    code=ErrorCode.WORKER_LOST,
-                    message=f"no event for {stall_s}s",
-                    retriable=True,
-                    seq=last_seq + 1,
-                )
-                return
-            event = None if _no_responders(msg) else _event(msg.data)
-            if last_seq < 0 and _starting(event):  # refused, not admitted: safe to send again
-                if loop.time() >= give_up:
-                    yield event or unavailable(subjects.generate, ready_s)
+                async with asyncio.timeout(asking.timeout()):
+                    msg = await queue.get()
+            except TimeoutError:
+                if asking.stalled():
+                    yield _stall(stall_s, asking.last_seq + 1)
                     return
-                delay = await _backoff(delay)
-                await nc.publish(subjects.generate, send, reply=inbox, headers=headers)
+                await asking.send()  # no answer at all: it may have reached a frozen leader
                 continue
-            if event is None:
+            if msg is None:  # a new leader: it may not know a job that has not started
+                if not asking.started:
+                    await asking.send()
                 continue
-            if isinstance(event, End | Error):
-                yield event  # one per job, never a duplicate, whatever its seq
-                return
-            if event.seq <= last_seq:
-                continue  # already delivered before a transparent retry
-            last_seq = event.seq
-            yield event
+            if (event := await asking.heard(msg)) is not None:
+                yield event
+                if isinstance(event, End | Error):
+                    return
     finally:
+        leaders.waiting.discard(queue)
         await sub.unsubscribe()
+
+
+def _stall(stall_s: float, seq: int) -> Error:
+    return Error(
+        code=ErrorCode.WORKER_LOST, message=f"no event for {stall_s}s", retriable=True, seq=seq
+    )
 
 
 async def _call(

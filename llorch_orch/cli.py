@@ -26,6 +26,7 @@ from llorch_common.local import (
     default_data_dir,
     default_pool_id,
     nats_url,
+    positive_float,
     remove_stack_record,
     stack_endpoint,
     write_stack_record,
@@ -47,6 +48,7 @@ from schemas import (
 from . import edge, natsconf, settings
 from .batch import cli as batch_cli
 from .batch import load as load_batch
+from .lease import DEFAULT_TTL_S
 from .stack import Stack, StackError
 from .table import job_table, models_table, state_table
 
@@ -166,6 +168,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="an identity (nkey public key or user name) that sees and acts on every job "
         "(repeatable; `llorch up` passes its admin's)",
     )
+    orch.add_argument(
+        "--name",
+        default="",
+        help="this orchestrator's name, as `llorch state` shows the leader (default: random)",
+    )
+    orch.add_argument(
+        "--lease-ttl",
+        type=positive_float,
+        default=DEFAULT_TTL_S,
+        metavar="SECONDS",
+        help="how long the lead outlives its leader's last renewal: a standby takes over "
+        f"within about this long of a leader's death (default {DEFAULT_TTL_S:g})",
+    )
     conf = sub.add_parser("nats-config", help="write a server config and seeds per role")
     conf.add_argument("--out", type=Path, required=True, help="dir for nats.conf and creds/")
     conf.add_argument("--prefix", default=DEFAULT_PREFIX, help="subject prefix")
@@ -267,6 +282,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
             args.metrics_port,
             args.operator,
             args.record_events,
+            args.name,
+            args.lease_ttl,
         )
     if args.command == "nats-config":
         return _nats_config(args)

@@ -29,6 +29,7 @@ from schemas import MAX_MESSAGE_BYTES, ProtocolError, Subjects, check_id
 from schemas.subjects import DEFAULT_INBOX
 
 from .batch.config import BATCH_STREAM, PRODUCER_PREFIX, RESULTS_STREAM
+from .lease import BUCKET as LEASE_BUCKET
 from .settings import ConfigError
 
 ROLES = ("orchestrator", "pool", "worker", "client", "batch-producer", "admin")
@@ -146,12 +147,14 @@ def permissions(ident: Identity, s: Subjects) -> Permissions:
                 f"{p}.pool.*.spawn",
                 f"{p}.pool.*.stop",
                 s.snapshot_request,
+                s.leader,
                 f"{p}.worker.*.execute",
                 f"{p}.worker.*.cancel",
                 f"{p}.batch.>",
                 "_INBOX.>",
                 "$JS.API.>",
                 f"$JS.ACK.{BATCH_STREAM}.>",
+                f"$KV.{LEASE_BUCKET}.>",  # the leader lease (llorch_orch/lease.py)
             )
             sub = (
                 f"{p}.api.>",
@@ -168,6 +171,7 @@ def permissions(ident: Identity, s: Subjects) -> Permissions:
                 s.spawn(pool),
                 s.stop(pool),
                 s.snapshot_request,
+                s.leader,
                 s.ready_all,
                 inbox,
                 *_service("llorch-pool"),
@@ -180,6 +184,7 @@ def permissions(ident: Identity, s: Subjects) -> Permissions:
             sub = (
                 f"{p}.worker.*.execute",
                 f"{p}.worker.*.cancel",
+                s.leader,
                 inbox,
                 *_service("llorch-worker"),
             )
@@ -187,7 +192,9 @@ def permissions(ident: Identity, s: Subjects) -> Permissions:
         case "client":
             # the batch API (status, cancel of any batch) is the producers'
             deny = (f"{p}.api.batch.>",)
-            return Permissions((f"{p}.api.>",), (inbox,), responses=False, publish_deny=deny)
+            # the leader's announcements: a job waiting at a dead leader is sent again
+            sub = (inbox, s.leader)
+            return Permissions((f"{p}.api.>",), sub, responses=False, publish_deny=deny)
         case "batch-producer":
             # Its namespace is the one token of a batch subject it may use: no other
             # producer's batches to submit into, read, cancel or watch (docs/batch.md).

@@ -1,4 +1,11 @@
-"""`llorch orch`: the orchestrator process."""
+"""`llorch orch`: the orchestrator process.
+
+Several may run against one bus. Each waits for the lease (`lease.py`); the one holding it
+leads, and only the leader serves the API, the pools and the batch consumer. A lead is a term:
+a fresh core and service, which adopt what the pools report (as after a restart). When a lead
+ends without our asking (the lease passed on, or a pool or worker refused a command as stale)
+the term is torn down without a word to any client, and the process stands by again.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +13,49 @@ import asyncio
 import logging
 import secrets
 import signal
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import nats
+from nats.aio.client import Client
 
 from llorch_common import observe
+from llorch_common.aio import first_set
 from llorch_common.connect import Credentials
 from llorch_common.lifeline import EXIT_CONNECTION_LOST, Lifeline
-from schemas import Subjects
+from schemas import Leadership, Subjects
 
 from . import batch
 from .core import Core, OrchConfig
 from .core.tenancy import Tenancy
 from .eventlog import EventLog
+from .lease import DEFAULT_TTL_S, RENEWALS_PER_TTL, Lease
 from .service import OrchestratorService
 
 log = logging.getLogger("llorch.orch")
+
+
+class Ended(Enum):
+    STOPPED = "stopped"  # SIGINT/SIGTERM: the lease is released, queued clients told
+    LOST = "lost"  # NATS closed the connection for good
+    DEPOSED = "deposed"  # the lead ended without our asking: stand by again
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    """What every lead of this process serves with, and the signals that end one."""
+
+    nc: Client
+    cfg: OrchConfig
+    subjects: Subjects
+    batch_cfg: batch.BatchConfig
+    tenancy: Tenancy
+    record_events: Path | None
+    stop: asyncio.Event
+    lifeline: Lifeline
 
 
 async def serve(
@@ -34,25 +67,30 @@ async def serve(
     metrics_port: int | None = None,
     operators: Iterable[str] = (),
     record_events: Path | None = None,
+    name: str = "",
+    lease_ttl_s: float = DEFAULT_TTL_S,
 ) -> int:
     """Serve until SIGINT/SIGTERM (0), or until NATS closes the connection for good
     (EXIT_CONNECTION_LOST: nothing can be served or cleaned up on it any more).
     `operators` (public keys or user names) see and act on every job (`Tenancy.of`);
-    `record_events`: a file for every event the core is fed, with its outputs (`eventlog`)."""
+    `record_events`: a file for every event the core is fed, with its outputs (`eventlog`;
+    a later lead of the same process writes `FILE.<epoch>`); `name`: this orchestrator's,
+    as `llorch state` shows the leader (default: a random one); `lease_ttl_s`: how long a
+    lead outlives its leader's last renewal (the bucket's TTL wins if it exists)."""
     observe.setup("llorch-orchestrator", metrics_port)
     credentials = credentials or Credentials()
-    log.info("connecting to %s as %s", nats_url, credentials.describe())
+    name = name or f"orch-{secrets.token_hex(3)}"
+    log.info("connecting to %s as %s (%s)", nats_url, credentials.describe(), name)
     lifeline = Lifeline("orchestrator", log)
-
-    service: OrchestratorService | None = None
+    serving: list[OrchestratorService] = []  # the term's service while we lead
 
     async def reconnected() -> None:
-        if service is not None:  # a reconnect before it exists has nothing to tell it
+        for service in serving:
             await service.reconnected()
 
     nc = await nats.connect(
         nats_url,
-        name="llorch-orchestrator",
+        name=f"llorch-orchestrator-{name}",
         reconnected_cb=reconnected,
         **lifeline.options(),
         **credentials.connect_options(),
@@ -64,24 +102,108 @@ async def serve(
         "yes" if tenancy.on else "no",
         len(tenancy.operators),
     )
-    incarnation = secrets.token_hex(3)  # worker ids of this run: never a predecessor's
-    record = EventLog(record_events, cfg, incarnation) if record_events else None
-    core = Core(cfg, incarnation)
-    service = OrchestratorService(nc, core, subjects, tenancy=tenancy, record=record)
-    await service.start()
-    runner = await batch.start(service, batch_cfg or batch.BatchConfig())
-    log.info("orchestrator serving on %s (prefix %s)", nats_url, subjects.prefix)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    if await lifeline.until(stop):
+    term = Term(
+        nc, cfg, subjects, batch_cfg or batch.BatchConfig(), tenancy, record_events, stop, lifeline
+    )
+    # the lease's requests time out within a renewal period: a lapse is noticed in time
+    js = nc.jetstream(timeout=lease_ttl_s / RENEWALS_PER_TTL)
+    lease = Lease(js, subjects.prefix, name, lease_ttl_s)
+    ended, leads = Ended.DEPOSED, 0
+    while ended is Ended.DEPOSED:
+        epoch = await _stand_by(lease, term)
+        if epoch is None:
+            ended = Ended.LOST if lifeline.lost.is_set() else Ended.STOPPED
+            continue
+        incarnation = secrets.token_hex(3)  # ids this lead makes up: never a predecessor's
+        record = _record(term, epoch, incarnation, later=leads > 0)
+        leads += 1
+        leadership = Leadership(epoch, name, time.time())
+        core = Core(cfg, incarnation)
+        ended = await _lead(term, lease, leadership, core, record, serving)
+    if ended is Ended.LOST:
         return EXIT_CONNECTION_LOST
-    if runner is not None:
-        await runner.stop()
-    await service.stop()
     lifeline.leaving()
     await nc.drain()
+    return 0
+
+
+async def _stand_by(lease: Lease, term: Term) -> int | None:
+    """The epoch of our lead once we hold the lease; None if we stop (or lose NATS) first."""
+    give_up = asyncio.Event()
+    ends = asyncio.ensure_future(first_set(term.stop, term.lifeline.lost))
+    ends.add_done_callback(lambda _: give_up.set())
+    try:
+        return await lease.acquire(give_up)
+    finally:
+        ends.cancel()
+
+
+async def _lead(
+    term: Term,
+    lease: Lease,
+    leadership: Leadership,
+    core: Core,
+    record: EventLog | None,
+    serving: list[OrchestratorService],
+) -> Ended:
+    epoch = leadership.epoch
+    log.info("%s leads (epoch %d)", leadership.orchestrator, epoch)
+    service = OrchestratorService(
+        term.nc,
+        core,
+        term.subjects,
+        tenancy=term.tenancy,
+        record=record,
+        leadership=leadership,
+    )
+    lease_lost = asyncio.Event()
+    why: list[str] = []
+
+    async def hold() -> None:
+        why.append(await lease.hold())
+        lease_lost.set()
+
+    holding = asyncio.ensure_future(hold())
+    runner = None
+    try:
+        await service.start()
+        serving.append(service)
+        runner = await batch.start(service, term.batch_cfg)
+        log.info("orchestrator serving (prefix %s)", term.subjects.prefix)
+        ended = await first_set(term.stop, term.lifeline.lost, lease_lost, service.deposed)
+    finally:
+        holding.cancel()
+        serving.clear()
+    if ended is term.lifeline.lost:
+        return Ended.LOST
+    if runner is not None:
+        await runner.stop()
+    if ended is term.stop:
+        await service.stop()
+        await lease.release()
+        _close(record)
+        return Ended.STOPPED
+    reason = why[0] if why else "a pool or worker refused a command: a newer leader leads"
+    log.warning("stepping down (epoch %d): %s", epoch, reason)
+    await service.resign()
+    _close(record)
+    return Ended.DEPOSED
+
+
+def _record(term: Term, epoch: int, incarnation: str, later: bool) -> EventLog | None:
+    """The lead's event record: the file asked for, `FILE.<epoch>` for a later lead."""
+    if term.record_events is None:
+        return None
+    path = term.record_events
+    if later:
+        path = path.with_name(f"{path.name}.{epoch}")
+    return EventLog(path, term.cfg, incarnation)
+
+
+def _close(record: EventLog | None) -> None:
     if record is not None:
         record.close()
-    return 0

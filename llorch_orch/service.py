@@ -13,14 +13,17 @@ import msgspec
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.micro import add_service
 from nats.micro.request import Request
+from nats.micro.service import Service
 from opentelemetry import trace
 from opentelemetry.context import Context
 
 import schemas
 from llorch_common import tracing
 from llorch_common.aio import wait_event
+from llorch_common.fence import with_epoch
 from schemas import (
     Ack,
     CancelReply,
@@ -31,6 +34,7 @@ from schemas import (
     Heartbeat,
     JobGetRequest,
     JobStatus,
+    Leadership,
     ProtocolError,
     SnapshotRequest,
     Subjects,
@@ -73,6 +77,7 @@ CONTROL_TIMEOUT_S = 10.0  # spawn/stop/cancel request timeouts
 # Room a generate request must leave under the server's max payload: its execute carries the
 # same text plus fields of our own (ids, the stream, numbers: < 1 KiB) and trace headers.
 EXECUTE_ROOM = 16 * 1024
+STEPPED_DOWN = "this orchestrator no longer leads: ask again"
 
 _generate = decoder(GenerateRequest)
 _cancel = decoder(CancelRequest)
@@ -93,9 +98,12 @@ class OrchestratorService:
         clock: Callable[[], float] = time.time,
         tenancy: Tenancy | None = None,
         record: EventLog | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
         """`record`: where every event fed to the core goes, with its outputs (a replay checks
-        them: `python -m llorch_orch.replay`)."""
+        them: `python -m llorch_orch.replay`). `leadership`: the lead this service serves in
+        (its epoch goes with every command); None: epoch 0, for a bus with one orchestrator
+        that never leads through the lease (tests of the service alone)."""
         self.nc = nc
         self.core = core
         self.subjects = subjects or Subjects()
@@ -109,15 +117,23 @@ class OrchestratorService:
         self._inbox = f"{nc.new_inbox()}.exec"
         self._tasks: set[asyncio.Task[object]] = set()
         self._timer: asyncio.Task[None] | None = None
+        self.leadership = leadership
+        self.epoch = leadership.epoch if leadership else 0
+        self.deposed = asyncio.Event()  # a pool or worker refused us: a newer leader leads
+        self._subs: list[Subscription] = []
+        self._micro: Service | None = None
 
     async def start(self) -> None:
         s = self.subjects
-        await self.nc.subscribe(s.generate, queue="orch", cb=self._on_generate)
-        await self.nc.subscribe(s.heartbeat_all, cb=self._on_heartbeat)
-        await self.nc.subscribe(s.ready_all, cb=self._on_ready)
-        await self.nc.subscribe(s.job_status_all, cb=self._on_status)
-        await self.nc.subscribe(f"{self._inbox}.>", cb=self._on_execute_reply)
-        service = await add_service(
+        for subject, queue, cb in (
+            (s.generate, "orch", self._on_generate),
+            (s.heartbeat_all, "", self._on_heartbeat),
+            (s.ready_all, "", self._on_ready),
+            (s.job_status_all, "", self._on_status),
+            (f"{self._inbox}.>", "", self._on_execute_reply),
+        ):
+            self._subs.append(await self.nc.subscribe(subject, queue=queue, cb=cb))
+        self._micro = service = await add_service(
             self.nc,
             name="llorch-orchestrator",
             version="0.1.0",
@@ -132,7 +148,24 @@ class OrchestratorService:
             await service.add_endpoint(name=name, subject=subject, handler=_traced(handler))
         self.telemetry.gauges(asyncio.get_running_loop())
         self._timer = asyncio.create_task(self._timer_loop())
+        if self.leadership is not None:  # pools and workers fence older leads from now on
+            await self._publish(s.leader, self.leadership, to_client=False)
         await self._publish(s.snapshot_request, SnapshotRequest(), to_client=False)
+
+    async def resign(self) -> None:
+        """Step down without a word to any client: a newer leader serves them now (a job only
+        we knew is resubmitted by its client when the new leader announces itself). Stops
+        listening, the timer and every background request."""
+        if self._micro is not None:
+            with contextlib.suppress(Exception):  # a connection already gone has no interest
+                await self._micro.stop()
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        tasks = [*self._tasks, *([self._timer] if self._timer else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def stop(self) -> None:
         """Jobs still queued end now with a retriable UNAVAILABLE, published before the caller
@@ -149,8 +182,12 @@ class OrchestratorService:
         self._listeners.append(listener)
 
     async def _feed(self, event: ev.Event) -> list[Output]:
-        """The one way into the core: handle, record, observe, carry out, tell listeners."""
+        """The one way into the core: handle, record, observe, carry out, tell listeners.
+        Once deposed, nothing goes in or out: what we would send a client or a worker now is
+        the newer leader's to decide."""
         async with self._lock:
+            if self.deposed.is_set():
+                return []
             outputs = self.core.handle(event)
             if self.record is not None:
                 self.record.write(event, outputs)
@@ -200,6 +237,8 @@ class OrchestratorService:
         An oversized message to a client (stream event, API reply) is replaced by a coded
         INTERNAL error; an oversized control message is not sent (an execute cannot be:
         `_on_generate` keeps EXECUTE_ROOM free)."""
+        if not to_client:
+            headers = with_epoch(headers, self.epoch)
         if (fitted := self._fit(subject, message, headers, to_client)) is not None:
             await self.nc.publish(subject, fitted[0], reply=reply, headers=fitted[1])
 
@@ -245,10 +284,18 @@ class OrchestratorService:
         attrs = tracing.messaging("send", subject, name)
         span = tracer.start_span(tracing.span_name("send", name), parent, tracing.CLIENT, attrs)
         with trace.use_span(span, end_on_exit=True):
-            reply = await self._request_once(subject, message, tracing.inject(), decode)
+            headers = with_epoch(tracing.inject(), self.epoch)
+            reply = await self._request_once(subject, message, headers, decode)
             if isinstance(reply, Error):
                 span.set_status(trace.StatusCode.ERROR, reply.code)
+                self._refused(reply)
         return reply
+
+    def _refused(self, error: Error) -> None:
+        """A pool or worker refused a command of ours as stale: we no longer lead."""
+        if error.code == ErrorCode.STALE_LEADER and not self.deposed.is_set():
+            log.warning("a command was refused: %s", error.message)
+            self.deposed.set()
 
     async def _request_once(
         self,
@@ -426,6 +473,7 @@ class OrchestratorService:
         if isinstance(reply, Ack):
             await self._feed(ev.ExecuteAccepted(now, job_id, worker_id))
         else:
+            self._refused(reply)
             await self._feed(ev.ExecuteRefused(now, job_id, worker_id, reply.code, reply.message))
 
     # ---- request/reply API ---------------------------------------------------------------
@@ -437,7 +485,12 @@ class OrchestratorService:
         """Cancel a job of `caller`'s (the API endpoint; the in-process batch runner may cancel
         any)."""
         outputs = await self._feed(ev.Cancel(self.clock(), job_id, caller))
-        return next(o.reply for o in outputs if isinstance(o, Answered))
+        answers = [o.reply for o in outputs if isinstance(o, Answered)]
+        return (
+            answers[0]
+            if answers
+            else Error(code=ErrorCode.UNAVAILABLE, message=STEPPED_DOWN, retriable=True)
+        )
 
     async def _on_job_get(self, req: Request) -> None:
         if (message := await self._decoded(req, _job_get)) is not None:
@@ -447,7 +500,8 @@ class OrchestratorService:
             await self._respond(req, info or missing)
 
     async def _on_state(self, req: Request) -> None:
-        await self._respond(req, cluster_state(self.core, self.clock(), self._caller(req)))
+        state = cluster_state(self.core, self.clock(), self._caller(req))
+        await self._respond(req, msgspec.structs.replace(state, leader=self.leadership))
 
     def _caller(self, req: Request) -> Caller:
         """Who sent an API request: the identity of its reply inbox. nats-py's micro Request

@@ -28,6 +28,7 @@ from opentelemetry import trace
 from llorch_common import tracing
 from llorch_common.aio import wait_event
 from llorch_common.connect import Credentials
+from llorch_common.fence import Fence
 from llorch_pool import catalog, registry, spawn_checks, supervisor, telemetry
 from llorch_pool.inventory import Inventory
 from llorch_pool.registry import WorkerRecord
@@ -99,6 +100,8 @@ class PoolService:
         self._seq = 0
         self._service: Service | None = None
         self._snapshot_sub: Subscription | None = None
+        self._leader_sub: Subscription | None = None
+        self.fence = Fence()  # commands of an orchestrator whose lead has passed are refused
         self._spawned_at: dict[str, float] = {}  # monotonic spawn time of workers not yet ready
         self.last_beat: telemetry.Snapshot | None = None  # what the gauges report
         telemetry.observe(lambda: self.last_beat)
@@ -109,6 +112,7 @@ class PoolService:
         self._snapshot_sub = await self.nc.subscribe(
             self.subjects.snapshot_request, cb=self._on_snapshot_request
         )
+        self._leader_sub = await self.nc.subscribe(self.subjects.leader, cb=self._on_leader)
         self._service = await nats.micro.add_service(
             self.nc,
             name=SERVICE_NAME,
@@ -141,8 +145,9 @@ class PoolService:
         after the grace period, report, leave."""
         if self._service is not None:
             await self._service.stop()
-        if self._snapshot_sub is not None:
-            await self._snapshot_sub.unsubscribe()
+        for sub in (self._snapshot_sub, self._leader_sub):
+            if sub is not None:
+                await sub.unsubscribe()
         for worker_id in list(self._procs):
             self._signal(worker_id, _STOP_NOW)
         reapers = list(self._reapers.values())
@@ -160,8 +165,12 @@ class PoolService:
     def _mark_changed(self) -> None:
         self._changed.set()
 
-    async def _on_snapshot_request(self, _msg: Msg) -> None:
-        self._mark_changed()
+    async def _on_snapshot_request(self, msg: Msg) -> None:
+        if self.fence.admit(msg.headers) is None:  # a new leader's ask also moves the fence
+            self._mark_changed()
+
+    async def _on_leader(self, msg: Msg) -> None:
+        self.fence.heard(msg.data)
 
     def devices(self) -> list[Device]:
         return self.inventory.snapshot(
@@ -212,6 +221,8 @@ class PoolService:
         """Every request gets exactly one reply: an Ack, or an Error with a stable code (also
         in the micro-service error headers, for stock NATS tooling)."""
         try:
+            if (stale := self.fence.admit(request.headers)) is not None:
+                raise ProtocolError(stale.code, stale.message)
             reply = await handle(request.data)
         except ProtocolError as exc:
             error = Error(code=exc.code, message=exc.message)

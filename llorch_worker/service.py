@@ -21,6 +21,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 
 from llorch_common import orphan, tracing
+from llorch_common.fence import Fence
 from llorch_common.lifeline import EXIT_CONNECTION_LOST, Lifeline
 from llorch_common.local import servers
 from llorch_worker import memory, telemetry
@@ -83,6 +84,7 @@ class Worker:
         self._gpu_before = 0  # device memory in use before our load (GPU workers)
         self._load_context = Context()  # the load span's, once loading began
         self._probes_trusted_from = 0.0  # monotonic; later while NATS is away or just back
+        self.fence = Fence()  # commands of an orchestrator whose lead has passed are refused
 
     async def run(self) -> int:
         """Exit status of the process: 0 after a drain, 3 when the model could not be loaded,
@@ -160,6 +162,7 @@ class Worker:
         cfg = self.cfg
         probe_prefix = nc.new_inbox()
         await nc.subscribe(f"{probe_prefix}.*", cb=self._on_probe_reply)
+        await nc.subscribe(self.subjects.leader, cb=self._on_leader)
         self._ctx = JobContext(
             nc=nc,
             engine=self.engine,
@@ -258,6 +261,9 @@ class Worker:
                 tracing.CONVERSATION_ID: execute.job_id,
             },
         )
+        if (stale := self.fence.admit(req.headers)) is not None:
+            await _refuse(req, span, stale)
+            return
         busy = self._busy(execute.job_id)
         if busy:
             await _refuse(
@@ -338,7 +344,9 @@ class Worker:
             telemetry.tracer, req.subject, req.headers, worker=self.cfg.worker_id
         )
         with trace.use_span(span, end_on_exit=True):
-            await req.respond(encode(await self._cancel(req.data)), headers=tracing.inject())
+            stale = self.fence.admit(req.headers)
+            reply = stale or await self._cancel(req.data)
+            await req.respond(encode(reply), headers=tracing.inject())
 
     async def _cancel(self, data: bytes) -> Ack | Error | JobStatus:
         try:
@@ -369,6 +377,9 @@ class Worker:
 
     async def _on_reconnected(self) -> None:
         self._probes_trusted_from = time.monotonic() + RECONNECT_GRACE_S
+
+    async def _on_leader(self, msg: Msg) -> None:
+        self.fence.heard(msg.data)
 
     async def _on_probe_reply(self, msg: Msg) -> None:
         """A no-responders status for a probe means the client's inbox has no subscriber;

@@ -23,6 +23,7 @@ class ErrorCode(StrEnum):
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"  # job still queued at its deadline
     NOT_FOUND = "NOT_FOUND"  # unknown job, batch or worker id
     UNAVAILABLE = "UNAVAILABLE"  # nothing to serve yet: no pool reported, or no orchestrator
+    STALE_LEADER = "STALE_LEADER"  # a command from an orchestrator whose lead has passed
     INTERNAL = "INTERNAL"  # a bug: reported, never crashes the service
 
 

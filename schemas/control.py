@@ -67,6 +67,14 @@ class Heartbeat(Message, tag="heartbeat"):
     models: list[ModelInfo]
 
 
+class Leadership(Message, tag="leader"):
+    """Which orchestrator leads (`llorch.v1.leader` when it takes the lead; `api.state`)."""
+
+    epoch: int  # grows with every new lead; pools and workers refuse commands of older ones
+    orchestrator: str  # the leader's name (`llorch orch --name`)
+    since: float  # unix seconds, the leader's clock, when it took the lead
+
+
 class SnapshotRequest(Message, tag="snapshot_request"):
     pass
 

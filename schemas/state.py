@@ -2,7 +2,7 @@
 
 from schemas.api import JobInfo
 from schemas.base import Message
-from schemas.control import Device, ModelInfo, WorkerInfo
+from schemas.control import Device, Leadership, ModelInfo, WorkerInfo
 
 
 class PoolView(Message, tag="pool"):
@@ -18,6 +18,7 @@ class ClusterState(Message, tag="state"):
     queue: list[JobInfo]  # waiting jobs, in start order
     running: list[JobInfo]
     recent: list[JobInfo] = []  # jobs that ended lately, newest first (at most RECENT_JOBS)
+    leader: Leadership | None = None  # the orchestrator that answered, and since when it leads
 
 
 class CatalogEntry(Message, tag="catalog_entry"):

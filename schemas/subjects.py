@@ -62,6 +62,11 @@ class Subjects:
         return f"{self.prefix}.pool.*.heartbeat"
 
     @property
+    def leader(self) -> str:
+        """Where an orchestrator announces that it took the lead (`Leadership`)."""
+        return f"{self.prefix}.leader"
+
+    @property
     def snapshot_request(self) -> str:
         """Orchestrator asks every pool to heartbeat now (used at its start)."""
         return f"{self.prefix}.pools.snapshot"

@@ -12,6 +12,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.client import JetStreamContext
 from opentelemetry import metrics
@@ -93,6 +94,7 @@ class BatchRunner:
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _pull: JetStreamContext.PullSubscription | None = None  # once started
+    _subs: list[Subscription] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.nc = self.service.nc
@@ -105,12 +107,14 @@ class BatchRunner:
         await store.ensure_streams(self.js, self.cfg, self.subjects)
         await self.js.add_consumer(BATCH_STREAM, consumer(self.cfg, self.subjects))
         self._pull = await self.js.pull_subscribe_bind(CONSUMER, BATCH_STREAM)
-        await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_event)
         self.service.on_notices(self._ended)
-        status = self.subjects.batch_api_all("status")
-        await self.nc.subscribe(status, queue="orch", cb=self._on_status)
-        # every orchestrator hears a cancel: each stops the jobs it runs
-        await self.nc.subscribe(self.subjects.batch_api_all("cancel"), cb=self._on_cancel)
+        for subject, queue, cb in (
+            (f"{self._inbox}.*", "", self._on_event),
+            (self.subjects.batch_api_all("status"), "orch", self._on_status),
+            # every orchestrator hears a cancel: each stops the jobs it runs
+            (self.subjects.batch_api_all("cancel"), "", self._on_cancel),
+        ):
+            self._subs.append(await self.nc.subscribe(subject, queue=queue, cb=cb))
         self._background(self._pull_loop())
         self._background(self._tick_loop())
 
@@ -122,6 +126,9 @@ class BatchRunner:
         if self._pull is not None:
             with contextlib.suppress(Exception):  # a connection already gone has no interest
                 await self._pull.unsubscribe()
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

@@ -110,7 +110,10 @@ class Core:
         error = check_limits(req, self.cfg) or check_model(req, s.view)
         if s.stopping:
             error = Error(code=ErrorCode.UNAVAILABLE, message=STOPPING, retriable=True)
-        if error is None and job_id in s.jobs:
+        if error is None and (known := s.jobs.get(job_id)) is not None:
+            if (known.request, known.reply_to, known.owner) == (req, event.reply_to, event.owner):
+                self._resubmitted(now, known)
+                return
             error = Error(code=ErrorCode.INVALID_PARAMS, message=f"job {job_id} already exists")
         if error is not None:
             self._refuse(now, job_id, req, event.reply_to, error)
@@ -134,6 +137,14 @@ class Core:
             retry_after_ms=s.completions.retry_after_ms(now, len(s.queue)),
         )
         self._refuse(now, job_id, req, event.reply_to, error)
+
+    def _resubmitted(self, now: float, job: Job) -> None:
+        """The same job again, from the same client stream: its client did not hear that we
+        have it (it resubmits when a new leader announces itself, or when its request got no
+        answer: docs/protocol.md). Nothing new is admitted; a waiting job says where it
+        waits, a running one streams on."""
+        if job.phase == "queued":
+            self.state.emit_queued(job, job.reported_position, now)
 
     def _refuse(
         self, now: float, job_id: str, req: GenerateRequest, reply_to: str, error: Error

@@ -190,6 +190,20 @@ def test_duplicate_job_id_rejected() -> None:
     assert only_execute(core.handle(ready(w))).execute.prompt == "first"
 
 
+def test_the_same_job_again_from_its_client_is_the_same_job() -> None:
+    """A client resends its request after a change of leader (docs/protocol.md): a queued
+    job says again where it waits, a running one streams on; neither is admitted twice."""
+    core = make_core()
+    first = core.handle(submit("j1", prompt="same"))
+    again = core.handle(submit("j1", prompt="same"))
+    assert not errors(again) and not spawns(again)
+    assert [(q.job_id, q.position) for q in queued(again)] == [("j1", 1)]
+    w = only_spawn(first).request.worker_id
+    assert only_execute(core.handle(ready(w))).execute.job_id == "j1"
+    assert core.handle(submit("j1", prompt="same")) == []  # running: nothing to say
+    assert core.job_info("j1").attempts == 1
+
+
 def test_job_id_assigned_when_absent() -> None:
     core = make_core()
     from llorch_orch.core.events import Submit

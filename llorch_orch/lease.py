@@ -1,0 +1,128 @@
+"""Who leads: a lease in a JetStream key-value bucket, held by one orchestrator at a time.
+
+The bucket `LLORCH_LEADER` keeps one key per deployment (its subject prefix, so stacks with
+different prefixes on one server lead apart), whose value names the leader. Its TTL is the bucket's
+max age, enforced by the server: the key disappears `ttl_s` after its last write, so no clock
+but the server's decides when a lease lapsed. The leader renews (a compare-and-set update on
+its own last revision) every third of the TTL; a standby tries to create the key several
+times a TTL, which only succeeds once the key is gone (expired, or deleted by a leader that
+stopped cleanly).
+
+The epoch of a lead is the revision of the create that won it: a stream sequence, so it
+only grows, across every orchestrator and restart (`llorch_common/fence.py` says what it
+fences). A leader steps down when a renewal finds someone else's revision, or when it could
+not renew for a whole TTL (timed from before its last successful write, so it never believes
+itself leader after the server let its key expire).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig
+from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from llorch_common.aio import wait_event
+
+log = logging.getLogger("llorch.orch")
+
+BUCKET = "LLORCH_LEADER"
+DEFAULT_TTL_S = 3.0
+RENEWALS_PER_TTL = 3
+TRIES_PER_TTL = 6  # a standby's tries to take a lapsed lease: it leads within ttl/6 of the lapse
+
+
+@dataclass
+class Lease:
+    js: JetStreamContext
+    key: str  # the deployment's subject prefix
+    name: str  # this orchestrator's, the key's value
+    ttl_s: float = DEFAULT_TTL_S
+    replicas: int = 1  # of the bucket, when this orchestrator makes it
+    clock: Callable[[], float] = time.monotonic
+    epoch: int = 0  # of the lead held now; 0 when none
+    _kv: KeyValue | None = None
+    _revision: int = 0  # of our last write
+    _renewed_at: float = 0.0  # when the last successful write was sent
+
+    async def _bucket(self) -> KeyValue:
+        """The bucket, made if missing (first start, or a JetStream store that was lost). An
+        existing bucket keeps its TTL (every orchestrator must time the same lease): a
+        different `ttl_s` is reported and the bucket's is used."""
+        if self._kv is not None:
+            return self._kv
+        try:
+            kv = await self.js.key_value(BUCKET)
+        except BucketNotFoundError:
+            config = KeyValueConfig(
+                bucket=BUCKET, history=1, ttl=self.ttl_s, replicas=self.replicas
+            )
+            kv = await self.js.create_key_value(config)
+        status = await kv.status()
+        if status.ttl and abs(status.ttl - self.ttl_s) > 1e-3:
+            log.warning("lease TTL is %.3gs (the bucket's), not %.3gs", status.ttl, self.ttl_s)
+            self.ttl_s = status.ttl
+        self._kv = kv
+        return kv
+
+    async def acquire(self, give_up: asyncio.Event) -> int | None:
+        """Wait until this orchestrator leads; its epoch, or None once `give_up` is set."""
+        holder = ""
+        while not give_up.is_set():
+            sent = self.clock()
+            try:
+                revision = await (await self._bucket()).create(self.key, self.name.encode())
+            except KeyWrongLastSequenceError:
+                holder = await self._holder(holder)
+            except Exception as exc:  # no JetStream quorum yet, a node restarting: try again
+                log.warning("cannot reach the lease: %r", exc)
+                self._kv = None  # the bucket itself may be gone: looked up (or made) again
+            else:
+                self.epoch = self._revision = revision
+                self._renewed_at = sent
+                return revision
+            await wait_event(give_up, self.ttl_s / TRIES_PER_TTL)
+        return None
+
+    async def _holder(self, seen: str) -> str:
+        """Who leads now (logged when it changes): standbys say whom they wait for."""
+        try:
+            entry = await (await self._bucket()).get(self.key)
+        except Exception:
+            return seen
+        holder = (entry.value or b"").decode(errors="replace")
+        if holder != seen:
+            log.info("standing by: %s leads", holder)
+        return holder
+
+    async def hold(self) -> str:
+        """Renew while we lead; returns why the lead ended (then we must step down)."""
+        while True:
+            await asyncio.sleep(self.ttl_s / RENEWALS_PER_TTL)
+            sent = self.clock()
+            left = self._renewed_at + self.ttl_s - sent  # until the server lets our key go
+            try:
+                async with asyncio.timeout(max(left, 0.0)):
+                    kv = await self._bucket()
+                    self._revision = await kv.update(self.key, self.name.encode(), self._revision)
+            except KeyWrongLastSequenceError:
+                return "the lease passed to another orchestrator"
+            except Exception as exc:  # unreachable, or no answer before the lease lapsed
+                if self.clock() - self._renewed_at >= self.ttl_s:
+                    return f"could not renew the lease for {self.ttl_s:g}s ({exc!r})"
+                continue
+            self._renewed_at = sent
+
+    async def release(self) -> None:
+        """Give the lead up now (a clean stop): a standby takes over without waiting a TTL."""
+        try:
+            await (await self._bucket()).delete(self.key, last=self._revision)
+        except Exception as exc:  # already taken or unreachable: it lapses on its own
+            log.info("lease not released: %r", exc)
+        self.epoch = 0
