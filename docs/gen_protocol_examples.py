@@ -42,6 +42,7 @@ from schemas import (
     JobGetRequest,
     JobInfo,
     JobStatus,
+    Leadership,
     ModelInfo,
     ModelsReply,
     ModelsRequest,
@@ -118,6 +119,7 @@ _exited = WorkerInfo(
     exit_code=0,
     message="exited with code 0",
 )
+_leadership = Leadership(epoch=14, orchestrator="orch-b", since=1764355029.1)
 _queued_info = JobInfo(
     job_id="job-77d0e1a2b3c4",
     state="queued",
@@ -305,6 +307,7 @@ EXAMPLES: list[tuple[str, msgspec.Struct]] = [
                     tokens_out=32,
                 )
             ],
+            leader=_leadership,
         ),
     ),
     (
@@ -350,6 +353,7 @@ EXAMPLES: list[tuple[str, msgspec.Struct]] = [
     ("device", _cpu),
     ("worker-info", _worker),
     ("model-info", _model),
+    ("leadership", _leadership),
     ("snapshot-request", SnapshotRequest()),
     ("spawn", SpawnRequest(worker_id=WORKER, model=MODEL, device=0, n_ctx=2048, slots=8)),
     ("stop", StopRequest(worker_id=WORKER, drain=False)),

@@ -162,6 +162,7 @@ class OrchestratorService:
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+        self.telemetry.retire()
         tasks = [*self._tasks, *([self._timer] if self._timer else [])]
         for task in tasks:
             task.cancel()

@@ -1,6 +1,8 @@
 """Plain-text tables for `llorch state`, `llorch job` and `llorch models`."""
 
-from schemas import ClusterState, JobInfo, ModelsReply
+import time
+
+from schemas import ClusterState, JobInfo, Leadership, ModelsReply
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -46,11 +48,17 @@ def state_table(state: ClusterState) -> str:
     ]
     return "\n\n".join(
         [
+            *([_leader(state.leader)] if state.leader else []),
             _table(["POOL", "STATUS", "DEV", "KIND", "NAME", "TOTAL", "FREE"], devices),
             _table(["WORKER", "POOL", "DEV", "MODEL", "STATE", "MEMORY"], workers),
             _table(["JOB", "MODEL", "PRIORITY", "STATE", "POSITION", "WORKER", "WHY"], jobs),
         ]
     )
+
+
+def _leader(lead: Leadership) -> str:
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(lead.since))
+    return f"leader: {lead.orchestrator} (epoch {lead.epoch}) since {since}"
 
 
 def job_table(job: JobInfo, now: float) -> str:

@@ -270,22 +270,26 @@ class Telemetry:
 
     # ---- gauges ----------------------------------------------------------------------------
     def gauges(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Gauges read the core on its own loop: a scrape runs on the exporter's thread."""
+        """Make this the core the gauges read, on its own loop (a scrape runs on the
+        exporter's thread). The instruments are made once per process: a later lead of the
+        same process (serve.py) only points them at its own core."""
+        _gauged[:] = [(self, loop)]
+        if not _instruments_made:
+            _instruments_made.append(True)
+            _meter.create_observable_gauge(
+                "llorch.queue.depth", [_on_loop(Telemetry._queue_depth)], "{job}", "Jobs waiting"
+            )
+            _meter.create_observable_gauge(
+                "llorch.workers",
+                [_on_loop(Telemetry._workers)],
+                "{worker}",
+                "Workers by phase and model",
+            )
 
-        def on_loop(read: Callable[[], list[Observation]]) -> Callable[..., list[Observation]]:
-            def callback(_: CallbackOptions) -> list[Observation]:
-                future: concurrent.futures.Future[list[Observation]] = concurrent.futures.Future()
-                loop.call_soon_threadsafe(lambda: future.set_result(read()))
-                return future.result(_SCRAPE_TIMEOUT_S)
-
-            return callback
-
-        _meter.create_observable_gauge(
-            "llorch.queue.depth", [on_loop(self._queue_depth)], "{job}", "Jobs waiting"
-        )
-        _meter.create_observable_gauge(
-            "llorch.workers", [on_loop(self._workers)], "{worker}", "Workers by phase and model"
-        )
+    def retire(self) -> None:
+        """Our lead ended: the gauges report nothing until the next lead."""
+        if _gauged and _gauged[0][0] is self:
+            _gauged.clear()
 
     def _queue_depth(self) -> list[Observation]:
         waiting = self.core.waiting_count
@@ -297,3 +301,19 @@ class Telemetry:
             Observation(n, {"state": state, "model": model, "pool": pool})
             for (state, model, pool), n in counts.items()
         ]
+
+
+_gauged: list[tuple[Telemetry, asyncio.AbstractEventLoop]] = []  # the leading core's, if any
+_instruments_made: list[bool] = []
+
+
+def _on_loop(read: Callable[[Telemetry], list[Observation]]) -> Callable[..., list[Observation]]:
+    def callback(_: CallbackOptions) -> list[Observation]:
+        if not _gauged:
+            return []
+        telemetry, loop = _gauged[0]
+        future: concurrent.futures.Future[list[Observation]] = concurrent.futures.Future()
+        loop.call_soon_threadsafe(lambda: future.set_result(read(telemetry)))
+        return future.result(_SCRAPE_TIMEOUT_S)
+
+    return callback

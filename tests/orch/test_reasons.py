@@ -3,7 +3,7 @@ told to observers (`Pending`) only when they change, and shown by `llorch job`/`
 
 from llorch_orch.core import Core, ModelConfig, OrchConfig, Pending
 from llorch_orch.table import job_table, state_table
-from schemas import ClusterState
+from schemas import ClusterState, Leadership
 from schemas.codes import ErrorCode
 
 from .factory import (
@@ -103,7 +103,13 @@ def test_state_and_job_tables_show_the_reasons() -> None:
     core = make_core(default_model=ModelConfig(max_workers=1, slots=1))
     core.handle(submit("j1"))
     core.handle(submit("j2"))
-    state = ClusterState(pools=[], queue=core.queued_infos(), running=core.running_infos())
+    leader = Leadership(epoch=7, orchestrator="orch-a", since=1764355029.0)
+    state = ClusterState(
+        pools=[], queue=core.queued_infos(), running=core.running_infos(), leader=leader
+    )
+    assert state_table(state).splitlines()[0] == (
+        "leader: orch-a (epoch 7) since 2025-11-28 18:37:09 UTC"
+    )
     assert "WHY" in state_table(state).splitlines()[-3]
     assert "1/1 workers of m, loading for earlier jobs" in state_table(state)
     info = core.job_info("j2")
