@@ -21,7 +21,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -40,7 +40,7 @@ from schemas import (
 
 from . import bodies, dashboard, keys, mapping, telemetry
 from .errors import ApiError, from_wire, invalid
-from .generation import Disconnected, Job, unless_disconnected
+from .generation import Job, Leaving
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 _STATIC = resources.files("llorch_http") / "static"
@@ -125,7 +125,7 @@ def _route(name: str, edge: Edge, handler: Handler, public: bool = False) -> End
             response = await handler(request, edge, measure)
         except ApiError as exc:
             response = _error(exc)
-        if not isinstance(response, StreamingResponse):
+        if not isinstance(response, _Stream):
             measure.end(response.status_code)
         return response
 
@@ -254,10 +254,11 @@ async def _generate(request: Request, edge: Edge, measure: Measure, kind: mappin
     span = _span(request, measure.route)
     telemetry.active.add(1, {"route": measure.route})
     job = Job(edge.nc, edge.subjects, job_request)
+    leaving = Leaving(request.receive)
     streaming = False
     try:
         with trace.use_span(span, end_on_exit=False):  # the generate request carries it
-            first = await unless_disconnected(request.receive, job.next())
+            first = await job.next()
         if isinstance(first, Error):
             raise from_wire(first)
         measure.first_token()
@@ -266,11 +267,15 @@ async def _generate(request: Request, edge: Edge, measure: Measure, kind: mappin
             streaming = True
             events = _events(job, head, plan.include_usage, first, measure)
             return _Stream(
-                events, lambda: _end_stream(job, span, measure), headers={**_SSE_HEADERS, **headers}
+                events,
+                leaving,
+                lambda: _end_stream(job, span, measure),
+                headers={**_SSE_HEADERS, **headers},
             )
-        text, end = await unless_disconnected(request.receive, _collect(job, first))
+        text, end = await _collect(job, first)
         return JSONResponse(bodies.whole(head, text, end), headers=headers)
-    except Disconnected:
+    except asyncio.CancelledError as exc:
+        leaving.forgive(exc)
         telemetry.disconnects.add(1, {"route": measure.route})
         return Response(status_code=499)  # nobody reads it: the status of nginx's logs
     except ApiError as exc:
@@ -278,6 +283,7 @@ async def _generate(request: Request, edge: Edge, measure: Measure, kind: mappin
         raise
     finally:
         if not streaming:
+            leaving.stop()
             _finish(job, span, measure)
 
 
@@ -299,24 +305,36 @@ async def _collect(job: Job, event: Any) -> tuple[str, End]:
     return "".join(pieces), event
 
 
-def _sse(data: object) -> bytes:
-    return b"data: " + msgspec.json.encode(data) + b"\n\n"
+class _Stream(Response):
+    """An SSE response, written by the request's own task (no task group, no task per chunk
+    between a token and its bytes). Its client leaving cancels that task (`Leaving`); however
+    it ends, `on_exit` runs."""
 
-
-class _Stream(StreamingResponse):
-    """An SSE response that runs `on_exit` however it ends, even when its client left before
-    the body started (then Starlette never starts the body, and its `finally` never runs)."""
+    media_type = "text/event-stream"
 
     def __init__(
-        self, body: AsyncIterator[bytes], on_exit: Callable[[], None], headers: dict[str, str]
+        self,
+        body: AsyncIterator[bytes],
+        leaving: Leaving,
+        on_exit: Callable[[], None],
+        headers: dict[str, str],
     ) -> None:
-        super().__init__(body, media_type="text/event-stream", headers=headers)
-        self._on_exit = on_exit
+        self.status_code = 200
+        self.background = None
+        self.init_headers(headers)
+        self._body, self._leaving, self._on_exit = body, leaving, on_exit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+            await send(start)
+            async for chunk in self._body:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError as exc:
+            self._leaving.forgive(exc)
         finally:
+            self._leaving.stop()
             self._on_exit()
 
 
@@ -333,22 +351,24 @@ async def _events(
     """The SSE body of a stream: the role (chat), a chunk per token, the finish reason, the
     usage when asked for, `[DONE]`. An error after the first token can only be said in the
     stream: an `error` object, as OpenAI sends it, and no `[DONE]`."""
+    sse = bodies.sse
     # a chat's role chunk leaves with the first token's: one write, one wake-up, before it
-    role = _sse(bodies.chunk(head, "", include_usage, first=True)) if head.kind == "chat" else b""
+    role = sse(bodies.chunk(head, "", include_usage, first=True)) if head.kind == "chat" else b""
+    token = bodies.TokenFrame.of(head, include_usage)  # encoded once, around each token's text
     event = first
     while isinstance(event, Token):
-        yield role + _sse(bodies.chunk(head, event.text, include_usage))
+        yield role + token(event.text)
         role = b""
         event = await job.next()
     if isinstance(event, Error):
         error = from_wire(event)
         measure.status = error.status
-        yield role + _sse(error.body())
+        yield role + sse(error.body())
         return
     assert isinstance(event, End)
     final = None if head.kind == "chat" else ""
-    yield role + _sse(bodies.chunk(head, final, include_usage, finish=event.finish_reason))
+    yield role + sse(bodies.chunk(head, final, include_usage, finish=event.finish_reason))
     if include_usage:
-        yield _sse(bodies.usage_chunk(head, event))
+        yield sse(bodies.usage_chunk(head, event))
     measure.status = 200
     yield _DONE

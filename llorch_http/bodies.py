@@ -1,10 +1,12 @@
 """OpenAI response objects, built from a job's events: the whole body (`stream: false`) and
-the chunks of a stream. Pure: plain dicts, serialised by the caller."""
+the chunks of a stream, and their SSE frames. Pure: plain dicts, and bytes for the frames."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from schemas import CatalogEntry, End
 
@@ -74,6 +76,35 @@ def chunk(
     if include_usage:
         out["usage"] = None
     return out
+
+
+def sse(data: object) -> bytes:
+    """One server-sent event holding `data` as JSON."""
+    return b"data: " + msgspec.json.encode(data) + b"\n\n"
+
+
+# Stands for a token's text while a frame is encoded: JSON-escaped, it cannot occur in the
+# frame's other fields (ids and model names carry no control characters).
+_TEXT = "\x00text\x00"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenFrame:
+    """The SSE frame of one token's chunk, `sse(chunk(head, text, include_usage))`, encoded
+    once per response around its text: a token then costs the encoding of its text only."""
+
+    before: bytes
+    after: bytes
+
+    @classmethod
+    def of(cls, head: Head, include_usage: bool) -> TokenFrame:
+        before, _, after = sse(chunk(head, _TEXT, include_usage)).partition(
+            msgspec.json.encode(_TEXT)
+        )
+        return cls(before, after)
+
+    def __call__(self, text: str) -> bytes:
+        return self.before + msgspec.json.encode(text) + self.after
 
 
 def usage_chunk(head: Head, end: End) -> dict[str, Any]:

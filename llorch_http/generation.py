@@ -4,10 +4,9 @@ the HTTP client leaves before the end (the edge keeps nothing once the request i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, Coroutine
+from typing import Any
 
 from nats.aio.client import Client
 from starlette.types import Receive
@@ -16,7 +15,6 @@ from llorch_common import client
 from schemas import End, Error, ErrorCode, Event, GenerateRequest, Queued, Started, Subjects
 
 log = logging.getLogger("llorch.http")
-T = TypeVar("T")
 
 # Clean-ups still in flight: a task nobody references may be collected mid-way.
 _running: set[asyncio.Task[Any]] = set()
@@ -26,10 +24,6 @@ def _background(work: Coroutine[Any, Any, Any]) -> None:
     task = asyncio.create_task(work)
     _running.add(task)
     task.add_done_callback(_running.discard)
-
-
-class Disconnected(Exception):
-    """The HTTP client went away before its answer was complete."""
 
 
 class Job:
@@ -71,23 +65,37 @@ class Job:
             log.warning("cancelling %s: %s", self.job_id, reply.message)
 
 
-async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
-    """`work`'s result, or Disconnected (and `work` cancelled) when the client leaves first.
-    Only once the request body has been read: from then on `receive` waits for the
-    disconnect."""
-    job = asyncio.ensure_future(work)
-    gone = asyncio.ensure_future(_disconnect(receive))
-    try:
-        await asyncio.wait((job, gone), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        if not job.done():
-            job.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await job
-    if job.cancelled():
-        raise Disconnected
-    return job.result()
+class Leaving:
+    """The HTTP client's disconnect, watched for the rest of a request once its body is read
+    (from then on `receive` only waits for it), as the cancellation of the request's own task.
+
+    One watcher per request, and the request's task runs the job's events and the response
+    itself: no task per awaited event stands between a token and its bytes."""
+
+    def __init__(self, receive: Receive) -> None:
+        self.left = False
+        self._armed = True
+        self._task = asyncio.current_task()
+        self._watch = asyncio.ensure_future(_disconnect(receive))
+        self._watch.add_done_callback(self._on_disconnect)
+
+    def _on_disconnect(self, watch: asyncio.Future[None]) -> None:
+        # Once stopped, a late disconnect must not cancel what the task does next.
+        if self._armed and not watch.cancelled() and self._task is not None:
+            self.left = True
+            self._task.cancel()
+
+    def forgive(self, exc: asyncio.CancelledError) -> None:
+        """Returns when `exc` came from the client leaving (the task goes on to clean up),
+        else raises it again: the server stopping cancels requests too."""
+        if not self.left:
+            raise exc
+        assert self._task is not None
+        self._task.uncancel()
+
+    def stop(self) -> None:
+        self._armed = False
+        self._watch.cancel()
 
 
 async def _disconnect(receive: Receive) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from llorch_common.local import seed_file
-from llorch_http import dashboard, keys, mapping
+from llorch_http import bodies, dashboard, keys, mapping
 from llorch_http.errors import ApiError, from_wire
 from llorch_orch import edge, natsconf
 from llorch_orch.stack import Stack, StackError
@@ -129,6 +129,18 @@ def test_a_retry_hint_is_retry_after_in_whole_seconds() -> None:
     assert error.headers == {"x-should-retry": "true", "retry-after": "2",
                              "retry-after-ms": "1200"}  # fmt: skip
     assert error.type == "rate_limit_error"
+
+
+@pytest.mark.parametrize("kind", ["chat", "completion"])
+@pytest.mark.parametrize("include_usage", [False, True])
+@pytest.mark.parametrize("text", ["", " Paris", 'a "quote" \\ and\nnewline', "é🙂\x00"])
+def test_a_token_frame_is_its_chunk_encoded(
+    kind: mapping.Kind, include_usage: bool, text: str
+) -> None:
+    """The frame encoded once around the text is byte for byte the chunk encoded whole."""
+    head = bodies.Head.of(kind, "job-1", 1700000000, "smollm2-135m")
+    frame = bodies.TokenFrame.of(head, include_usage)
+    assert frame(text) == bodies.sse(bodies.chunk(head, text, include_usage))
 
 
 def _worker(state: str, memory: int | None, device: int = 0) -> WorkerInfo:
