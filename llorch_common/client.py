@@ -149,6 +149,7 @@ class _Asking:
     heard_at: float = 0.0
     give_up_at: float = 0.0  # refusals "not ready" are answered by sending again until then
     delay: float = _RETRY_FIRST_S
+    retry_at: float | None = None  # when to send again after a refusal "not ready"
     last_seq: int = -1  # of the last event kept
     answered: bool = False  # admitted: an event came from the orchestrator or a worker
     started: bool = False  # a worker runs the job: it is never sent again
@@ -156,7 +157,7 @@ class _Asking:
     async def send(self, afresh: bool = True) -> None:
         """`afresh`: to a leader that may not know the job (first, or after a new leader),
         which may answer "not ready" for up to `ready_s`; else a retry after such an answer."""
-        self.sent_at = self.clock()
+        self.sent_at, self.retry_at = self.clock(), None
         if afresh:
             self.give_up_at, self.delay = self.sent_at + self.ready_s, _RETRY_FIRST_S
         # only `queued` can have come before: a new leader admits and counts afresh
@@ -170,8 +171,8 @@ class _Asking:
         if not self.answered and _starting(event):  # not admitted: safe to send again
             if self.clock() >= self.give_up_at:
                 return event or unavailable(self.subject, self.ready_s)
-            self.delay = await _backoff(self.delay)
-            await self.send(afresh=False)
+            # sent again after a pause, or at once if a leader announces itself meanwhile
+            self.retry_at, self.delay = self.clock() + self.delay, min(self.delay * 2, _RETRY_MAX_S)
             return None
         return event if event is not None and self.keep(event) else None
 
@@ -180,6 +181,8 @@ class _Asking:
         due = self.heard_at + self.stall_s
         if not self.answered:
             due = min(due, self.sent_at + self.resend_s)
+        if self.retry_at is not None:
+            due = min(due, self.retry_at)
         return max(due - self.clock(), 0.0)
 
     def stalled(self) -> bool:
@@ -232,7 +235,8 @@ async def stream(
                 if asking.stalled():
                     yield _stall(stall_s, asking.last_seq + 1)
                     return
-                await asking.send()  # no answer at all: it may have reached a frozen leader
+                # after a refusal "not ready"; or no answer at all: a frozen leader may have it
+                await asking.send(afresh=asking.retry_at is None)
                 continue
             if msg is None:  # a new leader: it may not know a job that has not started
                 if not asking.started:
