@@ -26,6 +26,7 @@ from llorch_common import observe
 from llorch_common.aio import first_set
 from llorch_common.connect import Credentials
 from llorch_common.lifeline import EXIT_CONNECTION_LOST, Lifeline
+from llorch_common.local import servers
 from schemas import Leadership, Subjects
 
 from . import batch
@@ -89,7 +90,7 @@ async def serve(
             await service.reconnected()
 
     nc = await nats.connect(
-        nats_url,
+        servers(nats_url),  # of a cluster: the connection moves on when its server goes
         name=f"llorch-orchestrator-{name}",
         reconnected_cb=reconnected,
         **lifeline.options(),
