@@ -271,7 +271,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "orch":
         from .serve import serve
 
-        cfg, batch_cfg = settings.from_args(args), load_batch(args.config)
+        cfg, batch_cfg = settings.from_args(args), load_batch(args.config, args.stream_replicas)
         creds = Credentials.from_args(args, os.environ)
         return await serve(
             args.nats_url,

@@ -80,6 +80,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write every event the orchestrator's core is fed, with its outputs, to FILE "
         "(JSON lines, prompts included; replay: python -m llorch_orch.replay FILE)",
     )
+    parser.add_argument(
+        "--stream-replicas",
+        type=int,
+        metavar="N",
+        help="servers holding each batch stream (JetStream replicas, 1-5; default [batch] "
+        "replicas, else min(3, the NATS cluster's servers); an existing stream is changed)",
+    )
 
 
 def from_args(args: argparse.Namespace) -> OrchConfig:
@@ -91,6 +98,8 @@ def to_args(args: argparse.Namespace) -> list[str]:
     out = ["--config", str(args.config)] if args.config else []
     if args.record_events:  # resolved: the child may run in another cwd
         out += ["--record-events", str(args.record_events.resolve())]
+    if args.stream_replicas is not None:
+        out += ["--stream-replicas", str(args.stream_replicas)]
     for flag, key, *_ in _FLAGS:
         value = getattr(args, key, None)
         if value is not None:

@@ -43,6 +43,7 @@ RETRY_PENDING = 1000
 # producer sets anyway cannot make another's job a "duplicate" for longer than that.
 SUBMIT_DUPLICATE_WINDOW_S = 0.1
 GiB = 1024**3
+MAX_REPLICAS = 5  # JetStream's
 
 
 class BatchConfigError(ConfigError):
@@ -64,12 +65,15 @@ class BatchConfig:
     submit_max_bytes: int = 1 * GiB
     results_max_age_s: float = 7 * DAY_S  # results expire after this (0 = never)
     results_max_bytes: int = 4 * GiB  # oldest results dropped beyond this
+    replicas: int = 0  # servers holding each stream; 0: min(3, the NATS cluster's; see store)
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_attempts < self.max_deliver:
             raise BatchConfigError("batch: need 1 <= max_attempts < max_deliver")
         if self.ack_wait_s < 3 or not self.backoff_s or self.core_batch_queue < 1:
             raise BatchConfigError("batch: ack_wait_s >= 3, backoff_s non-empty, queue >= 1")
+        if not 0 <= self.replicas <= MAX_REPLICAS:
+            raise BatchConfigError(f"batch: replicas from 0 (automatic) to {MAX_REPLICAS}")
 
     def backoff(self, failures: int) -> float:
         """Delay before the redelivery that follows the `failures`-th failed attempt."""
@@ -81,7 +85,8 @@ class BatchConfig:
         return self.ack_wait_s / 3
 
 
-def load(path: Path | None) -> BatchConfig:
+def load(path: Path | None, replicas: int | None = None) -> BatchConfig:
+    """The [batch] table of `path`; `replicas`, when given (a flag), wins over its key."""
     raw: dict[str, Any] = {}
     if path is not None:
         try:
@@ -91,6 +96,8 @@ def load(path: Path | None) -> BatchConfig:
     unknown = set(raw) - {f.name for f in dataclasses.fields(BatchConfig)}
     if unknown:  # a misspelt key is an error, not a silent default
         raise BatchConfigError(f"unknown config key(s) batch.{', batch.'.join(sorted(unknown))}")
+    if replicas is not None:
+        raw["replicas"] = replicas
     try:
         return msgspec.convert(raw, BatchConfig, strict=False)
     except msgspec.ValidationError as exc:

@@ -430,8 +430,10 @@ class BatchRunner:
             reply: BatchStatus | Error = await self.status(ref)
         except ProtocolError as exc:
             reply = Error(code=exc.code, message=exc.message)
-        except Exception as exc:  # JetStream unavailable
-            reply = Error(code=ErrorCode.INTERNAL, message=f"batch status: {exc!r}")
+        except Exception as exc:  # JetStream unavailable: for good, or while a cluster elects
+            code = ErrorCode.UNAVAILABLE if store.transient(exc) else ErrorCode.INTERNAL
+            message = f"batch status: {exc!r}"
+            reply = Error(code=code, message=message, retriable=store.transient(exc))
         await msg.respond(encode(reply))
 
     async def status(self, ref: Batch) -> BatchStatus:

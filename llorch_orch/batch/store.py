@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -10,8 +11,8 @@ import msgspec
 from nats import errors as nats_errors
 from nats.js import JetStreamContext
 from nats.js import errors as js_errors
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from llorch_common import tracing
 from schemas import (
@@ -53,6 +54,17 @@ _TRANSIENT = (
     js_errors.NoStreamResponseError,
 )
 _result = decoder(BatchResult)
+_STREAM_EXISTS = 10058  # "stream name already in use with a different configuration"
+# Replicas by default: min(3, the servers of the cluster). A client is told no cluster size:
+# the account info ($JS.API.INFO) has none, the INFO's connect_urls count client URLs (one per
+# interface of a wildcard listen, none with no_advertise, servers without JetStream too) and
+# the monitoring endpoint is no client's. The server placing the stream knows its JetStream
+# peers: asked for more than it has, a cluster says "no suitable peers for placement" and a
+# lone server "replicas > 1 not supported in non-clustered mode"; then one fewer is asked. A
+# peer that is down but known still counts (the stream is placed on it and catches up when it
+# is back), so an orchestrator started while a server is away does not shrink a stream.
+AUTO_REPLICAS = (3, 2, 1)
+_TOO_MANY_REPLICAS = {10005, 10074}  # the two refusals above
 
 
 # How the job stream refuses a second message on a job's subject (max_msgs_per_subject 1,
@@ -80,12 +92,26 @@ def is_duplicate(exc: BaseException) -> bool:
 
 
 async def ensure_streams(js: JetStreamContext, cfg: BatchConfig, subjects: Subjects) -> None:
-    """Create both streams, or bring an existing one to this config (idempotent)."""
+    """Create both streams, or bring an existing one to this config (idempotent), with
+    `cfg.replicas` copies, or when that is 0 with as many as the cluster places up to 3."""
+    tries = (cfg.replicas,) if cfg.replicas else AUTO_REPLICAS
     for config in (batch_stream(cfg, subjects), results_stream(cfg, subjects)):
-        try:
-            await js.add_stream(config)
-        except BadRequestError:  # exists with another config: the editable fields follow ours
-            await js.update_stream(config)
+        for replicas in tries:
+            try:
+                await _put(js, dataclasses.replace(config, num_replicas=replicas))
+                break
+            except APIError as exc:
+                if exc.err_code not in _TOO_MANY_REPLICAS or replicas == tries[-1]:
+                    raise
+
+
+async def _put(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except BadRequestError as exc:
+        if exc.err_code != _STREAM_EXISTS:
+            raise
+        await js.update_stream(config)  # the editable fields (replicas too) follow ours
 
 
 async def has_result(

@@ -55,8 +55,12 @@ async def wait_settled(
             # no answer while the orchestrator or the server restarts: ask again later
             with contextlib.suppress(NoRespondersError, NatsTimeout):
                 status = await request_status(nc, subjects, producer, batch)
-                assert isinstance(status, BatchStatus), status
-                if finished(status) and status.done + status.failed == expected:
+                assert isinstance(status, BatchStatus) or status.retriable, status
+                if (
+                    isinstance(status, BatchStatus)
+                    and finished(status)
+                    and status.done + status.failed == expected
+                ):
                     return status
             try:
                 await events.next_msg(timeout=REFRESH_S)

@@ -61,3 +61,11 @@ async def test_a_full_stream_is_not_a_duplicate(nc: Client) -> None:
     with pytest.raises(APIError) as refused:
         await js.publish(S.batch_submit(PRODUCER, "b1", "b"), b"{}")
     assert not store.is_duplicate(refused.value)
+
+
+async def test_a_lone_server_gets_one_replica_and_refuses_more_when_asked(nc: Client) -> None:
+    js = nc.jetstream()
+    await store.ensure_streams(js, BatchConfig(), S)  # automatic: as many as it can place
+    assert (await js.stream_info(BATCH_STREAM)).config.num_replicas == 1
+    with pytest.raises(APIError, match="non-clustered"):  # asked: never fewer in silence
+        await store.ensure_streams(js, BatchConfig(replicas=2), S)

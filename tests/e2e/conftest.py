@@ -38,6 +38,7 @@ class Cluster:
     stack: Stack
     nc: Client
     subjects: Subjects = field(default_factory=Subjects)
+    elsewhere: list[Stack] = field(default_factory=list)  # pools on other servers of a cluster
 
     async def run(self, **fields: object) -> list[Event]:
         """All events of one job, terminal included."""
@@ -69,11 +70,19 @@ class Cluster:
         finally:
             await sub.unsubscribe()
 
-    def spawn_pool(self, pool_id: str, *extra: str) -> None:
-        self.stack.spawn(
+    def spawn_pool(self, pool_id: str, *extra: str, url: str | None = None) -> None:
+        """A pool (with its identity when the server has auth) on the stack's server, or on
+        `url`: another server of a NATS cluster, or a list of them."""
+        stack = self.stack
+        if url is not None:
+            stack = Stack(stack.data_dir, url, stack.prefix, creds_dir=stack.creds_dir)
+            self.elsewhere.append(stack)
+        stack.spawn(
             f"pool-{pool_id}",
-            ["llorch_pool", "serve", "--pool-id", pool_id, "--data-dir", str(self.stack.data_dir),
-             "--cpu", "--heartbeat-interval", str(HEARTBEAT_S), *extra],
+            ["llorch_pool", "serve", "--pool-id", pool_id, "--data-dir", str(stack.data_dir),
+             "--cpu", "--heartbeat-interval", str(HEARTBEAT_S), *extra,
+             *stack.seed_args(f"pool-{pool_id}"),
+             *stack.seed_args(f"worker-{pool_id}", "--worker-nkey-seed")],
         )  # fmt: skip
 
 
@@ -108,7 +117,19 @@ async def make_cluster(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator
     """make_cluster(config_toml="", pools=("p1",), pool_args=(), orch_args=(), slots=1) -> a
     running Cluster. One slot per worker unless asked: most tests here watch one job wait for
     another."""
+    async with cluster_factory(nats_server.url, tmp_path) as make:
+        yield make
+
+
+@contextlib.asynccontextmanager
+async def cluster_factory(
+    url: str, tmp_path: Path, creds_dir: Path | None = None, client_url: str | None = None
+) -> AsyncIterator[ClusterFactory]:
+    """make_cluster's factory on the server(s) at `url`; with `creds_dir` (natsconf's seeds)
+    each process connects as its identity and the test's client as the admin, on `client_url`
+    if given (another server of a cluster)."""
     stacks: list[Stack] = []
+    made: list[Cluster] = []
     clients: list[Client] = []
 
     async def make(
@@ -122,20 +143,24 @@ async def make_cluster(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator
         (data_dir / "logs").mkdir(parents=True)
         config = data_dir / "orch.toml"
         config.write_text(config_toml)
-        stack = Stack(data_dir=data_dir, nats_url=nats_server.url, prefix=Subjects().prefix)
+        stack = Stack(data_dir, url, Subjects().prefix, creds_dir=creds_dir)
         stacks.append(stack)
         orch = ["llorch_orch", "orch", "--config", str(config), "--slots", str(slots), *orch_args]
+        orch += [*stack.seed_args("orchestrator"), *stack.operator_args()]
         stack.spawn("orchestrator", orch)
-        nc = await nats.connect(nats_server.url)
+        nc = await client.connect(client_url or url, stack.credentials("admin"))
         clients.append(nc)
         cluster = Cluster(stack, nc)
+        made.append(cluster)
         for pool_id in pools:
             cluster.spawn_pool(pool_id, *pool_args)
         await cluster.wait_for_pools(*pools)
         return cluster
 
-    yield make
-    for nc in clients:
-        await nc.close()
-    for stack in stacks:
-        stack.stop()
+    try:
+        yield make
+    finally:
+        for nc in clients:
+            await nc.close()
+        for stack in [*stacks, *(s for c in made for s in c.elsewhere)]:
+            stack.stop()
