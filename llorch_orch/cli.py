@@ -22,6 +22,7 @@ from llorch_common import client, observe, tracing
 from llorch_common.connect import Credentials, add_arguments
 from llorch_common.local import (
     DATA_DIR_ENV,
+    DEFAULT_NATS_URL,
     add_nats_url_argument,
     default_data_dir,
     default_pool_id,
@@ -274,7 +275,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
         cfg, batch_cfg = settings.from_args(args), load_batch(args.config, args.stream_replicas)
         creds = Credentials.from_args(args, os.environ)
         return await serve(
-            args.nats_url,
+            args.nats_url or DEFAULT_NATS_URL,
             cfg,
             Subjects(args.prefix),
             batch_cfg,
