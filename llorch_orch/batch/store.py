@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import msgspec
 from nats import errors as nats_errors
@@ -94,15 +94,28 @@ def is_duplicate(exc: BaseException) -> bool:
 async def ensure_streams(js: JetStreamContext, cfg: BatchConfig, subjects: Subjects) -> None:
     """Create both streams, or bring an existing one to this config (idempotent), with
     `cfg.replicas` copies, or when that is 0 with as many as the cluster places up to 3."""
-    tries = (cfg.replicas,) if cfg.replicas else AUTO_REPLICAS
     for config in (batch_stream(cfg, subjects), results_stream(cfg, subjects)):
-        for replicas in tries:
-            try:
-                await _put(js, dataclasses.replace(config, num_replicas=replicas))
-                break
-            except APIError as exc:
-                if exc.err_code not in _TOO_MANY_REPLICAS or replicas == tries[-1]:
-                    raise
+
+        async def put(n: int, config: StreamConfig = config) -> None:
+            await _put(js, dataclasses.replace(config, num_replicas=n))
+
+        await with_replicas(cfg.replicas, put)
+
+
+async def with_replicas(replicas: int, put: Callable[[int], Awaitable[None]]) -> int:
+    """`put(n)` (a stream or bucket made or updated with n replicas) with `replicas`, or when
+    that is 0 with 3, then fewer while the cluster has too few servers (AUTO_REPLICAS); the
+    number it took."""
+    tries = (replicas,) if replicas else AUTO_REPLICAS
+    for n in tries[:-1]:
+        try:
+            await put(n)
+            return n
+        except APIError as exc:
+            if exc.err_code not in _TOO_MANY_REPLICAS:
+                raise
+    await put(tries[-1])
+    return tries[-1]
 
 
 async def _put(js: JetStreamContext, config: StreamConfig) -> None:
