@@ -5,9 +5,10 @@
 
 Same GGUF (the bundled SmolLM2-135M), same prompts, seed, temperature 0, max_tokens 64, same
 engine thread count everywhere. The paths run INTERLEAVED (direct, peer, llorch, edge,
-edge_lean for one prompt, then the next prompt), so drift in the machine hits all of them
-alike; warm-up rounds are discarded. Only one engine computes at a time: the peer server and
-the llorch worker are loaded and sit idle while another path runs.
+edge_lean for one prompt, then the next prompt, in an order that rotates each round), so
+drift in the machine hits all of them alike; warm-up rounds are discarded. Only one engine
+computes at a time: the peer server and the llorch worker are loaded and sit idle while
+another path runs.
 
 - direct: in this process, the loop the worker's engine thread runs (`Llama.generate`, fresh
   KV cache per job, a detokenized piece per token), with nothing around it.
@@ -339,8 +340,11 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
         kinds: list[str] = []
         for i in range(args.warmup + args.rounds):
             prompt = prompts[i % len(prompts)]
-            for name, run in paths.items():  # A B C, A B C ...
-                result = await run(prompt)
+            # A B C, B C A, C A B...: no path always follows the same one (a job's end still
+            # busies the orchestrator and the bus when the next path's request arrives)
+            order = list(paths)[i % len(paths) :] + list(paths)[: i % len(paths)]
+            for name in order:
+                result = await paths[name](prompt)
                 if i >= args.warmup:
                     runs[name].append(result)
             if i >= args.warmup:
