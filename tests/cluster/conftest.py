@@ -135,12 +135,17 @@ class NatsCluster:
         return await asyncio.to_thread(_get_json, url)
 
 
-async def placed(js: JetStreamContext, stream: str, servers: int) -> None:
-    """Until `stream` is held by `servers` servers, all current, one of them its leader (a
-    stream's config says its replicas at once; its group follows)."""
+async def placed(
+    js: JetStreamContext, stream: str, servers: int, consumer: str | None = None
+) -> None:
+    """Until `stream` (or its `consumer`) is held by `servers` servers, all current, one of
+    them its leader (a stream's config says its replicas at once; its group follows)."""
     async with asyncio.timeout(FORMED_S):
         while True:
-            group = (await js.stream_info(stream)).cluster
+            if consumer is None:
+                group = (await js.stream_info(stream)).cluster
+            else:
+                group = (await js.consumer_info(stream, consumer)).cluster
             peers = (group.replicas or []) if group is not None else []
             if (
                 group

@@ -12,9 +12,11 @@ from llorch_orch import cli, settings
 from llorch_orch.batch import store
 from llorch_orch.batch.config import (
     BATCH_STREAM,
+    CONSUMER,
     RESULTS_STREAM,
     BatchConfig,
     BatchConfigError,
+    consumer,
     load,
 )
 from schemas import Subjects
@@ -27,12 +29,14 @@ async def test_existing_streams_follow_the_replicas_asked_for(nats_cluster: Nats
     js, subjects = nc.jetstream(), Subjects()
     try:
         await store.ensure_streams(js, BatchConfig(replicas=1), subjects)  # an older deployment's
+        await js.add_consumer(BATCH_STREAM, consumer(BatchConfig(), subjects))
         for replicas in (0, 2):  # 0: automatic, three servers
             await store.ensure_streams(js, BatchConfig(replicas=replicas), subjects)
             for stream in (BATCH_STREAM, RESULTS_STREAM):
                 info = await js.stream_info(stream)
                 assert info.config.num_replicas == (replicas or 3)
                 await placed(js, stream, replicas or 3)
+            await placed(js, BATCH_STREAM, replicas or 3, CONSUMER)  # it follows its stream
     finally:
         await nc.close()
 
