@@ -30,6 +30,8 @@ from nats.js.kv import KeyValue
 
 from llorch_common.aio import wait_event
 
+from .batch.store import with_replicas
+
 log = logging.getLogger("llorch.orch")
 
 BUCKET = "LLORCH_LEADER"
@@ -44,7 +46,7 @@ class Lease:
     key: str  # the deployment's subject prefix
     name: str  # this orchestrator's, the key's value
     ttl_s: float = DEFAULT_TTL_S
-    replicas: int = 1  # of the bucket, when this orchestrator makes it
+    replicas: int = 0  # of the bucket when this orchestrator makes it; 0: min(3, servers)
     clock: Callable[[], float] = time.monotonic
     epoch: int = 0  # of the lead held now; 0 when none
     _kv: KeyValue | None = None
@@ -60,16 +62,23 @@ class Lease:
         try:
             kv = await self.js.key_value(BUCKET)
         except BucketNotFoundError:
-            config = KeyValueConfig(
-                bucket=BUCKET, history=1, ttl=self.ttl_s, replicas=self.replicas
-            )
-            kv = await self.js.create_key_value(config)
+            kv = await self._create()
         status = await kv.status()
         if status.ttl and abs(status.ttl - self.ttl_s) > 1e-3:
             log.warning("lease TTL is %.3gs (the bucket's), not %.3gs", status.ttl, self.ttl_s)
             self.ttl_s = status.ttl
         self._kv = kv
         return kv
+
+    async def _create(self) -> KeyValue:
+        made: list[KeyValue] = []
+
+        async def put(n: int) -> None:
+            config = KeyValueConfig(bucket=BUCKET, history=1, ttl=self.ttl_s, replicas=n)
+            made.append(await self.js.create_key_value(config))
+
+        await with_replicas(self.replicas, put)  # as the batch streams
+        return made[-1]
 
     async def acquire(self, give_up: asyncio.Event) -> int | None:
         """Wait until this orchestrator leads; its epoch, or None once `give_up` is set."""

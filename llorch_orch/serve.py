@@ -112,7 +112,7 @@ async def serve(
     )
     # the lease's requests time out within a renewal period: a lapse is noticed in time
     js = nc.jetstream(timeout=lease_ttl_s / RENEWALS_PER_TTL)
-    lease = Lease(js, subjects.prefix, name, lease_ttl_s)
+    lease = Lease(js, subjects.prefix, name, lease_ttl_s, term.batch_cfg.replicas)
     ended, leads = Ended.DEPOSED, 0
     while ended is Ended.DEPOSED:
         epoch = await _stand_by(lease, term)

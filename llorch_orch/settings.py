@@ -84,8 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--stream-replicas",
         type=int,
         metavar="N",
-        help="servers holding each batch stream (JetStream replicas, 1-5; default [batch] "
-        "replicas, else min(3, the NATS cluster's servers); an existing stream is changed)",
+        help="servers holding each batch stream and the leader lease (JetStream replicas, 1-5; "
+        "default [batch] replicas, else min(3, the NATS cluster's servers); an existing "
+        "batch stream is changed)",
     )
 
 

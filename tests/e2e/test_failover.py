@@ -48,12 +48,13 @@ _reply = decoder(Error)
 
 
 async def with_standby(make_cluster: ClusterFactory, config: str = "") -> Cluster:
-    """A leads (started first, and the pool reported to it), B stands by."""
+    """A leads (started first, and the pool reported to it), B stands by: same server, config
+    and identity (tests/cluster runs these tests on a cluster of three)."""
     cluster = await make_cluster(config, orch_args=("--name", "A", "--lease-ttl", TTL))
+    stack = cluster.stack
     args = ["llorch_orch", "orch", "--name", "B", "--lease-ttl", TTL, "--slots", "1"]
-    cluster.stack.spawn(
-        "orchestrator-b", [*args, "--config", str(cluster.stack.data_dir / "orch.toml")]
-    )
+    args += ["--config", str(stack.data_dir / "orch.toml"), *stack.seed_args("orchestrator")]
+    stack.spawn("orchestrator-b", [*args, *stack.operator_args()])
     assert (await leader(cluster)).orchestrator == "A"
     return cluster
 
