@@ -50,7 +50,8 @@ SHORT = GenerateRequest(model=MODEL, prompt="Hello", max_tokens=4, temperature=0
 class Up:
     """`llorch up` in its own process group; its stderr read line by line as it comes."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *extra: str) -> None:
+        """`extra`: more flags (`--nats-url` and `--creds-dir` join an existing server)."""
         self.data_dir = data_dir
         self.port = free_port()
         self.proc = subprocess.Popen(
@@ -65,6 +66,7 @@ class Up:
                 "--slots",  # one job at a time: a test here watches a job wait behind another
                 "1",
                 *_http(),
+                *extra,
             ],
             stderr=subprocess.PIPE,
             text=True,
