@@ -1,4 +1,5 @@
-"""`llorch nats-config --node`: one config per server of a cluster, from the one generator."""
+"""`llorch nats-config --node`: one config per server of a cluster, from the one generator; and
+the list of servers a pool is given, on its workers' command line."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from llorch_common.local import servers
 from llorch_orch import cli, natsconf
 from llorch_orch.natsserver import find_binary
 from llorch_orch.settings import ConfigError
+from llorch_pool import cli as pool_cli
+from llorch_pool.supervisor import Launch, PoolSettings, worker_argv
+from llorch_worker import cli as worker_cli
 from schemas import Subjects
 
 NODES = [
@@ -97,3 +102,12 @@ def test_the_command_writes_one_config_per_node_and_none_without_nodes(tmp_path:
         cli.main(args)
     assert done.value.code == 0 and (tmp_path / "nats.conf").is_file()
     assert "cluster" not in (tmp_path / "nats.conf").read_text()
+
+
+def test_a_pools_list_of_servers_reaches_its_workers_whole() -> None:
+    urls = "nats://10.0.0.1:4222,nats://10.0.0.2:4222"
+    pool = pool_cli.build_parser().parse_args(["serve", "--nats-url", f"{urls}, "])
+    settings = PoolSettings(pool.nats_url, "p1", "x.v1", Path("/d/logs"))
+    launch = Launch("w1", "m", "/m.gguf", 512, 0, "cpu")
+    worker = worker_cli.parse_args(worker_argv(settings, launch, python="py")[3:])
+    assert servers(worker.nats_url) == urls.split(",")
