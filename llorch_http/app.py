@@ -133,7 +133,10 @@ def _route(name: str, edge: Edge, handler: Handler, public: bool = False) -> End
 
 
 def _error(exc: ApiError) -> Response:
-    return JSONResponse(exc.body(), exc.status, headers=exc.headers)
+    # The edge's own refusals (fields, keys, sizes, paths) are the request's: sending it again
+    # cannot help. A wire error says so itself (`from_wire`).
+    headers = {"x-should-retry": "false", **exc.headers}
+    return JSONResponse(exc.body(), exc.status, headers=headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

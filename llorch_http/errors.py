@@ -46,9 +46,12 @@ _PARAM = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass
 class ApiError(Exception):
-    """An HTTP error response: status, the OpenAI error object's fields, extra headers."""
+    """An HTTP error response: status, the OpenAI error object's fields, extra headers.
+
+    Not frozen: an exception's traceback is set as an attribute when it leaves a
+    `contextmanager` (the request's span is one), which a frozen dataclass refuses."""
 
     status: int
     message: str

@@ -9,10 +9,13 @@ from collections.abc import AsyncGenerator, Coroutine
 from typing import Any
 
 from nats.aio.client import Client
+from nats.errors import MaxPayloadError
 from starlette.types import Receive
 
 from llorch_common import client
 from schemas import End, Error, ErrorCode, Event, GenerateRequest, Queued, Started, Subjects
+
+from .errors import ApiError
 
 log = logging.getLogger("llorch.http")
 
@@ -40,11 +43,19 @@ class Job:
 
     async def next(self) -> Event:
         """The next token, or the terminal End or Error."""
-        async for event in self._events:
-            if isinstance(event, Queued | Started):
-                continue
-            self.ended = isinstance(event, End | Error)
-            return event
+        try:
+            async for event in self._events:
+                if isinstance(event, Queued | Started):
+                    continue
+                self.ended = isinstance(event, End | Error)
+                return event
+        except MaxPayloadError:  # the body was under the HTTP limit, but its request is not
+            self.ended = True  # it was never sent: nothing to cancel
+            raise ApiError(
+                413,
+                f"the request is over the bus's {self._nc.max_payload}-byte message limit",
+                "payload_too_large",
+            ) from None
         raise AssertionError("a job's stream ends with End or Error")  # client.stream's rule
 
     def close(self) -> None:
