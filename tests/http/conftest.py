@@ -1,6 +1,7 @@
 """One `llorch up --http` stack for the whole module (starting one costs seconds of the CI's
 two cores), with an API key, a queue of one and one worker per model, so that a full queue
-(429) can be made with three requests."""
+(429) can be made with three requests. Its catalog also holds `bare`, the bundled model
+without its chat template."""
 
 from __future__ import annotations
 
@@ -14,18 +15,21 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import openai
 import pytest
 
 from llorch_orch.natsserver import free_port
+from llorch_pool import catalog
 
 LLORCH = [sys.executable, "-m", "llorch_orch"]
 MODEL = "smollm2-135m"
+BARE = "bare"  # the same weights, no chat template
 KEY = "sk-test-0123456789"
 WAIT_S = 60.0
 POLL_S = 0.05  # how often a wait re-reads the dashboard's state
+T = TypeVar("T")
 
 
 @dataclass
@@ -45,13 +49,21 @@ class Edge:
 
     def until(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         """The dashboard's state once `predicate` holds (the cluster's own view, polled)."""
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            state = self.state()
-            if predicate(state):
-                return state
-            assert time.monotonic() < deadline, f"not within {WAIT_S}s: {state}"
-            time.sleep(POLL_S)
+        return until(self.state, predicate)
+
+    def models(self) -> set[str]:
+        return {m.id for m in self.openai().models.list()}
+
+
+def until(read: Callable[[], T], predicate: Callable[[T], bool]) -> T:
+    """What `read` returns once `predicate` holds of it, read again every POLL_S."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        value = read()
+        if predicate(value):
+            return value
+        assert time.monotonic() < deadline, f"not within {WAIT_S}s: {value}"
+        time.sleep(POLL_S)
 
 
 def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
@@ -66,7 +78,7 @@ def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
 
 
 @pytest.fixture(scope="module")
-def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+def edge(tmp_path_factory: pytest.TempPathFactory, templateless_model_path: Path) -> Iterator[Edge]:
     data_dir = tmp_path_factory.mktemp("http")
     keys = data_dir / "keys.txt"
     keys.write_text(f"# the test's key\n{KEY}\n")
@@ -74,7 +86,8 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     up = subprocess.Popen(
         [*LLORCH, "up", "--cpu", "--data-dir", str(data_dir), "--port", str(port),
          "--http", f"127.0.0.1:{http_port}", "--api-key-file", str(keys),
-         "--queue-capacity", "1", "--max-workers", "1", "--slots", "1"],
+         "--queue-capacity", "1", "--max-workers", "1", "--slots", "1",
+         "--allow-model-dir", str(templateless_model_path.parent)],
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert up.stderr is not None
@@ -82,7 +95,10 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
         lines = [up.stderr.readline() for _ in range(2)]  # blocks until up (or failed)
         assert "llorch is up" in lines[0], "".join(lines) + up.stderr.read()
         assert f"dashboard on http://127.0.0.1:{http_port}/" in lines[1], lines
-        yield Edge(f"http://127.0.0.1:{http_port}/", data_dir, f"nats://127.0.0.1:{port}")
+        edge = Edge(f"http://127.0.0.1:{http_port}/", data_dir, f"nats://127.0.0.1:{port}")
+        catalog.add_model(data_dir, BARE, templateless_model_path)
+        until(edge.models, lambda names: BARE in names)  # the pool's next heartbeat lists it
+        yield edge
     finally:
         up.send_signal(signal.SIGINT)
         try:

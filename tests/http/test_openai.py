@@ -15,11 +15,13 @@ import nats
 import openai
 import pytest
 
+from llorch_common import client
+from llorch_common.connect import Credentials
 from llorch_common.local import seed_file
 from llorch_orch.natsserver import NatsServer, free_port
-from schemas import Subjects
+from schemas import MAX_MESSAGE_BYTES, JobInfo, Subjects
 
-from .conftest import KEY, MODEL, Edge, get
+from .conftest import BARE, KEY, MODEL, Edge, get
 
 HI = [{"role": "user", "content": "Name three colours."}]
 # a raw prompt the model continues for far longer than any test lets it run
@@ -29,7 +31,7 @@ LONG = 1000
 
 def test_models_lists_the_catalog(edge: Edge) -> None:
     api = edge.openai()
-    assert [m.id for m in api.models.list()] == [MODEL]
+    assert {m.id for m in api.models.list()} == {MODEL, BARE}
     assert api.models.retrieve(MODEL).owned_by == "llorch"
     with pytest.raises(openai.NotFoundError):
         api.models.retrieve("nosuch")
@@ -68,26 +70,46 @@ def test_completion_streams_and_ends_before_its_stop_sequence(edge: Edge) -> Non
 
 
 @pytest.mark.parametrize(
-    ("fields", "param"),
+    ("fields", "param", "code"),
     [
-        ({"temperature": 3}, "temperature"),
-        ({"n": 2}, "n"),
-        ({"logprobs": True}, "logprobs"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        # refused by the edge, against the OpenAI reference
+        ({"temperature": 3}, "temperature", "invalid_value"),
+        ({"n": 2}, "n", "unsupported_parameter"),
+        ({"logprobs": True}, "logprobs", "unsupported_parameter"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools",
+         "unsupported_parameter"),
         ({"messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "data:,"}}]}]}, "messages[0].content[0]"),
-        ({"max_tokens": 4096}, None),  # prompt + max_tokens over the model's context
+            {"type": "image_url", "image_url": {"url": "data:,"}}]}]}, "messages[0].content[0]",
+         "unsupported_parameter"),
+        ({"extra_body": {"frobnicate": 1}}, "frobnicate", "unknown_parameter"),
+        # refused by the orchestrator's admission, its coded error mapped
+        ({"max_tokens": 5000}, None, "invalid_params"),  # over the deployment's cap (4096)
+        ({"messages": [{"role": "user", "content": "x" * 300_000}]}, None, "payload_too_large"),
+        # refused by the worker: prompt + max_tokens over the model's context
+        ({"max_tokens": 4096}, None, "context_length_exceeded"),
     ],
 )  # fmt: skip
 def test_a_request_llorch_cannot_honour_is_a_400_naming_it(
-    edge: Edge, fields: dict[str, Any], param: str | None
+    edge: Edge, fields: dict[str, Any], param: str | None, code: str
 ) -> None:
     body: dict[str, Any] = {"model": MODEL, "messages": HI, "max_tokens": 4, **fields}
+    for stream in (False, True):  # a stream is refused with a real status too, not a 200
+        with pytest.raises(openai.BadRequestError) as refused:
+            edge.openai().chat.completions.create(**body, stream=stream)
+        assert refused.value.status_code == 400, refused.value
+        assert (refused.value.param, refused.value.code) == (param, code)
+        assert refused.value.response.headers["x-should-retry"] == "false"
+
+
+def test_a_model_without_a_chat_template_refuses_chat_but_completes(edge: Edge) -> None:
+    api = edge.openai()
     with pytest.raises(openai.BadRequestError) as refused:
-        edge.openai().chat.completions.create(**body)
-    assert refused.value.status_code == 400 and refused.value.param == param
-    if param is None:
-        assert refused.value.code == "context_length_exceeded"
+        api.chat.completions.create(model=BARE, messages=HI, max_tokens=4)  # type: ignore[arg-type]
+    assert (refused.value.code, refused.value.param) == ("no_chat_template", "messages")
+    assert "raw `prompt`" in refused.value.message  # what to do instead
+    done = api.completions.create(model=BARE, prompt=COUNTING, max_tokens=4, temperature=0)
+    assert done.choices[0].finish_reason == "length" and done.choices[0].text
+    assert done.usage is not None and done.usage.completion_tokens == 4
 
 
 def test_an_unknown_model_is_a_404_model_not_found(edge: Edge) -> None:
@@ -136,13 +158,57 @@ def test_a_client_that_leaves_mid_stream_cancels_its_job(edge: Edge) -> None:
     first = next(iter(stream))
     job_id = first.id.removeprefix("chatcmpl-")
     stream.close()
-    state = edge.until(lambda s: any(j["job_id"] == job_id for j in s["recent"]))
+    state = edge.until(lambda s: _ended(s, job_id))
     (job,) = [j for j in state["recent"] if j["job_id"] == job_id]
     assert job["state"] == "cancelled" and job["code"] == "CANCELLED"
     state = edge.until(lambda s: not s["running"])
-    assert [w["state"] for p in state["pools"] for w in p["workers"]] == ["ready"]
+    workers = [w for p in state["pools"] for w in p["workers"] if w["model"] == MODEL]
+    assert [w["state"] for w in workers] == ["ready"]
     again = api.completions.create(model=MODEL, prompt="Hi", max_tokens=2)  # the worker serves
     assert again.usage is not None and again.usage.completion_tokens == 2
+
+
+async def test_a_client_that_leaves_while_its_job_waits_takes_it_off_the_queue(
+    edge: Edge,
+) -> None:
+    """The worker runs one stream; a second client's job waits in the queue (its client
+    waits for the response headers) and that client leaves: its job ends cancelled without
+    ever running, and the queue is empty again while the first stream still runs."""
+    api = openai.AsyncOpenAI(base_url=f"{edge.url}v1", api_key=KEY, max_retries=0)
+    long: dict[str, Any] = {"model": MODEL, "prompt": COUNTING, "max_tokens": LONG,
+                            "temperature": 0, "stream": True}  # fmt: skip
+    nc = await client.connect(edge.nats_url, _identity(edge, "client-http"))  # owns the jobs
+    running = await api.completions.create(**long)
+    try:
+        await running.__anext__()
+        waiting = asyncio.ensure_future(api.completions.create(**long))
+        state = await asyncio.to_thread(edge.until, lambda s: len(s["queue"]) == 1)
+        job_id = state["queue"][0]["job_id"]
+        waiting.cancel()  # the SDK closes its connection
+        state = await asyncio.to_thread(edge.until, lambda s: _ended(s, job_id))
+        assert not state["queue"] and len(state["running"]) == 1
+        info = await client.job(nc, job_id)
+        assert isinstance(info, JobInfo), info
+        assert (info.state, info.code) == ("cancelled", "CANCELLED")
+        assert info.started_at is None and info.worker_id is None and info.tokens_out is None
+        assert (await running.__anext__()).choices[0].text  # the first stream goes on
+    finally:
+        await running.close()
+        await api.close()
+        await nc.close()
+    await asyncio.to_thread(edge.until, lambda s: not s["running"])
+
+
+@pytest.mark.parametrize(
+    "size",
+    [MAX_MESSAGE_BYTES + 1, MAX_MESSAGE_BYTES - 100],  # over the body limit; over the bus's
+)
+def test_a_prompt_the_bus_cannot_carry_is_a_413(edge: Edge, size: int) -> None:
+    """A body over 1 MiB is not read to its end; one under it whose request, encoded for the
+    bus, is over the bus's message limit is refused the same way, not sent."""
+    with pytest.raises(openai.APIStatusError) as refused:
+        edge.openai().completions.create(model=MODEL, prompt="x" * size, max_tokens=1)
+    assert refused.value.status_code == 413 and refused.value.code == "payload_too_large"
 
 
 async def test_the_callers_trace_continues_onto_the_bus(edge: Edge) -> None:
@@ -210,6 +276,14 @@ def _in_thread(work: Any) -> _Thread:
     thread = _Thread(target=lambda: setattr(thread, "result", work()), daemon=True)
     thread.start()
     return thread
+
+
+def _ended(state: dict[str, Any], job_id: str) -> bool:
+    return any(j["job_id"] == job_id for j in state["recent"])
+
+
+def _identity(edge: Edge, name: str) -> Credentials:
+    return Credentials(nkey_seed_file=seed_file(edge.data_dir / "creds", name))
 
 
 def _without_llorch() -> dict[str, str]:
