@@ -47,6 +47,7 @@ from tests.e2e.conftest import ClusterFactory, cluster_factory
 
 SIZE = 3
 POOLS = tuple(f"p{i}" for i in range(1, SIZE + 1))
+CLIENT = 2  # the server of make_cluster's client (its orchestrator's is 0)
 FORMED_S = 60.0  # the cluster not whole again within this long fails the test
 _POLL_S = 0.05  # the monitoring endpoint tells no one of a change: it is asked again
 
@@ -191,5 +192,5 @@ async def nats_cluster(tmp_path: Path) -> AsyncIterator[NatsCluster]:
 async def make_cluster(nats_cluster: NatsCluster, tmp_path: Path) -> AsyncIterator[ClusterFactory]:
     """The e2e factory on the cluster: orchestrator on server 0, the test's client on 2."""
     urls = nats_cluster.urls
-    async with cluster_factory(urls[0], tmp_path, nats_cluster.creds_dir, urls[2]) as make:
+    async with cluster_factory(urls[0], tmp_path, nats_cluster.creds_dir, urls[CLIENT]) as make:
         yield make
