@@ -253,7 +253,8 @@ def render(
     ]
     if seat is not None:
         lines += [
-            "# A server of a cluster: this file holds the routes' secret; keep it on its host.",
+            "# A server of a cluster (remade with one --node per server): this file holds the",
+            "# routes' secret; keep it on its own host.",
             f"server_name: {json.dumps(seat.node.name)}",
         ]
         listen = f"{seat.node.host}:{seat.node.client_port}"
