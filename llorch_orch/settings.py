@@ -63,7 +63,7 @@ _FLAGS: list[tuple[str, str, type, list[str] | None, str]] = [
     ("--placement", "placement", str, ["best-fit", "spread"], "device choice for new workers"),
     ("--keep-alive", "keep_alive_s", float, None, "idle worker lifetime in s; 0 = never"),
     ("--max-workers", "max_workers", int, None, "workers per model; 0 = one per device"),
-    ("--slots", "slots", int, None, "jobs one worker runs at once (continuous batching)"),
+    ("--slots", "slots", int, None, "jobs a worker runs at once; 0 = by device"),
     ("--spawn-timeout", "spawn_timeout_s", float, None, "spawn to ready, s"),
     ("--stall-timeout", "stall_timeout_s", float, None, "silent running job => worker lost, s"),
 ]

@@ -35,6 +35,7 @@ from llorch_worker.chat import TEMPLATE_KEY, ChatTemplate
 from llorch_worker.loadlog import load_failure_code, placement
 from llorch_worker.outcome import Failed, Finished, Item, Outcome, after_token
 from llorch_worker.slots import (
+    GPU_STEP_TOKENS,
     STEP_TOKENS,
     Chunk,
     Progress,
@@ -135,13 +136,13 @@ class Engine:
         gpu: bool,
         threads: int | None,
         slots: int = 1,
-        step_tokens: int = STEP_TOKENS,
+        step_tokens: int | None = None,  # by device: STEP_TOKENS, GPU_STEP_TOKENS
     ) -> None:
         self._model_path = model_path
         self._n_ctx = n_ctx  # per slot
         self._gpu = gpu
         self._threads = threads
-        self._step_tokens = step_tokens
+        self._step_tokens = step_tokens or (GPU_STEP_TOKENS if gpu else STEP_TOKENS)
         self._table = SlotTable(slots)
         self._llama: _Llama | None = None
         self._chat: ChatTemplate | None = None  # None: the model has no template, no chat

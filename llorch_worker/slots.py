@@ -13,7 +13,12 @@ import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-STEP_TOKENS = 256  # default budget of one step: decoding sequences first, prompts the rest
+# The budget of one step: decoding sequences first, prompts the rest. On a CPU a step's time
+# grows with its tokens, so prompts go in chunks that keep the running streams moving; a GPU
+# takes llama-server's batch (its n_batch, 2048): a burst of new prompts is prefilled in one
+# step, as there, for a few ms more on the step of the streams already running.
+STEP_TOKENS = 256
+GPU_STEP_TOKENS = 2048
 
 
 class SlotTable:

@@ -281,7 +281,7 @@ class Core:
         s = self.state
         match decision:
             case StartWorker(slot=slot):
-                started = s.spawn(now, job.request.model, slot.pool_id, slot.device, slot.need, job)
+                started = s.spawn(now, job.request.model, slot, job)
                 claimed[started.worker_id] += 1
             case Evict(victims=victims):
                 for victim in victims:

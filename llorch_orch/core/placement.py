@@ -22,6 +22,7 @@ class Slot:
     pool_id: str
     device: int
     kind: str
+    slots: int  # the jobs a worker of the model would run at once there (its KV cache)
     need: int  # bytes the worker is budgeted
     available: int  # bytes free for llorch on that device now
 
@@ -53,8 +54,10 @@ def slots(
         for d in sorted(p.devices.values(), key=lambda d: d.index):
             if device is not None and d.index != device:
                 continue
-            need = view.estimate(model, d.kind)
-            kept.append(Slot(p.pool_id, d.index, d.kind, need, view.available(p.pool_id, d.index)))
+            n = view.slots_for(model, d.kind, d.total_bytes)
+            need = view.estimate(model, d.kind, n)
+            available = view.available(p.pool_id, d.index)
+            kept.append(Slot(p.pool_id, d.index, d.kind, n, need, available))
     if pool is not None and pool not in view.pools:
         reasons.append(f"pinned pool {pool} is unknown")
     return kept, reasons

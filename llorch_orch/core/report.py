@@ -54,14 +54,16 @@ def cluster_state(core: Core, now: float, caller: Caller = ANYONE) -> ClusterSta
 def models(core: Core) -> ModelsReply:
     entries = []
     for name, (info, pools) in sorted(core.view.catalog().items()):
-        kinds = {d.kind for p in pools for d in core.view.pools[p].devices.values()}
-        kind = "gpu" if "gpu" in kinds else "cpu"
+        devices = [d for p in pools for d in core.view.pools[p].devices.values()]
+        kind = "gpu" if any(d.kind == "gpu" for d in devices) else "cpu"
+        largest = max((d.total_bytes for d in devices if d.kind == kind), default=0)
+        slots = core.view.slots_for(name, kind, largest)  # a worker on its largest device
         entries.append(
             CatalogEntry(
                 model=info,
                 pools=sorted(pools),
-                est_bytes=core.view.estimate(name, kind),
-                measured=(name, kind) in core.view.measured,
+                est_bytes=core.view.estimate(name, kind, slots),
+                measured=(name, kind, slots) in core.view.measured,
                 n_ctx=core.view.n_ctx(name),
             )
         )

@@ -17,6 +17,7 @@ from .config import OrchConfig
 from .drain import DrainRate
 from .jobs import FinishedJobs, Job, Outcome
 from .outputs import JobEnded, Output
+from .placement import Slot
 from .queue import AdmissionQueue
 from .view import ClusterView, WorkerRec
 
@@ -188,20 +189,19 @@ class CoreState:
         self.out.append(JobEnded(job.job_id, info))
 
     # ---- workers -------------------------------------------------------------------------
-    def spawn(
-        self, now: float, model: str, pool_id: str, device: int, need: int, job: Job
-    ) -> WorkerRec:
+    def spawn(self, now: float, model: str, place: Slot, job: Job) -> WorkerRec:
         pin = job.request
+        pool_id = place.pool_id
         worker = self.view.add(
             WorkerRec(
                 self.mint("w"),
                 pool_id,
                 model,
-                device,
+                place.device,
                 "starting",
-                need,
+                place.need,
                 spawn_deadline=now + self.cfg.spawn_timeout_s,
-                slots=self.cfg.model(model).slots,
+                slots=place.slots,
                 pin_pool=pin.pool,
                 pin_device=pin.device,
             )
@@ -209,7 +209,7 @@ class CoreState:
         request = SpawnRequest(
             worker_id=worker.worker_id,
             model=model,
-            device=device,
+            device=place.device,
             n_ctx=self.view.n_ctx(model),
             slots=worker.slots,
         )
@@ -253,5 +253,5 @@ class CoreState:
         pool = self.view.pools.get(worker.pool_id)
         device = pool.devices.get(worker.device) if pool else None
         if device is not None:
-            key = (worker.model, device.kind)
+            key = (worker.model, device.kind, worker.slots)
             self.view.measured[key] = max(memory, self.view.measured.get(key, 0))

@@ -5,7 +5,7 @@ from typing import Literal
 
 from schemas import Device, ModelInfo
 
-from .config import OrchConfig
+from .config import CPU_SLOTS, GPU_SLOTS, OrchConfig
 
 # idle: no job; busy: at least one job (it may still have free slots)
 WorkerPhase = Literal["starting", "idle", "busy", "draining"]
@@ -59,7 +59,8 @@ class ClusterView:
     cfg: OrchConfig
     pools: dict[str, PoolRec] = field(default_factory=dict)
     workers: dict[str, WorkerRec] = field(default_factory=dict)  # read-only: use add/remove
-    measured: dict[tuple[str, str], int] = field(default_factory=dict)  # (model, kind) -> bytes
+    # (model, device kind, slots) -> bytes: the largest footprint a worker of it reported
+    measured: dict[tuple[str, str, int], int] = field(default_factory=dict)
     # model -> phase -> workers: scheduling looks at one model's idle or starting workers
     # without a pass over every worker (1,000 workers: ~100 -> ~20 us per decision)
     _by_phase: dict[str, dict[WorkerPhase, dict[str, WorkerRec]]] = field(default_factory=dict)
@@ -155,17 +156,29 @@ class ClusterView:
         wanted = self.cfg.model(model).n_ctx
         return min(wanted, info.n_ctx_train) if info and info.n_ctx_train else wanted
 
-    def estimate(self, model: str, kind: str) -> int:
-        """Learned footprint if a worker of this model reported one, else the GGUF estimate."""
-        learned = self.measured.get((model, kind))
+    def estimate(self, model: str, kind: str, slots: int) -> int:
+        """Learned footprint if a worker of this model with as many slots reported one on such
+        a device, else the GGUF estimate."""
+        learned = self.measured.get((model, kind, slots))
         if learned is not None:
             return learned
         info = self.model_info(model)
         if info is None:
             return 0
         overhead = self.cfg.gpu_overhead_bytes if kind == "gpu" else self.cfg.cpu_overhead_bytes
-        kv = info.kv_bytes_per_token * self.n_ctx(model) * self.cfg.model(model).slots
+        kv = info.kv_bytes_per_token * self.n_ctx(model) * slots
         return info.size_bytes + kv + overhead
+
+    def slots_for(self, model: str, kind: str, total_bytes: int) -> int:
+        """The slots of a worker of `model` on a device of `kind` with `total_bytes`: as
+        configured, else by device (config.CPU_SLOTS; on a GPU the most of GPU_SLOTS whose
+        worker fits the device's memory, the fewest if none does)."""
+        if configured := self.cfg.model(model).slots:
+            return configured
+        if kind != "gpu":
+            return CPU_SLOTS
+        fitting = (n for n in GPU_SLOTS if self.estimate(model, kind, n) <= total_bytes)
+        return next(fitting, GPU_SLOTS[-1])
 
     def device_workers(self, pool_id: str, index: int) -> list[WorkerRec]:
         return [w for w in self.workers.values() if w.pool_id == pool_id and w.device == index]

@@ -18,6 +18,7 @@ from llorch_orch.core import (
     Stop,
 )
 from llorch_orch.core import events as ev
+from llorch_orch.core.config import ModelConfig
 from llorch_orch.core.tenancy import ANYONE, Caller
 from schemas import (
     CancelReply,
@@ -185,6 +186,9 @@ def cancel(
 
 
 def make_core(**cfg: object) -> Core:
+    """A core as configured, but with 4 slots per worker unless `default_model` says (the
+    tests' figures are for 4; test_slots.py checks the choice by device)."""
+    cfg.setdefault("default_model", ModelConfig(slots=4))
     core = Core(OrchConfig(**cfg))  # type: ignore[arg-type]
     core.handle(heartbeat())
     return core

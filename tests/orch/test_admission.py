@@ -254,7 +254,8 @@ def test_model_larger_than_free_memory_waits() -> None:
     assert not spawns(out)
     info = core.job_info("j1")
     assert info.worker_id is None
-    assert info.reasons == ["device p1/0: needs 876 MiB, 100 MiB free"]
+    # the default slots on a GPU: 32 (1 KiB x 2048 tokens x 32 = 64 MiB of KV)
+    assert info.reasons == ["device p1/0: needs 932 MiB, 100 MiB free"]
 
 
 def test_pinned_job_served_by_existing_worker_passes() -> None:

@@ -34,14 +34,14 @@ def core_with(devices: list, models: list | None = None, **cfg: object) -> Core:
 
 def test_estimate_from_gguf_then_measured() -> None:
     core = make_core()
-    assert core.view.estimate("m", "gpu") == EST
-    assert core.view.estimate("m", "cpu") == 100 * MiB + 1024 * 2048 * 4 + 160 * MiB
+    assert core.view.estimate("m", "gpu", 4) == EST
+    assert core.view.estimate("m", "cpu", 4) == 100 * MiB + 1024 * 2048 * 4 + 160 * MiB
     spawn = only_spawn(core.handle(submit("j1")))
     assert core.view.workers[spawn.request.worker_id].est_bytes == EST
     assert spawn.request.n_ctx == 2048 and spawn.request.model == "m"
-    core.handle(ready(spawn.request.worker_id, memory=500 * MiB))
-    assert core.view.estimate("m", "gpu") == 500 * MiB
-    assert core.view.estimate("m", "cpu") != 500 * MiB  # learned per device kind
+    core.handle(ready(spawn.request.worker_id, memory=500 * MiB, slots=4))  # as asked
+    assert core.view.estimate("m", "gpu", 4) == 500 * MiB
+    assert core.view.estimate("m", "cpu", 4) != 500 * MiB  # learned per device kind
 
 
 def test_cpu_only_host() -> None:
@@ -130,11 +130,11 @@ def test_device_without_room_is_skipped_with_a_reason() -> None:
 
 
 def test_best_slot_ties_are_deterministic() -> None:
-    a = Slot("p2", 0, "gpu", 10, 20)
-    b = Slot("p1", 1, "gpu", 10, 20)
-    c = Slot("p1", 0, "gpu", 10, 20)
+    a = Slot("p2", 0, "gpu", 4, 10, 20)
+    b = Slot("p1", 1, "gpu", 4, 10, 20)
+    c = Slot("p1", 0, "gpu", 4, 10, 20)
     assert best_slot([a, b, c], "best-fit")[0] == c
-    slot, reasons = best_slot([Slot("p1", 0, "gpu", 30, 20)], "best-fit")
+    slot, reasons = best_slot([Slot("p1", 0, "gpu", 4, 30, 20)], "best-fit")
     assert slot is None and reasons == ["device p1/0: needs 0 MiB, 0 MiB free"]
 
 
@@ -144,7 +144,7 @@ def test_pool_pin_honoured_without_fallback() -> None:
     core.handle(heartbeat("p2", devices=[gpu(0, total=2 * GiB, free=0)]))
     out = core.handle(submit("j1", pool="p2"))
     assert not spawns(out) and not errors(out)  # waits for p2 rather than using p1
-    assert core.job_info("j1").reasons == ["device p2/0: needs 876 MiB, 0 MiB free"]
+    assert core.job_info("j1").reasons == ["device p2/0: needs 932 MiB, 0 MiB free"]
     out = core.handle(heartbeat("p2", devices=[gpu(0, total=2 * GiB)]))
     assert only_spawn(out).pool_id == "p2"
 
@@ -218,16 +218,16 @@ def test_other_models_do_not_block() -> None:
 def test_heartbeats_raise_the_learned_footprint_as_workers_grow() -> None:
     core = make_core()
     w = only_spawn(core.handle(submit("j1"))).request.worker_id
-    core.handle(ready(w, memory=500 * MiB))
-    core.handle(heartbeat(now=T0 + 1, workers=[winfo(w, memory=600 * MiB)]))
+    core.handle(ready(w, memory=500 * MiB, slots=4))
+    core.handle(heartbeat(now=T0 + 1, workers=[winfo(w, memory=600 * MiB, slots=4)]))
     assert core.view.workers[w].memory_bytes == 600 * MiB
-    assert core.view.estimate("m", "gpu") == 600 * MiB
-    core.handle(heartbeat(now=T0 + 2, workers=[winfo(w, memory=550 * MiB)]))
-    assert core.view.estimate("m", "gpu") == 600 * MiB  # the largest seen stays the budget
+    assert core.view.estimate("m", "gpu", 4) == 600 * MiB
+    core.handle(heartbeat(now=T0 + 2, workers=[winfo(w, memory=550 * MiB, slots=4)]))
+    assert core.view.estimate("m", "gpu", 4) == 600 * MiB  # the largest seen stays the budget
 
 
 def test_adopted_workers_teach_their_footprint() -> None:
     core = make_core()
-    core.handle(heartbeat(now=T0 + 1, workers=[winfo("stranger", memory=700 * MiB)]))
+    core.handle(heartbeat(now=T0 + 1, workers=[winfo("stranger", memory=700 * MiB, slots=4)]))
     assert core.view.workers["stranger"].memory_bytes == 700 * MiB
-    assert core.view.estimate("m", "gpu") == 700 * MiB
+    assert core.view.estimate("m", "gpu", 4) == 700 * MiB

@@ -59,8 +59,9 @@ def test_a_device_without_room_says_what_is_needed_and_free() -> None:
     core = Core(OrchConfig())
     core.handle(heartbeat(devices=[gpu(0, total=8 * GiB, free=100 * MiB)]))
     core.handle(submit("j1"))
-    # 100 MiB file + 8 MiB KV (1 KiB x 2048 tokens x 4 slots) + 768 MiB GPU overhead
-    assert reasons(core, "j1") == ["device p1/0: needs 876 MiB, 100 MiB free"]
+    # 100 MiB file + 64 MiB KV (1 KiB x 2048 tokens x 32 slots: a GPU's default) + 768 MiB
+    # GPU overhead
+    assert reasons(core, "j1") == ["device p1/0: needs 932 MiB, 100 MiB free"]
 
 
 def test_eviction_names_its_victims_then_the_job_waits_for_them() -> None:
@@ -76,7 +77,7 @@ def test_a_job_pinned_to_a_lost_pool_says_so() -> None:
     core.handle(heartbeat("p1"))
     core.handle(heartbeat("p2", devices=[gpu(0, total=2 * GiB, free=0)]))
     core.handle(submit("j1", pool="p2"))
-    assert reasons(core, "j1") == ["device p2/0: needs 876 MiB, 0 MiB free"]
+    assert reasons(core, "j1") == ["device p2/0: needs 932 MiB, 0 MiB free"]
     core.handle(heartbeat("p1", now=T0 + 3))
     core.handle(tick(T0 + 3))  # p2 missed its heartbeat
     assert reasons(core, "j1") == ["pool p2 is lost"]

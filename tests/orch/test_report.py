@@ -46,7 +46,7 @@ def test_models_reply_learns_measurements() -> None:
     assert entries["m"].pools == ["p1", "p2"] and not entries["m"].measured
     assert entries["z"].pools == ["p2"]
     w = only_spawn(core.handle(submit("j1"))).request.worker_id
-    core.handle(ready(w, pool="p1", memory=123 * MiB))
+    core.handle(ready(w, pool="p1", memory=123 * MiB, slots=4))  # the slots it was asked for
     entries = {e.model.name: e for e in models(core).models}
     assert entries["m"].measured and entries["m"].est_bytes == 123 * MiB
 

@@ -1,10 +1,12 @@
 """Capacity in slots: a worker runs up to `slots` jobs at once; the orchestrator fills the
 slots of its workers before it starts another replica, and a retry carries the text hash."""
 
-from llorch_orch.core import ModelConfig
+from llorch_orch.core import Core, ModelConfig, OrchConfig
 
 from .factory import (
     T0,
+    MiB,
+    cpu,
     executes,
     gpu,
     heartbeat,
@@ -98,3 +100,22 @@ def test_by_default_a_model_gets_one_worker_per_device_that_holds_it() -> None:
     assert core.job_info("j9").reasons == [  # type: ignore[union-attr]
         "2/2 workers of m, loading for earlier jobs"
     ]
+
+
+def test_slots_follow_the_device_unless_configured() -> None:
+    """`slots = 0` (the default): 4 on a CPU; on a GPU the most of 32/16/8/4 whose worker fits
+    the device (100 MiB file + 2 MiB of KV a slot + 768 MiB overhead: 32 slots need 932 MiB,
+    8 need 884); a configured number wherever the worker goes."""
+    cases = [
+        (OrchConfig(), gpu(0), 32),
+        (OrchConfig(), gpu(0, total=890 * MiB), 8),
+        (OrchConfig(), cpu(), 4),
+        (OrchConfig(default_model=ModelConfig(slots=2)), gpu(0), 2),
+    ]
+    for cfg, device, slots in cases:
+        core = Core(cfg)
+        core.handle(heartbeat(devices=[device]))
+        spawn = only_spawn(core.handle(submit("j1")))
+        assert spawn.request.slots == slots, (device, cfg)
+        est = 100 * MiB + 1024 * 2048 * slots + (768 if device.kind == "gpu" else 160) * MiB
+        assert core.view.workers[spawn.request.worker_id].est_bytes == est
