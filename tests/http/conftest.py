@@ -1,7 +1,8 @@
 """One `llorch up --http` stack for the whole module (starting one costs seconds of the CI's
 two cores), with an API key, a queue of one and one worker per model, so that a full queue
 (429) can be made with three requests. Its catalog also holds `bare`, the bundled model
-without its chat template."""
+without its chat template, and `broken`, the bundled model cut short (its metadata whole, its
+tensors not), which no worker can load."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from llorch_pool import catalog
 LLORCH = [sys.executable, "-m", "llorch_orch"]
 MODEL = "smollm2-135m"
 BARE = "bare"  # the same weights, no chat template
+BROKEN = "broken"  # the same file cut short: every worker for it fails to load
+BROKEN_BYTES = 16 << 20  # its metadata (the vocabulary too) sits before this
 KEY = "sk-test-0123456789"
 WAIT_S = 60.0
 POLL_S = 0.05  # how often a wait re-reads the dashboard's state
@@ -78,8 +81,14 @@ def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
 
 
 @pytest.fixture(scope="module")
-def edge(tmp_path_factory: pytest.TempPathFactory, templateless_model_path: Path) -> Iterator[Edge]:
+def edge(
+    tmp_path_factory: pytest.TempPathFactory, templateless_model_path: Path, model_path: Path
+) -> Iterator[Edge]:
     data_dir = tmp_path_factory.mktemp("http")
+    broken = data_dir / "models" / "broken.gguf"
+    broken.parent.mkdir()
+    with model_path.open("rb") as whole:
+        broken.write_bytes(whole.read(BROKEN_BYTES))
     keys = data_dir / "keys.txt"
     keys.write_text(f"# the test's key\n{KEY}\n")
     port, http_port = free_port(), free_port()
@@ -87,7 +96,8 @@ def edge(tmp_path_factory: pytest.TempPathFactory, templateless_model_path: Path
         [*LLORCH, "up", "--cpu", "--data-dir", str(data_dir), "--port", str(port),
          "--http", f"127.0.0.1:{http_port}", "--api-key-file", str(keys),
          "--queue-capacity", "1", "--max-workers", "1", "--slots", "1",
-         "--allow-model-dir", str(templateless_model_path.parent)],
+         "--allow-model-dir", str(templateless_model_path.parent),
+         "--allow-model-dir", str(broken.parent)],
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert up.stderr is not None
@@ -97,7 +107,9 @@ def edge(tmp_path_factory: pytest.TempPathFactory, templateless_model_path: Path
         assert f"dashboard on http://127.0.0.1:{http_port}/" in lines[1], lines
         edge = Edge(f"http://127.0.0.1:{http_port}/", data_dir, f"nats://127.0.0.1:{port}")
         catalog.add_model(data_dir, BARE, templateless_model_path)
-        until(edge.models, lambda names: BARE in names)  # the pool's next heartbeat lists it
+        catalog.add_model(data_dir, BROKEN, broken)
+        # the pool's next heartbeat lists them
+        until(edge.models, lambda names: {BARE, BROKEN} <= names)
         yield edge
     finally:
         up.send_signal(signal.SIGINT)

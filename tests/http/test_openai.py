@@ -21,7 +21,7 @@ from llorch_common.local import seed_file
 from llorch_orch.natsserver import NatsServer, free_port
 from schemas import MAX_MESSAGE_BYTES, JobInfo, Subjects
 
-from .conftest import BARE, KEY, MODEL, Edge, get
+from .conftest import BARE, BROKEN, KEY, MODEL, Edge, get
 
 HI = [{"role": "user", "content": "Name three colours."}]
 # a raw prompt the model continues for far longer than any test lets it run
@@ -31,7 +31,7 @@ LONG = 1000
 
 def test_models_lists_the_catalog(edge: Edge) -> None:
     api = edge.openai()
-    assert {m.id for m in api.models.list()} == {MODEL, BARE}
+    assert {m.id for m in api.models.list()} == {MODEL, BARE, BROKEN}
     assert api.models.retrieve(MODEL).owned_by == "llorch"
     with pytest.raises(openai.NotFoundError):
         api.models.retrieve("nosuch")
@@ -232,6 +232,16 @@ async def test_the_callers_trace_continues_onto_the_bus(edge: Edge) -> None:
         await api.close()
     finally:
         await nc.close()
+
+
+def test_a_model_no_worker_can_load_is_a_503(edge: Edge) -> None:
+    """The cluster cannot serve the model now: each worker started for it failed to load, and
+    once the orchestrator's tries are spent the job fails WORKER_START_FAILED, a 503 that says
+    why (the worker's load error), not a 500: nothing in the edge or the request is wrong."""
+    with pytest.raises(openai.InternalServerError) as refused:
+        edge.openai().completions.create(model=BROKEN, prompt="Hi", max_tokens=2)
+    assert refused.value.status_code == 503 and refused.value.code == "worker_start_failed"
+    assert "not within the file bounds" in refused.value.message  # llama.cpp's own words
 
 
 def test_no_orchestrator_is_a_503_and_readyz_says_not_ready(nats_server: NatsServer) -> None:
