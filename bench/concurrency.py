@@ -18,6 +18,9 @@ Paths (same GGUF, prompts, max_tokens, temperature 0, engine threads, n_ctx per 
 - llama_cpp.server: llama-cpp-python's OpenAI server (one sequence at a time; requests wait
   for its lock), `--interrupt_requests False`: by default a waiting request makes it cut the
   running stream short, which would count as a fast, short answer.
+- direct (level 1 only): llama-cpp-python alone, `Llama.generate` in a child process that
+  never imports nats (bench/gpu/gpu_validate.py's), one stream at a time: the TTFT a worker's
+  own (`end.ttft_ms`, recorded for the llorch paths as `engine_ttft_ms`) is compared with.
 
 At each level N: one warm-up wave (8 tokens each, discarded; it also spawns llorch's worker),
 then `--waves` waves; in a wave N streams start together (one event loop, all requests sent
@@ -70,6 +73,7 @@ class Req:
     total_ms: float
     tokens: int
     error: str = ""
+    engine_ttft_ms: float = 0.0  # llorch: the worker's own (job start to first token)
 
 
 @dataclass
@@ -179,7 +183,8 @@ class Llorch:
                     return Req(0, 0, 0, f"{event.code}: {event.message}")
                 elif isinstance(event, End):
                     t1 = time.perf_counter()
-                    return Req((first - t0) * 1e3, (t1 - t0) * 1e3, event.tokens_out)
+                    ttft = (first - t0) * 1e3
+                    return Req(ttft, (t1 - t0) * 1e3, event.tokens_out, "", event.ttft_ms)
         return Req(0, 0, 0, "stream ended without a terminal event")
 
     async def record_slots(self) -> None:
@@ -327,6 +332,25 @@ class LlamaCppServer(Http):
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 
+class Direct:
+    """llama-cpp-python alone, in a child process, one stream at a time (level 1 only)."""
+
+    name = "direct"
+
+    def __init__(self, args: argparse.Namespace, path: Path) -> None:
+        from bench.gpu.gpu_validate import Direct as Child
+
+        self.child = Child(str(path), 0, args.logs / "direct.log")
+
+    async def one(self, text: str, max_tokens: int) -> Req:
+        r = await asyncio.to_thread(self.child.run, text, max_tokens)
+        total = r["ttft_ms"] + (r["tokens"] - 1) / r["decode_tok_s"] * 1e3 if r["tokens"] > 1 else 0
+        return Req(r["ttft_ms"], total, int(r["tokens"]))
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.child.close)
+
+
 # --- the run --------------------------------------------------------------------------------
 
 
@@ -371,6 +395,8 @@ async def start_fixed(
     peer = LlamaCppServer(args, path) if "llama_cpp.server" in want else None
     if peer is not None:
         fixed.append(peer)
+    if "direct" in want:
+        fixed.append(Direct(args, path))
     try:
         for stack in llorch:
             await stack.wait_ready()
@@ -462,7 +488,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     llorch, fixed = await start_fixed(args, path, tmp)
     try:
         for level in levels:
-            paths = list(fixed)
+            paths = [p for p in fixed if level == 1 or not isinstance(p, Direct)]
             server: LlamaServer | None = None
             if "llama-server" in args.paths.split(","):
                 server = LlamaServer(args, path, level)
@@ -509,6 +535,7 @@ def report(res: Results, levels: list[int], args: argparse.Namespace, path: Path
                 "tokens_per_s_best": max(sum(r.tokens for r in w.reqs) / w.wall_s for w in ws),
                 "tokens_per_s_waves": [sum(r.tokens for r in w.reqs) / w.wall_s for w in ws],
                 "ttft_ms": summary([r.ttft_ms for r in ok]),
+                "engine_ttft_ms": summary([r.engine_ttft_ms for r in ok if r.engine_ttft_ms]),
                 "total_ms": summary([r.total_ms for r in ok]),
                 "requests": len(reqs),
                 "errors": [r.error for r in reqs if r.error][:5],
@@ -555,9 +582,10 @@ def print_table(res: dict[str, Any]) -> None:
     for name, per in res["paths"].items():
         for level, r in per.items():
             t = r["ttft_ms"]
+            engine = r.get("engine_ttft_ms", {}).get("n") and r["engine_ttft_ms"]["p50"]
             rows.append([
                 name, int(level), r["tokens_per_s"], r["tokens_per_s_best"], t["p50"], t["p99"],
-                f"{r['full']}/{r['requests']}", r["n_errors"],
+                engine or "-", f"{r['full']}/{r['requests']}", r["n_errors"],
             ])  # fmt: skip
     rows.sort(key=lambda row: (row[1], str(row[0])))
     print(f"slots reported by llorch's workers: {res['slots_reported']}")
@@ -570,7 +598,7 @@ def print_table(res: dict[str, Any]) -> None:
             print(f"  {thread} ({t['share']:.0%}): {leaves}")
     print(table(
         ["path", "streams", "tok/s", "tok/s best wave", "TTFT p50 ms", "TTFT p99 ms",
-         "full length", "errors"],
+         "worker's TTFT p50 ms", "full length", "errors"],
         rows,
     ))  # fmt: skip
 

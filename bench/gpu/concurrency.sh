@@ -154,7 +154,7 @@ EOF
   command -v nats-server py-spy || exit 1
   python3 -c "import llama_cpp, llama_cpp.server.app; print('llama_cpp', llama_cpp.__version__, 'gpu:', llama_cpp.llama_supports_gpu_offload())" || exit 1
   nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm,power.draw --format=csv
-  PATHS=llorch,llorch-slotsN,llorch-slots1,llama-server,llama_cpp.server
+  PATHS=${PATHS:-llorch,llorch-slotsN,llorch-slots1,llama-server,llama_cpp.server}
   [ -x "$KEEP/llama-server" ] || PATHS=${PATHS/llama-server,/}
   DEADLINE=${DEADLINE:-575}  # s after T0: the command's limit is 600, logs must still leave
   for m in $MODELS; do
