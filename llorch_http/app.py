@@ -317,7 +317,7 @@ class _Stream(Response):
 
     def __init__(
         self,
-        body: AsyncIterator[bytes],
+        body: AsyncIterator[tuple[bytes, bool]],
         leaving: Leaving,
         on_exit: Callable[[], None],
         headers: dict[str, str],
@@ -331,9 +331,8 @@ class _Stream(Response):
         try:
             start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
             await send(start)
-            async for chunk in self._body:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            async for chunk, more in self._body:  # its last part ends the response
+                await send({"type": "http.response.body", "body": chunk, "more_body": more})
         except asyncio.CancelledError as exc:
             self._leaving.forgive(exc)
         finally:
@@ -350,28 +349,29 @@ def _end_stream(job: Job, span: Span, measure: Measure) -> None:
 
 async def _events(
     job: Job, head: bodies.Head, include_usage: bool, first: Any, measure: Measure
-) -> AsyncIterator[bytes]:
-    """The SSE body of a stream: the role (chat), a chunk per token, the finish reason, the
-    usage when asked for, `[DONE]`. An error after the first token can only be said in the
-    stream: an `error` object, as OpenAI sends it, and no `[DONE]`."""
+) -> AsyncIterator[tuple[bytes, bool]]:
+    """The SSE body of a stream, each part with whether more follows: the role (chat), a chunk
+    per token, then the finish reason, the usage when asked for and `[DONE]` in one last part
+    (one write, the end of the body with it). An error after the first token can only be said
+    in the stream: an `error` object, as OpenAI sends it, and no `[DONE]`."""
     sse = bodies.sse
     # a chat's role chunk leaves with the first token's: one write, one wake-up, before it
     role = sse(bodies.chunk(head, "", include_usage, first=True)) if head.kind == "chat" else b""
     token = bodies.TokenFrame.of(head, include_usage)  # encoded once, around each token's text
     event = first
     while isinstance(event, Token):
-        yield role + token(event.text)
+        yield role + token(event.text), True
         role = b""
         event = await job.next()
     if isinstance(event, Error):
         error = from_wire(event)
         measure.status = error.status
-        yield role + sse(error.body())
+        yield role + sse(error.body()), False
         return
     assert isinstance(event, End)
     final = None if head.kind == "chat" else ""
-    yield role + sse(bodies.chunk(head, final, include_usage, finish=event.finish_reason))
+    tail = role + sse(bodies.chunk(head, final, include_usage, finish=event.finish_reason))
     if include_usage:
-        yield sse(bodies.usage_chunk(head, event))
+        tail += sse(bodies.usage_chunk(head, event))
     measure.status = 200
-    yield _DONE
+    yield tail + _DONE, False
