@@ -244,34 +244,44 @@ class Edge(Peer):
 
 
 class LeanEdge(Edge):
-    """The edge read by the least an HTTP client can do: it writes the request on one kept-alive
-    connection and splits the chunked SSE body itself. httpx spends milliseconds of its own per
-    request on a small CPU (docs/performance.md, section 6), which would be counted as the
-    edge's."""
+    """The edge read by the least an HTTP client can do: it writes the request on a connection
+    opened before the clock starts and splits the chunked SSE body itself. httpx spends
+    milliseconds of its own per request on a small CPU (docs/performance.md, section 6), which
+    would be counted as the edge's. (A connection kept between rounds would be closed by
+    uvicorn's 5 s keep-alive while the other paths run.)"""
 
     def __init__(self, edge: Edge) -> None:  # the same process as `edge`: nothing to start
         self.owner, self.port, self.stack, self.http = None, edge.port, edge.stack, edge.http
-        self.conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
     async def stream(self, prompt: str) -> tuple[Run, dict[str, str]]:  # type: ignore[override]
-        if self.conn is None:
-            self.conn = await asyncio.open_connection("127.0.0.1", self.port)
-        reader, writer = self.conn
-        body = json.dumps(self.body(prompt)).encode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            return await self._exchange(reader, writer, json.dumps(self.body(prompt)).encode())
+        finally:
+            writer.close()
+
+    async def _exchange(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes
+    ) -> tuple[Run, dict[str, str]]:
+        async def line() -> bytes:
+            if not (read := await reader.readline()):
+                raise RuntimeError("the edge closed the connection mid-answer")
+            return read
+
         head = f"POST /v1/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {len(body)}"
         times: list[float] = []
         texts: list[str] = []
         t0 = time.perf_counter()
         writer.write(f"{head}\r\ncontent-type: application/json\r\n\r\n".encode() + body)
-        status = await reader.readline()
+        status = await line()
         headers = {}
-        while (line := await reader.readline()) != b"\r\n":
-            name, _, value = line.decode().partition(":")
+        while (field := await line()) != b"\r\n":
+            name, _, value = field.decode().partition(":")
             headers[name.strip().lower()] = value.strip()
         if b" 200 " not in status or headers.get("transfer-encoding") != "chunked":
             raise RuntimeError(f"the edge answered {status!r} {headers}")
         pending = b""
-        while size := int(await reader.readline(), 16):  # chunked: size, data, CRLF; 0 ends
+        while size := int(await line(), 16):  # chunked: size, data, CRLF; 0 ends
             pending += (await reader.readexactly(size + 2))[:-2]
             *events, pending = pending.split(b"\n\n")
             for event in events:
@@ -279,12 +289,9 @@ class LeanEdge(Edge):
                 if data != b"[DONE]" and (text := json.loads(data)["choices"][0]["text"]):
                     times.append(time.perf_counter())
                     texts.append(text)
-        await reader.readline()  # the CRLF after the last chunk
         return _run(t0, times, texts), headers
 
     async def close(self) -> None:  # the edge's client and process are `Edge.close`'s
-        if self.conn is not None:
-            self.conn[1].close()
         if self.owner is not None:
             await self.owner.close()
 
