@@ -375,6 +375,14 @@ def _paired(a: list[Run], b: list[Run], field: str, op: str) -> list[float]:
     return out
 
 
+def _within_job(a: list[Run], b: list[Run]) -> list[float]:
+    """Per round: `a`'s client TTFT beyond its worker's, less `b`'s."""
+    return [
+        (x.ttft_ms - x.engine_ttft_ms) - (y.ttft_ms - y.engine_ttft_ms)
+        for x, y in zip(a, b, strict=True)
+    ]
+
+
 def report(runs: dict[str, list[Run]], kinds: list[str], args: argparse.Namespace) -> dict:
     d, p, o, e = runs["direct"], runs["peer"], runs["llorch"], runs["edge"]
     same_text = sum(
@@ -409,6 +417,9 @@ def report(runs: dict[str, list[Run]], kinds: list[str], args: argparse.Namespac
         "edge_lean_client_minus_engine_ttft_ms": summary(
             [r.ttft_ms - r.engine_ttft_ms for r in runs["edge_lean"]]
         ),
+        # the target's figure, paired per round: what HTTP adds to NATS within each job
+        "edge_minus_llorch_within_job_ms": summary(_within_job(e, o)),
+        "edge_lean_minus_llorch_within_job_ms": summary(_within_job(runs["edge_lean"], o)),
         "ttft_edge_over_peer": summary(_paired(e, p, "ttft_ms", "/")),
         "tps_edge_over_llorch": summary(_paired(e, o, "decode_tps", "/")),
         "tps_edge_over_peer": summary(_paired(e, p, "decode_tps", "/")),
