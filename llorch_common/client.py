@@ -11,8 +11,10 @@ safe.
 It also rides out a change of leader (docs/protocol.md, "Orchestrator failover"): a job that
 has not started yet is sent again, with the same job id, when a new leader announces itself
 (the dead one may have held it in its queue) or when its request got no answer at all for
-`resend_s` (it may have gone to a leader that was frozen). Admission of a job id the leader
-already holds for the same stream is idempotent, so neither can run a job twice.
+`resend_s`, then twice as long each time up to 8 s (a request published just as its server
+died is lost with the connection; one that reached a frozen leader waits there). Admission
+of a job id the leader already holds for the same stream is idempotent, so neither can run a
+job twice.
 """
 
 from __future__ import annotations
@@ -64,7 +66,11 @@ T = TypeVar("T")
 
 DEFAULT_STALL_S = 60.0
 DEFAULT_READY_S = 10.0  # a stack that is still starting gets this long to start answering
-DEFAULT_RESEND_S = 5.0  # a request with no answer at all this long is sent again
+# A request with no answer at all this long is sent again (then after twice as long, up to
+# RESEND_MAX_S): a healthy orchestrator answers within milliseconds (`queued`, or the worker's
+# `started`), and sending the same job again is harmless (idempotent admission).
+DEFAULT_RESEND_S = 1.0
+RESEND_MAX_S = 8.0
 _RETRY_FIRST_S, _RETRY_MAX_S = 0.05, 1.0
 _NO_RESPONDERS = "503"
 
@@ -150,6 +156,7 @@ class _Asking:
     give_up_at: float = 0.0  # refusals "not ready" are answered by sending again until then
     delay: float = _RETRY_FIRST_S
     retry_at: float | None = None  # when to send again after a refusal "not ready"
+    unanswered_s: float = 0.0  # how long the request may go unanswered before it is sent again
     last_seq: int = -1  # of the last event kept
     answered: bool = False  # admitted: an event came from the orchestrator or a worker
     started: bool = False  # a worker runs the job: it is never sent again
@@ -180,7 +187,7 @@ class _Asking:
         """Until the stream counts as stalled, or (no answer yet) until it is sent again."""
         due = self.heard_at + self.stall_s
         if not self.answered:
-            due = min(due, self.sent_at + self.resend_s)
+            due = min(due, self.sent_at + (self.unanswered_s or self.resend_s))
         if self.retry_at is not None:
             due = min(due, self.retry_at)
         return max(due - self.clock(), 0.0)
@@ -235,11 +242,14 @@ async def stream(
                 if asking.stalled():
                     yield _stall(stall_s, asking.last_seq + 1)
                     return
-                # after a refusal "not ready"; or no answer at all: a frozen leader may have it
+                if asking.retry_at is None:  # no answer at all: lost, or at a frozen leader
+                    waited = asking.unanswered_s or resend_s
+                    asking.unanswered_s = min(waited * 2, RESEND_MAX_S)
                 await asking.send(afresh=asking.retry_at is None)
                 continue
             if msg is None:  # a new leader: it may not know a job that has not started
                 if not asking.started:
+                    asking.unanswered_s = 0.0
                     await asking.send()
                 continue
             if (event := await asking.heard(msg)) is not None:

@@ -10,17 +10,14 @@ stopped cleanly).
 
 The epoch of a lead is the revision of the create that won it: a stream sequence, so it
 only grows, across every orchestrator and restart (`llorch_common/fence.py` says what it
-fences). A leader steps down when a renewal finds someone else's revision, or when it could
-not renew for a whole TTL (timed from before its last successful write, so it never believes
-itself leader after the server let its key expire).
+fences). A leader steps down when a renewal finds a revision not its own: another took the
+lease, or the key expired while no renewal could be written (see `hold`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
@@ -47,11 +44,9 @@ class Lease:
     name: str  # this orchestrator's, the key's value
     ttl_s: float = DEFAULT_TTL_S
     replicas: int = 0  # of the bucket when this orchestrator makes it; 0: min(3, servers)
-    clock: Callable[[], float] = time.monotonic
     epoch: int = 0  # of the lead held now; 0 when none
     _kv: KeyValue | None = None
     _revision: int = 0  # of our last write
-    _renewed_at: float = 0.0  # when the last successful write was sent
 
     async def _bucket(self) -> KeyValue:
         """The bucket, made if missing (first start, or a JetStream store that was lost). An
@@ -84,7 +79,6 @@ class Lease:
         """Wait until this orchestrator leads; its epoch, or None once `give_up` is set."""
         holder = ""
         while not give_up.is_set():
-            sent = self.clock()
             try:
                 revision = await (await self._bucket()).create(self.key, self.name.encode())
             except KeyWrongLastSequenceError:
@@ -94,7 +88,6 @@ class Lease:
                 self._kv = None  # the bucket itself may be gone: looked up (or made) again
             else:
                 self.epoch = self._revision = revision
-                self._renewed_at = sent
                 return revision
             await wait_event(give_up, self.ttl_s / TRIES_PER_TTL)
         return None
@@ -111,22 +104,28 @@ class Lease:
         return holder
 
     async def hold(self) -> str:
-        """Renew while we lead; returns why the lead ended (then we must step down)."""
+        """Renew while we lead; returns why the lead ended (we must step down then): a renewal
+        found a revision not ours, so another orchestrator took the lease, or our key expired
+        while the bucket could not be written. A renewal that fails otherwise (no JetStream
+        quorum while a lost server's streams elect, our own server gone) is tried again and
+        the lead kept: nobody can take the lease from a store we cannot write either, and
+        where they can (a partition), pools and workers fence our commands by epoch."""
+        failing = False
         while True:
             await asyncio.sleep(self.ttl_s / RENEWALS_PER_TTL)
-            sent = self.clock()
-            left = self._renewed_at + self.ttl_s - sent  # until the server lets our key go
             try:
-                async with asyncio.timeout(max(left, 0.0)):
-                    kv = await self._bucket()
-                    self._revision = await kv.update(self.key, self.name.encode(), self._revision)
+                kv = await self._bucket()
+                self._revision = await kv.update(self.key, self.name.encode(), self._revision)
             except KeyWrongLastSequenceError:
-                return "the lease passed to another orchestrator"
-            except Exception as exc:  # unreachable, or no answer before the lease lapsed
-                if self.clock() - self._renewed_at >= self.ttl_s:
-                    return f"could not renew the lease for {self.ttl_s:g}s ({exc!r})"
+                return "the lease passed to another orchestrator, or lapsed unrenewed"
+            except Exception as exc:
+                if not failing:  # once per outage: it may last seconds (an election)
+                    log.warning("lease not renewed, lead kept: %r", exc)
+                failing = True
                 continue
-            self._renewed_at = sent
+            if failing:
+                log.info("lease renewed again")
+            failing = False
 
     async def release(self) -> None:
         """Give the lead up now (a clean stop): a standby takes over without waiting a TTL."""

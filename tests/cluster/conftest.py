@@ -26,6 +26,7 @@ on server 0, the test's client on server 2, pools where `Cluster.spawn_pool(...,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import urllib.error
@@ -164,13 +165,14 @@ def _get_json(url: str) -> dict[str, Any]:
         return found
 
 
-@pytest.fixture
-async def nats_cluster(tmp_path: Path) -> AsyncIterator[NatsCluster]:
+@contextlib.asynccontextmanager
+async def running_cluster(out: Path) -> AsyncIterator[NatsCluster]:
+    """Three servers on free ports, their configs, seeds, stores and logs under `out`; whole
+    when it yields, stopped after (`bench/failover.py` runs one too)."""
     host = "127.0.0.1"
     nodes = tuple(
         natsconf.Node(f"n{i}", host, free_port(host), free_port(host)) for i in range(SIZE)
     )
-    out = tmp_path / "nats"
     configs = natsconf.write_cluster(
         out, Subjects(), nodes, POOLS, clients=["cli"], producers=["cli"]
     )
@@ -186,6 +188,12 @@ async def nats_cluster(tmp_path: Path) -> AsyncIterator[NatsCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+async def nats_cluster(tmp_path: Path) -> AsyncIterator[NatsCluster]:
+    async with running_cluster(tmp_path / "nats") as cluster:
+        yield cluster
 
 
 @pytest.fixture
