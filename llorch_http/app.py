@@ -8,6 +8,7 @@ become the response, the dashboard's data one `api.state` and one `api.models` r
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from .errors import ApiError, from_wire, invalid
 from .generation import Job, Leaving
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+log = logging.getLogger("llorch.http")
 _STATIC = resources.files("llorch_http") / "static"
 _PAGE_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
 # The page loads only its own files and talks only to this origin.
@@ -125,6 +127,9 @@ def _route(name: str, edge: Edge, handler: Handler, public: bool = False) -> End
             response = await handler(request, edge, measure)
         except ApiError as exc:
             response = _error(exc)
+        except Exception:  # a bug, or NATS gone for good: still an answer in the OpenAI shape
+            log.exception("%s %s failed", request.method, name)
+            response = _error(ApiError(500, "internal error of the HTTP edge", "internal_error"))
         if not isinstance(response, _Stream):
             measure.end(response.status_code)
         return response

@@ -9,6 +9,7 @@ from collections.abc import AsyncGenerator, Coroutine
 from typing import Any
 
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 from nats.errors import MaxPayloadError
 from starlette.types import Receive
 
@@ -71,7 +72,11 @@ class Job:
             _background(self._cancel())
 
     async def _cancel(self) -> None:
-        reply = await client.cancel(self._nc, self.job_id, self._subjects, ready_s=0)
+        try:
+            reply = await client.cancel(self._nc, self.job_id, self._subjects, ready_s=0)
+        except (NatsError, TimeoutError) as exc:  # NATS gone: the job's deadline still ends it
+            log.warning("cancelling %s: %r", self.job_id, exc)
+            return
         if isinstance(reply, Error) and reply.code != ErrorCode.NOT_FOUND:  # ended already
             log.warning("cancelling %s: %s", self.job_id, reply.message)
 

@@ -7,12 +7,15 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import httpx
+import nats
 import pytest
 
 from llorch_common.local import seed_file
-from llorch_http import bodies, dashboard, keys, mapping
+from llorch_http import app, bodies, dashboard, keys, mapping
 from llorch_http.errors import ApiError, from_wire
 from llorch_orch import edge, natsconf
+from llorch_orch.natsserver import NatsServer
 from llorch_orch.stack import Stack, StackError
 from schemas import ChatMessage, ClusterState, Device, Error, ErrorCode, JobInfo, PoolView
 from schemas.control import WorkerInfo
@@ -141,6 +144,23 @@ def test_a_token_frame_is_its_chunk_encoded(
     head = bodies.Head.of(kind, "job-1", 1700000000, "smollm2-135m")
     frame = bodies.TokenFrame.of(head, include_usage)
     assert frame(text) == bodies.sse(bodies.chunk(head, text, include_usage))
+
+
+async def test_a_fault_of_the_edge_is_a_500_in_the_openai_shape(nats_server: NatsServer) -> None:
+    """The edge's NATS connection closed for good (the edge exits then; requests in flight
+    meet it): every route still answers an OpenAI error object, not a bare 500."""
+    nc = await nats.connect(nats_server.url)
+    await nc.close()
+    transport = httpx.ASGITransport(app=app.build(app.Edge(nc)), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://edge") as http:
+        for reply in (
+            await http.get("/v1/models"),
+            await http.post("/v1/completions", json={"model": "m", "prompt": "x"}),
+            await http.post("/v1/completions", json={"model": "m", "prompt": "x", "stream": True}),
+        ):
+            assert reply.status_code == 500, reply.text
+            error = reply.json()["error"]
+            assert (error["type"], error["code"]) == ("server_error", "internal_error")
 
 
 def _worker(state: str, memory: int | None, device: int = 0) -> WorkerInfo:
