@@ -28,7 +28,7 @@ from opentelemetry import trace
 from llorch_common import tracing
 from llorch_common.aio import wait_event
 from llorch_common.connect import Credentials
-from llorch_common.fence import Fence
+from llorch_common.fence import Fence, epoch_of
 from llorch_pool import catalog, registry, spawn_checks, supervisor, telemetry
 from llorch_pool.inventory import Inventory
 from llorch_pool.registry import WorkerRecord
@@ -166,8 +166,10 @@ class PoolService:
         self._changed.set()
 
     async def _on_snapshot_request(self, msg: Msg) -> None:
-        if self.fence.admit(msg.headers) is None:  # a new leader's ask also moves the fence
-            self._mark_changed()
+        """Beat now, whoever asks: a heartbeat changes nothing (`llorch models add` asks too,
+        with no epoch). A leader's ask moves the fence."""
+        self.fence.saw(epoch_of(msg.headers))
+        self._mark_changed()
 
     async def _on_leader(self, msg: Msg) -> None:
         self.fence.heard(msg.data)
