@@ -96,8 +96,11 @@ class Leaving:
         self._watch.add_done_callback(self._on_disconnect)
 
     def _on_disconnect(self, watch: asyncio.Future[None]) -> None:
-        # Once stopped, a late disconnect must not cancel what the task does next.
-        if self._armed and not watch.cancelled() and self._task is not None:
+        # Once stopped, a late disconnect must not cancel what the task does next; a failed
+        # `receive` says nothing about the client.
+        if watch.cancelled() or watch.exception() is not None or not self._armed:
+            return
+        if self._task is not None:
             self.left = True
             self._task.cancel()
 
