@@ -52,8 +52,8 @@ async def test_the_server_of_a_running_job_is_killed(
     cluster = await make_cluster(pools=())
     cluster.spawn_pool("p1", url=f"{urls[1]},{urls[2]}")  # its worker gets the same list
     await cluster.wait_for_pools("p1")
-    running = Job(cluster, **LONG)
-    await running.reached(running.tokens)
+    running = Job(cluster, stall_s=20, **LONG)  # its terminal may be lost with the client's
+    await running.reached(running.tokens)  # server: the client's stall timer then ends it
     worker = next(e.worker_id for e in running.events if isinstance(e, Started))
     victim = await nats_cluster.node_of(f"llorch-worker-{worker}")
 

@@ -21,7 +21,15 @@ MODEL_B = "smollm2-b"
 class Job:
     """One job streamed in the background; `started` is set when its worker begins."""
 
-    def __init__(self, cluster: Cluster, order: list[str] | None = None, **fields: object) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        order: list[str] | None = None,
+        stall_s: float = 120,
+        **fields: object,
+    ) -> None:
+        """`stall_s`: the client's stall timer (a stream that lost its terminal event ends
+        with the client's own WORKER_LOST that long after its last event)."""
         fields.setdefault("model", MODEL)
         fields.setdefault("max_tokens", 4)
         fields.setdefault("temperature", 0.0)  # the same text every run: no early stop by chance
@@ -31,10 +39,11 @@ class Job:
         self.queued = asyncio.Event()
         self.tokens = asyncio.Event()
         self.order = order
+        self.stall_s = stall_s
         self.task = asyncio.create_task(self._run(cluster))
 
     async def _run(self, cluster: Cluster) -> None:
-        async for event in client.stream(cluster.nc, self.request, stall_s=120):
+        async for event in client.stream(cluster.nc, self.request, stall_s=self.stall_s):
             self.events.append(event)
             if isinstance(event, Queued):
                 self.queued.set()
@@ -58,7 +67,7 @@ class Job:
         return next(e.job_id for e in self.events if isinstance(e, Queued | Started))
 
     async def result(self) -> End | Error:
-        await asyncio.wait_for(self.task, 120)
+        await asyncio.wait_for(self.task, self.stall_s + 60)
         return terminal(self.events)
 
 
