@@ -325,9 +325,17 @@ Path_ = Callable[[str], Awaitable[Run]]
 
 
 async def measure(args: argparse.Namespace) -> dict[str, object]:
-    path = model_path()
+    path = Path(args.model_path).resolve() if args.model_path else model_path()
     tmp = Path(tempfile.mkdtemp(prefix="llorch-bench-"))
-    stack = start_stack(tmp, ["--keep-alive", "0"], ["--worker-threads", str(args.threads)])
+    pool_args = ["--worker-threads", str(args.threads)]
+    if args.model_path:  # in the pool's catalog under the bundled model's name, read in place
+        subprocess.run(
+            [sys.executable, "-m", "llorch_pool", "models", "add", MODEL, str(path),
+             "--data-dir", str(tmp)],
+            check=True, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        pool_args += ["--allow-model-dir", str(path.parent)]
+    stack = start_stack(tmp, ["--keep-alive", "0"], pool_args)
     (tmp / "logs").mkdir(exist_ok=True)
     peer = Peer(path, args.threads, tmp / "logs" / "peer.log")
     direct = Direct(path, args.threads)
@@ -428,6 +436,7 @@ def report(runs: dict[str, list[Run]], kinds: list[str], args: argparse.Namespac
         "config": {
             "rounds": args.rounds, "warmup": args.warmup, "threads": args.threads,
             "max_tokens": MAX_TOKENS, "seed": SEED, "n_ctx": N_CTX, "label": args.label,
+            "model_path": args.model_path or "bundled",
         },
         "identical_text_rounds": same_text,
         "kinds": kinds,
@@ -484,6 +493,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=4, help="discarded rounds")
     ap.add_argument("--threads", type=int, default=1, help="engine threads on every path")
     ap.add_argument("--label", default="", help="stored with the results (e.g. before/after)")
+    ap.add_argument(
+        "--model-path", default="", help="a GGUF instead of the bundled SmolLM2 (every path)"
+    )
     ap.add_argument("--out", default="overhead", help="results file name under bench/results")
     args = ap.parse_args()
     use_uvloop()

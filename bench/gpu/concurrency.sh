@@ -65,7 +65,7 @@ prepare)
   # the device image (KINDS.md lists what is there), pinned to what runs here
   mkdir -p $G/benchwhl
   pin() { local v; v=$(python3 -m pip show "$1" 2>/dev/null | sed -n 's/^Version: //p'); echo "$1${v:+==$v}"; }
-  for p in fastapi starlette pydantic pydantic-core pydantic-settings sse-starlette \
+  for p in fastapi starlette pydantic pydantic-core pydantic-settings sse-starlette httptools \
     starlette-context uvicorn annotated-types typing-inspection python-dotenv pynacl cffi \
     pycparser; do
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
