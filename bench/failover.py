@@ -110,7 +110,6 @@ async def leader_kills(runs: int, ttl: float, data_dir: Path) -> list[dict[str, 
     try:
         orchestrator(stack, "B", ttl)
         nc = await connect(stack)
-        await served(nc)  # the worker loaded: every run times the failover, not a cold start
 
         async def strike(name: str) -> Undo:
             kill(stack, NAMES[name])
@@ -122,10 +121,7 @@ async def leader_kills(runs: int, ttl: float, data_dir: Path) -> list[dict[str, 
 
             return undo
 
-        try:
-            return await failovers(nc, runs, strike)
-        finally:
-            await nc.close()
+        return await _runs(nc, runs, strike)
     finally:
         stack.stop()
 
@@ -144,7 +140,6 @@ async def node_kills(runs: int, ttl: float, data_dir: Path) -> list[dict[str, fl
                     *stack.seed_args("worker-p1", "--worker-nkey-seed")]  # fmt: skip
             stack.spawn("pool", pool)
             nc = await client.connect(cluster.url_list, stack.credentials("client-cli"))
-            await served(nc)
 
             async def strike(name: str) -> Undo:
                 node = await cluster.node_of(f"llorch-orchestrator-{name}")
@@ -155,12 +150,19 @@ async def node_kills(runs: int, ttl: float, data_dir: Path) -> list[dict[str, fl
 
                 return undo
 
-            try:
-                return await failovers(nc, runs, strike)
-            finally:
-                await nc.close()
+            return await _runs(nc, runs, strike)
         finally:
             stack.stop()
+
+
+async def _runs(
+    nc: Client, runs: int, strike: Callable[[str], Awaitable[Undo]]
+) -> list[dict[str, float]]:
+    try:
+        await served(nc)  # the worker loaded: every run times the failover, not a cold start
+        return await failovers(nc, runs, strike)
+    finally:
+        await nc.close()
 
 
 def kill(stack: Stack, name: str) -> None:

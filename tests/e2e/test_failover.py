@@ -114,10 +114,15 @@ async def rest(events: asyncio.Queue[Event]) -> list[Event]:
     return seen
 
 
-def long_job(job_id: str) -> GenerateRequest:
+def job(job_id: str, prompt: str = "Hi", max_tokens: int = 8) -> GenerateRequest:
     return GenerateRequest(
-        model=MODEL, prompt="Count: one, two,", max_tokens=LONG, temperature=0, job_id=job_id
+        model=MODEL, prompt=prompt, max_tokens=max_tokens, temperature=0, job_id=job_id
     )
+
+
+def long_job(job_id: str) -> GenerateRequest:
+    """Greedy and longer than any wait of these tests: it cannot end before they act."""
+    return job(job_id, "Count: one, two,", LONG)
 
 
 async def test_kill_9_of_the_leader_streams_finish_and_the_standby_serves(
@@ -125,7 +130,7 @@ async def test_kill_9_of_the_leader_streams_finish_and_the_standby_serves(
 ) -> None:
     cluster = await with_standby(make_cluster)
     before = await leader(cluster)
-    quick = GenerateRequest(model=MODEL, prompt="Hi", max_tokens=8, temperature=0, job_id="q1")
+    quick = job("q1")
     async with streaming(cluster, long_job("long")) as running:
         head = await until(running, Token)
         async with streaming(cluster, quick) as waiting:
@@ -168,7 +173,7 @@ async def test_a_frozen_leader_woken_after_a_takeover_is_refused_and_steps_down(
 ) -> None:
     cluster = await with_standby(make_cluster)
     old = await leader(cluster)
-    quick = GenerateRequest(model=MODEL, prompt="Hi", max_tokens=8, temperature=0, job_id="q2")
+    quick = job("q2")
     a = orchestrator_pid(cluster)
     async with streaming(cluster, long_job("long2")) as running:
         started = (await until(running, Started))[-1]
