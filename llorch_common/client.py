@@ -71,6 +71,11 @@ DEFAULT_READY_S = 10.0  # a stack that is still starting gets this long to start
 # `started`), and sending the same job again is harmless (idempotent admission).
 DEFAULT_RESEND_S = 1.0
 RESEND_MAX_S = 8.0
+# A job that waits hears `queued` at least every 15 s (the orchestrator's queued_keepalive_s);
+# this long in silence, its orchestrator may no longer hold it (one that stepped down says
+# nothing to its clients): it is sent again, which a leader that holds it answers with
+# `queued` (idempotent admission).
+QUEUED_SILENCE_S = 35.0
 _RETRY_FIRST_S, _RETRY_MAX_S = 0.05, 1.0
 _NO_RESPONDERS = "503"
 
@@ -184,10 +189,12 @@ class _Asking:
         return event if event is not None and self.keep(event) else None
 
     def timeout(self) -> float:
-        """Until the stream counts as stalled, or (no answer yet) until it is sent again."""
+        """Until the stream counts as stalled, or (not started yet) until it is sent again."""
         due = self.heard_at + self.stall_s
         if not self.answered:
             due = min(due, self.sent_at + (self.unanswered_s or self.resend_s))
+        elif not self.started:
+            due = min(due, self.heard_at + QUEUED_SILENCE_S)
         if self.retry_at is not None:
             due = min(due, self.retry_at)
         return max(due - self.clock(), 0.0)
@@ -242,7 +249,9 @@ async def stream(
                 if asking.stalled():
                     yield _stall(stall_s, asking.last_seq + 1)
                     return
-                if asking.retry_at is None:  # no answer at all: lost, or at a frozen leader
+                # sent again: after a refusal "not ready" (retry_at), no answer at all (lost,
+                # or at a frozen leader: waiting longer each time), or a wait gone silent
+                if asking.retry_at is None:
                     waited = asking.unanswered_s or resend_s
                     asking.unanswered_s = min(waited * 2, RESEND_MAX_S)
                 await asking.send(afresh=asking.retry_at is None)
