@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas import CatalogEntry, ClusterState, Device, JobInfo, PoolView, WorkerInfo
+from schemas import (
+    CatalogEntry,
+    ClusterState,
+    Device,
+    JobInfo,
+    Leadership,
+    PoolView,
+    WorkerInfo,
+)
 
 # Workers whose memory is held or promised on their device (an exited one holds nothing).
 _HOLDING = {"starting", "ready", "busy", "draining"}
@@ -20,7 +28,13 @@ def view(state: ClusterState, catalog: list[CatalogEntry], now: float) -> dict[s
         "queue": [_waiting(j, now) for j in state.queue],
         "running": [_running(j, now) for j in state.running],
         "recent": [_ended(j) for j in state.recent],
+        "leader": None if state.leader is None else _leader(state.leader, now),
     }
+
+
+def _leader(lead: Leadership, now: float) -> dict[str, Any]:
+    """Which orchestrator answered (only the leader does), and for how long it has led."""
+    return {"name": lead.orchestrator, "epoch": lead.epoch, "for_s": max(now - lead.since, 0.0)}
 
 
 def _pool(pool: PoolView, budget: dict[str, int]) -> dict[str, Any]:

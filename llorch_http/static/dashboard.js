@@ -187,7 +187,9 @@ async function poll() {
   $("#login").hidden = true;
   draw(reply.body);  // a drawing bug is an uncaught error in the console, not a status line
   status.className = "status";
-  status.textContent = `updated ${new Date().toLocaleTimeString()}`;
+  const lead = reply.body.leader;
+  const led = lead ? ` · leader ${lead.name} (epoch ${lead.epoch}, for ${ago(lead.for_s)})` : "";
+  status.textContent = `updated ${new Date().toLocaleTimeString()}${led}`;
 }
 
 $("#login").addEventListener("submit", (e) => {

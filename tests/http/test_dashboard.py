@@ -62,6 +62,7 @@ def test_the_dashboard_shows_the_cluster_and_follows_a_job(edge: Edge, browser: 
     worker = page.locator("[data-worker]").first.locator("td").all_inner_texts()
     assert worker[1] == MODEL and worker[4].endswith(" of 1")  # slots busy, of its one slot
     assert page.locator("#rate").inner_text().endswith("tok/s")
+    assert " · leader orch-" in page.locator("#updated").inner_text()  # who answered, how long
     if shot := os.environ.get(SHOT_ENV):
         page.screenshot(path=shot, full_page=True)
     assert problems == []

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import nats
 import pytest
 
@@ -17,7 +18,16 @@ from llorch_http.errors import ApiError, from_wire
 from llorch_orch import edge, natsconf
 from llorch_orch.natsserver import NatsServer
 from llorch_orch.stack import Stack, StackError
-from schemas import ChatMessage, ClusterState, Device, Error, ErrorCode, JobInfo, PoolView
+from schemas import (
+    ChatMessage,
+    ClusterState,
+    Device,
+    Error,
+    ErrorCode,
+    JobInfo,
+    Leadership,
+    PoolView,
+)
 from schemas.control import WorkerInfo
 
 
@@ -186,7 +196,11 @@ def test_the_view_shows_a_dash_for_what_is_not_known() -> None:
                       slots_busy=3)  # fmt: skip
     pool = PoolView(pool_id="p", alive=True, last_seen_ms_ago=500.0, devices=[], workers=[busy])
     state = ClusterState(pools=[pool], queue=[waiting], running=[], recent=[ended, old])
+    assert dashboard.view(state, [], now=105.0)["leader"] is None  # an orchestrator before HA
+    lead = Leadership(epoch=7, orchestrator="orch-a", since=45.0)
+    state = msgspec.structs.replace(state, leader=lead)
     view = dashboard.view(state, [], now=105.0)
+    assert view["leader"] == {"name": "orch-a", "epoch": 7, "for_s": 60.0}
     assert view["queue"][0]["reasons"] == ["no free memory"] and view["queue"][0]["waited_s"] == 10
     assert view["recent"][0]["tokens_per_s"] == 10.0  # 10 tokens in the 1 s after the first
     assert view["recent"][1]["tokens_per_s"] is None and view["recent"][1]["ttft_ms"] is None
