@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import llama_cpp
+import numpy as np
 from llama_cpp._internals import LlamaModel
 
 from llorch_worker.chat import TEMPLATE_KEY, ChatTemplate
@@ -99,7 +100,7 @@ class _Sequence:
     prompt: list[int]
     cancel: threading.Event
     deliver: Callable[[Item], None]
-    sampler: llama_cpp.llama_sampler_p
+    sampler: llama_cpp.llama_sampler_p | None  # None: greedy, picked with the step's others
     progress: Progress
     text: TextStream = field(init=False)
     last_token: int = -1  # sampled, decoded in the next step
@@ -115,6 +116,7 @@ class _Llama:
         self.model = model
         self.ctx = ctx
         self.vocab = model.vocab
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.memory = llama_cpp.llama_get_memory(ctx)
         self.batch = llama_cpp.llama_batch_init(capacity, 0, 1)
 
@@ -327,7 +329,8 @@ class Engine:
             deliver(Failed(ErrorCode.INTERNAL, "no free slot", len(prompt)))
             return
         # Same seed, same text: a fresh sampler chain per job, seeded with its seed, and an
-        # empty sequence (the slot's cache was cleared when its last job ended).
+        # empty sequence (the slot's cache was cleared when its last job ended). A greedy job
+        # has none: its token is the largest logit, picked for all of them at once.
         sampler = _sampler_chain(job)
         self._running[slot] = _Sequence(
             job, prompt, cancel, deliver, sampler, Progress(slot, len(prompt))
@@ -353,8 +356,24 @@ class Engine:
         outputs = self._decode(plan, prompts, decodes)
         for chunk in plan.prefill:
             running[chunk.slot].progress.prefilled = chunk.stop
-        for slot, index in zip(plan.sampled, outputs, strict=True):
-            self._sample(running[slot], index)
+        greedy = self._greedy_picks([running[slot].sampler is None for slot in plan.sampled])
+        for slot, index, pick in zip(plan.sampled, outputs, greedy, strict=True):
+            self._sample(running[slot], index, pick)
+
+    def _greedy_picks(self, greedy: list[bool]) -> list[int | None]:
+        """The token of each greedy output of the step (None for the others): one argmax over
+        the logits of all outputs, which llama.cpp holds in batch order, the step's sampled
+        order. The same token as llama.cpp's greedy sampler (the first largest logit), without
+        its pass per sequence over a vocabulary-sized candidate array."""
+        if not any(greedy):
+            return [None] * len(greedy)
+        llama = self._llama
+        assert llama is not None
+        rows = np.ctypeslib.as_array(
+            llama_cpp.llama_get_logits(llama.ctx), shape=(len(greedy), llama.n_vocab)
+        )
+        picks = rows.argmax(axis=1)
+        return [int(token) if g else None for g, token in zip(greedy, picks, strict=True)]
 
     def _decode(
         self,
@@ -386,10 +405,14 @@ class Engine:
             raise RuntimeError(f"llama_decode returned {rc}")
         return outputs
 
-    def _sample(self, seq: _Sequence, index: int) -> None:
+    def _sample(self, seq: _Sequence, index: int, pick: int | None) -> None:
         llama = self._llama
         assert llama is not None
-        token = llama_cpp.llama_sampler_sample(seq.sampler, llama.ctx, index)
+        if seq.sampler is None:
+            assert pick is not None  # a greedy sequence's token comes with the step
+            token = pick
+        else:
+            token = llama_cpp.llama_sampler_sample(seq.sampler, llama.ctx, index)
         seq.progress.generated += 1
         seq.last_token = token
         n_in = len(seq.prompt)
@@ -414,7 +437,8 @@ class Engine:
         slot = seq.progress.slot
         del self._running[slot]
         llama.forget(slot)
-        llama_cpp.llama_sampler_free(seq.sampler)
+        if seq.sampler is not None:
+            llama_cpp.llama_sampler_free(seq.sampler)
         self._table.give_back(slot)
         seq.deliver(outcome)
 
@@ -455,17 +479,17 @@ def _whole_prompt(seq: Progress) -> tuple[Chunk, ...]:
     return (Chunk(seq.slot, 0, seq.prompt_len, last=True),)
 
 
-def _sampler_chain(job: Execute) -> llama_cpp.llama_sampler_p:
+def _sampler_chain(job: Execute) -> llama_cpp.llama_sampler_p | None:
     """The chain llama-cpp-python's `Llama.generate` built for the worker, without the stages
-    that are no-ops at the worker's values (penalties 1.0, typical 1.0, min_p 0): greedy at
-    temperature 0, else top_k (0 = off) -> top_p -> temperature -> a draw seeded with the job's
-    seed."""
+    that are no-ops at the worker's values (penalties 1.0, typical 1.0, min_p 0): top_k (0 =
+    off) -> top_p -> temperature -> a draw seeded with the job's seed. None at temperature 0
+    (below a small threshold): greedy, picked for every greedy sequence of a step at once
+    (`Engine._greedy_picks`)."""
+    temp = sampling_temperature(job.temperature)
+    if temp == 0.0:
+        return None
     params = llama_cpp.llama_sampler_chain_default_params()
     chain: llama_cpp.llama_sampler_p = llama_cpp.llama_sampler_chain_init(params)
-    temp = sampling_temperature(job.temperature)  # greedy below a small threshold
-    if temp == 0.0:
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
-        return chain
     for stage in (
         llama_cpp.llama_sampler_init_top_k(job.top_k),
         llama_cpp.llama_sampler_init_top_p(job.top_p, 1),

@@ -120,6 +120,26 @@ async def test_sampled_streams_keep_their_seeds_in_a_batch(
     assert [t.text for t in together] == [a.text for a in alone]
 
 
+async def test_greedy_and_sampled_streams_in_one_batch_each_equal_the_job_run_alone(
+    slotted: WorkerProc, client: Client
+) -> None:
+    """Greedy tokens are picked for all of a step's greedy outputs at once (one argmax over
+    the logits rows), sampled ones by their own chains: interleaved in one batch, each row
+    must still go to its own sequence."""
+    wid = slotted.worker_id
+    mixed = [
+        {"prompt": p, "max_tokens": MAX_TOKENS, "seed": i, "temperature": 0.9 if i % 2 else 0.0}
+        for i, p in enumerate(PROMPTS)
+    ]
+    alone = [await generate(client, wid, f"m-alone-{i}", **f) for i, f in enumerate(mixed)]
+    together = await asyncio.gather(
+        *(generate(client, wid, f"m-together-{i}", **f) for i, f in enumerate(mixed))
+    )
+    for run in together:
+        check_stream(run, MAX_TOKENS)
+    assert [t.text for t in together] == [a.text for a in alone]
+
+
 async def test_cancel_of_one_stream_leaves_the_others_untouched(
     slotted: WorkerProc, client: Client
 ) -> None:
