@@ -6,7 +6,9 @@ stall rule (a stream that is silent for `stall_s` is reported as lost, never a h
 start-up rule: while no orchestrator listens (NATS answers "no responders") or the one that
 does has heard from no pool yet (UNAVAILABLE), a generate request is sent again for up to
 `ready_s`, then reported as UNAVAILABLE, retriable. It was not admitted, so sending it again is
-safe.
+safe. So is a job that waited and was ended, unstarted, by its orchestrator stopping
+(UNAVAILABLE, "send the request again"): another orchestrator (a standby, or the same one
+restarted) takes it within `ready_s`.
 
 It also rides out a change of leader (docs/protocol.md, "Orchestrator failover"): a job that
 has not started yet is sent again, with the same job id, when a new leader announces itself
@@ -180,7 +182,9 @@ class _Asking:
         """The event to hand on, if any (a refusal "not ready" is answered by sending again)."""
         self.heard_at = self.clock()
         event = None if _no_responders(msg) else _event(msg.data)
-        if not self.answered and _starting(event):  # not admitted: safe to send again
+        if not self.started and _starting(event):  # not admitted, or ended unstarted: again
+            if self.answered:  # it waited, then its orchestrator stopped ("send it again")
+                self.give_up_at, self.delay = self.clock() + self.ready_s, _RETRY_FIRST_S
             if self.clock() >= self.give_up_at:
                 return event or unavailable(self.subject, self.ready_s)
             # sent again after a pause, or at once if a leader announces itself meanwhile

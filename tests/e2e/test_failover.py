@@ -150,6 +150,29 @@ async def test_kill_9_of_the_leader_streams_finish_and_the_standby_serves(
     assert isinstance(terminal(served), End)
 
 
+async def test_a_clean_stop_of_the_leader_hands_its_queued_job_to_the_standby(
+    make_cluster: ClusterFactory,
+) -> None:
+    """SIGTERM: the leader ends its queued job with a retriable UNAVAILABLE ("send the request
+    again") and releases the lease; the standby leads at once and llorch's client, which got
+    that error before its job started, sends the job again: it runs there, once."""
+    cluster = await with_standby(make_cluster)
+    before = await leader(cluster)
+    async with streaming(cluster, long_job("long3")) as running:
+        await until(running, Token)
+        async with streaming(cluster, job("q3")) as waiting:
+            await until(waiting, Queued)
+            child = next(p for n, p in cluster.stack.children if n == "orchestrator")
+            child.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(child.wait, 60) == 0
+            now = await leader(cluster, "B")
+            assert now.epoch > before.epoch
+            events = await rest(waiting)
+            assert isinstance(events[-1], End), events  # the error never reached the caller
+            assert sum(isinstance(e, Started) for e in events) == 1
+            assert isinstance((await rest(running))[-1], End)
+
+
 async def test_kill_9_of_the_leader_mid_batch_every_result_once(
     make_cluster: ClusterFactory, tmp_path: Path
 ) -> None:
