@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from ..service import OrchestratorService
+from . import store
 from .config import BatchConfig, BatchConfigError, load
 from .runner import BatchRunner
 
@@ -13,17 +15,27 @@ log = logging.getLogger("llorch.batch")
 __all__ = ["BatchConfig", "BatchConfigError", "BatchRunner", "load", "start"]
 
 
+SETUP_TRIES = 30  # a second apart: a lead may begin while a lost server's streams elect (4-9 s)
+
+
 async def start(service: OrchestratorService, cfg: BatchConfig) -> BatchRunner | None:
     """The runner, started; None when disabled or when the server has no JetStream (the
-    orchestrator then serves interactive jobs only, and says why)."""
+    orchestrator then serves interactive jobs only, and says why). A setup that fails for a
+    while (no JetStream quorum yet) is tried again, up to SETUP_TRIES times."""
     if not cfg.enabled:
         return None
-    runner = BatchRunner(service, cfg)
-    try:
-        await runner.start()
-    except Exception as exc:
-        log.error("batch jobs disabled: JetStream setup failed: %r", exc)
-        await runner.stop()
-        return None
-    log.info("batch runner pulling from JetStream")
-    return runner
+    for attempt in range(1, SETUP_TRIES + 1):
+        runner = BatchRunner(service, cfg)
+        try:
+            await runner.start()
+        except Exception as exc:
+            await runner.stop()
+            if not store.transient(exc) or attempt == SETUP_TRIES:
+                log.error("batch jobs disabled: JetStream setup failed: %r", exc)
+                return None
+            log.warning("JetStream setup failed (%r): trying again", exc)
+            await asyncio.sleep(1.0)
+            continue
+        log.info("batch runner pulling from JetStream")
+        return runner
+    return None
