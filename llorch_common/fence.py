@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from schemas import Error, ErrorCode, Leadership, ProtocolError, decoder
 
 EPOCH_HEADER = "Llorch-Epoch"
+MAX_EPOCH_DIGITS = 20  # 2**64 has 20 digits
 
 _leadership = decoder(Leadership)
 
@@ -24,7 +25,8 @@ _leadership = decoder(Leadership)
 def epoch_of(headers: Mapping[str, str] | None) -> int:
     """The epoch a command carries; 0 without one (or with one that is not a number)."""
     raw = (headers or {}).get(EPOCH_HEADER, "0")
-    return int(raw) if raw.isdigit() else 0
+    # a revision is a stream sequence (uint64): longer text is no epoch, and is never parsed
+    return int(raw) if raw.isdigit() and len(raw) <= MAX_EPOCH_DIGITS else 0
 
 
 def with_epoch(headers: dict[str, str] | None, epoch: int) -> dict[str, str]:

@@ -26,4 +26,5 @@ def test_announcements_move_the_fence_and_garbage_does_not() -> None:
 def test_the_header_is_read_as_a_number_or_not_at_all() -> None:
     assert epoch_of({EPOCH_HEADER: "42"}) == 42
     assert epoch_of({EPOCH_HEADER: "-1"}) == 0 and epoch_of({EPOCH_HEADER: "x"}) == 0
+    assert epoch_of({EPOCH_HEADER: "9" * 5000}) == 0  # never parsed: Python refuses such ints
     assert with_epoch({"a": "b"}, 5) == {"a": "b", EPOCH_HEADER: "5"}
