@@ -10,8 +10,10 @@ stopped cleanly).
 
 The epoch of a lead is the revision of the create that won it: a stream sequence, so it
 only grows, across every orchestrator and restart (`llorch_common/fence.py` says what it
-fences). A leader steps down when a renewal finds a revision not its own: another took the
-lease, or the key expired while no renewal could be written (see `hold`).
+fences). A leader steps down when a renewal finds a revision not its own and the key no
+longer names it: another took the lease, or the key expired while no renewal could be written
+(see `hold`). A renewal written after its answer timed out moved the revision on but still
+names us: the lead is kept.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
-from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+)
 from nats.js.kv import KeyValue
 
 from llorch_common.aio import wait_event
@@ -117,6 +123,8 @@ class Lease:
                 kv = await self._bucket()
                 self._revision = await kv.update(self.key, self.name.encode(), self._revision)
             except KeyWrongLastSequenceError:
+                if await self._ours_still(kv):
+                    continue
                 return "the lease passed to another orchestrator, or lapsed unrenewed"
             except Exception as exc:
                 if not failing:  # once per outage: it may last seconds (an election)
@@ -126,6 +134,25 @@ class Lease:
             if failing:
                 log.info("lease renewed again")
             failing = False
+
+    async def _ours_still(self, kv: KeyValue) -> bool:
+        """Whether the key, at a revision not our last known one, may still be ours: it names
+        us when a renewal whose answer timed out (a busy server) had been written; its revision
+        is taken and the lead kept. Gone (lapsed) or naming another: not ours. Unreadable:
+        kept, as a renewal that fails. (Only a create can write a key we no longer hold, and no
+        other process bears our name: names are unique, and pools fence a duplicate by epoch.)"""
+        try:
+            entry = await kv.get(self.key)
+        except KeyNotFoundError:  # a deleted key too
+            return False
+        except Exception as exc:
+            log.warning("lease not readable, lead kept: %r", exc)
+            return True
+        if entry.value != self.name.encode() or entry.revision is None:
+            return False
+        log.info("a renewal that timed out had been written (revision %d)", entry.revision)
+        self._revision = entry.revision
+        return True
 
     async def release(self) -> None:
         """Give the lead up now (a clean stop): a standby takes over without waiting a TTL."""

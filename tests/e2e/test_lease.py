@@ -50,3 +50,27 @@ async def test_prefixes_lead_apart(nc: Client) -> None:
     one = await Lease(js, "one.v1", "x", TTL).acquire(never)
     two = await Lease(js, "two.v1", "y", TTL).acquire(never)
     assert one is not None and two is not None and two > one
+
+
+async def test_a_renewal_written_after_its_answer_timed_out_keeps_the_lead(nc: Client) -> None:
+    """The server wrote a renewal whose answer the leader never got (a busy server): the key
+    moved on to a revision the leader does not know, still naming it. Its next renewal is
+    refused as of a wrong revision; that is no evidence of a new leader, so the lead is kept
+    and renewed from the written revision."""
+    js = nc.jetstream(timeout=TTL)
+    a = Lease(js, "llorch.v1", "a", TTL)
+    first = await a.acquire(asyncio.Event())
+    assert first is not None
+    kv = await js.key_value(BUCKET)
+    written = await kv.update("llorch.v1", b"a", first)  # the renewal a never heard of
+    watcher = await kv.watch("llorch.v1")
+    holding = asyncio.ensure_future(a.hold())
+    try:
+        # the watcher first delivers the current value, then a None marker, then updates
+        while (entry := await watcher.updates(5 * TTL)) is None or entry.revision <= written:
+            pass
+        assert entry.value == b"a"
+        assert not holding.done()
+    finally:
+        holding.cancel()
+        await watcher.stop()
