@@ -7,7 +7,7 @@ import logging
 
 from ..service import OrchestratorService
 from . import store
-from .config import BatchConfig, BatchConfigError, load
+from .config import SETUP_TRIES, BatchConfig, BatchConfigError, load
 from .runner import BatchRunner
 
 log = logging.getLogger("llorch.batch")
@@ -15,13 +15,10 @@ log = logging.getLogger("llorch.batch")
 __all__ = ["BatchConfig", "BatchConfigError", "BatchRunner", "load", "start"]
 
 
-SETUP_TRIES = 30  # a second apart: a lead may begin while a lost server's streams elect (4-9 s)
-
-
 async def start(service: OrchestratorService, cfg: BatchConfig) -> BatchRunner | None:
     """The runner, started; None when disabled or when the server has no JetStream (the
     orchestrator then serves interactive jobs only, and says why). A setup that fails for a
-    while (no JetStream quorum yet) is tried again, up to SETUP_TRIES times."""
+    while (no JetStream quorum yet) is tried again, a second apart, up to SETUP_TRIES times."""
     if not cfg.enabled:
         return None
     for attempt in range(1, SETUP_TRIES + 1):

@@ -32,12 +32,14 @@ from schemas import (
     new_id,
 )
 
-from .config import DEFAULT_PRODUCER, PRODUCER_PREFIX
+from .config import DEFAULT_PRODUCER, PRODUCER_PREFIX, SETUP_TRIES
 from .lines import LineError, parse_line
 from .runner import REJECTED
 from .store import has_result, is_duplicate, results
 
 DEFAULT_MODEL = "smollm2-135m"
+READY_S = float(SETUP_TRIES)  # as long as a beginning lead tries to make the streams
+STREAM_POLL_S = 0.25
 PRODUCER_ENV = "LLORCH_PRODUCER"
 WATCH_REFRESH_S = 2.0  # --watch also refreshes this often when no job settles
 BAR = 30
@@ -100,15 +102,24 @@ async def run(nc: Client, args: argparse.Namespace) -> int:
 
 
 async def submit(
-    nc: Client, subjects: Subjects, producer: str, path: Path, batch: str | None, model: str
+    nc: Client,
+    subjects: Subjects,
+    producer: str,
+    path: Path,
+    batch: str | None,
+    model: str,
+    ready_s: float = READY_S,
 ) -> int:
     """Publish each line as one job; a malformed line is reported and published as a rejected
     job, so it gets its failed result like any other. A job of the same id that is queued or
     running (the stream refuses it) or has a result (not sent: the runner would ack it unrun)
-    is counted as a duplicate."""
+    is counted as a duplicate. Streams not there yet are waited for up to `ready_s`."""
     batch = batch or new_id("batch")
     js = nc.jetstream()
     new = dupes = bad = 0  # jobs: new + dupes; bad of them are malformed lines
+    if not await _streams_ready(js, subjects, producer, batch, ready_s):
+        print("llorch: no LLORCH_BATCH stream: is the orchestrator running?", file=sys.stderr)
+        return 1
     try:
         for number, text in enumerate(path.read_text().splitlines(), start=1):
             if not text.strip():
@@ -138,6 +149,29 @@ async def submit(
     print(batch)
     print(submit_summary(new, dupes, bad), file=sys.stderr)
     return 0
+
+
+async def _streams_ready(
+    js: JetStreamContext, subjects: Subjects, producer: str, batch: str, wait_s: float
+) -> bool:
+    """Whether the batch streams answer within `wait_s`: a leading orchestrator makes them
+    as its lead begins, a few seconds into it on a cluster (`llorch up` and a submit at once,
+    a failover), so a submit waits for them rather than fail. The probe is a result lookup,
+    which a producer may do (its subject is the producer's); the results stream is made
+    after the job stream, so both exist once it answers."""
+    loop = asyncio.get_running_loop()
+    give_up_at, said = loop.time() + wait_s, False
+    while True:
+        try:
+            await has_result(js, subjects, producer, batch, "ready")
+            return True
+        except (NoStreamResponseError, NoRespondersError, NatsTimeout):
+            if loop.time() >= give_up_at:
+                return False
+            if not said:
+                print("llorch: waiting for the LLORCH_BATCH stream", file=sys.stderr)
+                said = True
+            await asyncio.sleep(STREAM_POLL_S)
 
 
 async def _publish(

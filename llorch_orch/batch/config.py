@@ -33,6 +33,10 @@ PRODUCER_PREFIX = "producer-"
 # for this host's CLI, so the CLI needs no flag there or on an open server.
 DEFAULT_PRODUCER = "cli"
 DAY_S = 86_400.0
+# A lead that begins while a lost server's streams elect (4-9 s) finds no JetStream quorum: its
+# setup is tried again, a second apart, this many times; `llorch batch submit` waits as long
+# for the streams.
+SETUP_TRIES = 30
 # Messages nak'ed with a delay (a retry waiting for its backoff) stay pending in JetStream
 # without being in flight here: max_ack_pending leaves room for this many of them, so jobs
 # that keep failing cannot stop deliveries to the runner (it gates its own pulls).

@@ -3,17 +3,27 @@ of an existing deployment is brought to that config in place. A real nats-server
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
 from nats.js.errors import APIError
 
 from llorch_orch.batch import store
-from llorch_orch.batch.config import BATCH_STREAM, CONSUMER, BatchConfig, batch_stream, consumer
+from llorch_orch.batch.cli import submit
+from llorch_orch.batch.config import (
+    BATCH_STREAM,
+    CONSUMER,
+    RESULTS_STREAM,
+    BatchConfig,
+    batch_stream,
+    consumer,
+)
 from schemas import Subjects
 
-from .conftest import PRODUCER
+from .conftest import MODEL, PRODUCER, jobs_file
 
 S = Subjects()
 
@@ -69,3 +79,22 @@ async def test_a_lone_server_gets_one_replica_and_refuses_more_when_asked(nc: Cl
     assert (await js.stream_info(BATCH_STREAM)).config.num_replicas == 1
     with pytest.raises(APIError, match="non-clustered"):  # asked: never fewer in silence
         await store.ensure_streams(js, BatchConfig(replicas=2), S)
+
+
+async def test_a_submit_waits_for_streams_a_beginning_lead_makes(
+    nc: Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`llorch batch submit` before the leader made the streams (a stack starting, a failover
+    on a cluster) says it waits, and publishes once they are there; with none, it fails."""
+    js, jobs = nc.jetstream(), jobs_file(tmp_path, 2)
+    assert await submit(nc, S, PRODUCER, jobs, "early", MODEL, ready_s=0) == 1
+    assert "is the orchestrator running?" in capsys.readouterr().err
+    # the submit's probe (a result lookup) reaches us while no stream answers it
+    probes = await nc.subscribe(f"$JS.API.DIRECT.GET.{RESULTS_STREAM}.>")
+    submitting = asyncio.ensure_future(submit(nc, S, PRODUCER, jobs, "early", MODEL))
+    await probes.next_msg(timeout=30)
+    await probes.unsubscribe()
+    await store.ensure_streams(js, BatchConfig(), S)  # what the lead does at its start
+    assert await submitting == 0
+    assert "waiting for the LLORCH_BATCH stream" in capsys.readouterr().err
+    assert await store.waiting(js, S, PRODUCER, "early") == 2
