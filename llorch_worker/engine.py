@@ -139,12 +139,14 @@ class Engine:
         threads: int | None,
         slots: int = 1,
         step_tokens: int | None = None,  # by device: STEP_TOKENS, GPU_STEP_TOKENS
+        flash_attn: bool = False,
     ) -> None:
         self._model_path = model_path
         self._n_ctx = n_ctx  # per slot
         self._gpu = gpu
         self._threads = threads
         self._step_tokens = step_tokens or (GPU_STEP_TOKENS if gpu else STEP_TOKENS)
+        self._flash_attn = flash_attn
         self._table = SlotTable(slots)
         self._llama: _Llama | None = None
         self._chat: ChatTemplate | None = None  # None: the model has no template, no chat
@@ -273,9 +275,13 @@ class Engine:
         cparams.kv_unified = False
         cparams.n_batch = capacity
         cparams.n_ubatch = min(capacity, 512)
-        # as `Llama` sets them (a default left to llama.cpp, flash attention "auto", changes the
-        # numbers and so the greedy text of a job)
-        cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        # off as `Llama` sets it unless asked for (a default left to llama.cpp, "auto", changes
+        # the numbers and so the greedy text of a job)
+        cparams.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if self._flash_attn
+            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
         cparams.yarn_attn_factor, cparams.yarn_beta_fast, cparams.yarn_beta_slow = 1.0, 32.0, 1.0
         cores = multiprocessing.cpu_count()
         cparams.n_threads = self._threads or max(cores // 2, 1)

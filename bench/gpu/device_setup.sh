@@ -9,6 +9,8 @@
 # random-weight Q8_0 with the real SmolLM2 tokenizer. Afterwards PYTHONPATH
 # holds /tmp/site and the repo root, PATH holds /tmp/site/bin (nats-server), and
 # LLORCH_SMALL_GGUF / LLORCH_BIG_GGUF / LLORCH_CUDA_WHEEL / LLORCH_BUILD_S are set.
+# CMAKE_EXTRA: more CMake switches for the wheel (-DGGML_CUDA_FA=OFF: no flash-attention
+# kernels, a shorter build when the device time left is short).
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 OUT=${OUT:-/tmp/llorch-probe-out}
 G=.gpu
@@ -48,7 +50,7 @@ print('deps ok: numpy', numpy.__version__, 'skbuild-core', scikit_build_core.__v
     src=$(ls -d /tmp/llama_cpp_python-*/ | head -1)
     say "building CUDA wheel from $src"
     tb=$SECONDS
-    CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=OFF" \
+    CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=OFF ${CMAKE_EXTRA:-}" \
     CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
       python3 -m pip wheel --no-build-isolation --no-deps --no-index -w /tmp/cudawhl "$src" \
       > $LOGS/build.txt 2>&1 || { tail -60 $LOGS/build.txt; tar -czf "$OUT/logs.tgz" -C $LOGS .; return 1; }
