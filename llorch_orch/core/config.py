@@ -4,11 +4,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 MiB = 1024 * 1024
-# `slots = 0` (the default): a worker's slots chosen by its device. A CPU decodes a batch at
-# the pace of its cores: 4. A GPU batches almost for free (docs/performance.md, "Many streams
-# at once": tokens/s still grew from 16 to 32 streams on an H200): the most of these whose
-# worker fits in the device's memory.
-CPU_SLOTS = 4
+# `slots = 0` (the default): a worker's slots chosen by its device, the most of these whose
+# worker fits in the device's memory (the fewest if none does). A GPU batches almost for free
+# (docs/performance.md, "Many streams at once": tokens/s still grew from 16 to 32 streams on
+# an H200). A CPU decodes a batch at the pace of its cores, but a job that finds every slot
+# taken waits a whole generation: 8 slots gave 8 streams on 2 cores the same tokens/s as 4
+# did, with a TTFT p99 of 3.9 s instead of 9.9 s.
+CPU_SLOTS = (8, 4)
 GPU_SLOTS = (32, 16, 8, 4)
 
 QueuePolicy = Literal["reject", "drop-oldest-batch"]
@@ -23,7 +25,7 @@ class ModelConfig:
     keep_alive_s: float = 300.0  # idle worker stopped after this; 0 = never
     n_ctx: int = 2048  # context per slot (capped by the model's training context)
     slots: int = 0  # jobs one worker runs at once (continuous batching; KV = slots x n_ctx);
-    # 0 = by device (CPU_SLOTS, or on a GPU the most of GPU_SLOTS that fits)
+    # 0 = by device: the most of CPU_SLOTS or GPU_SLOTS that fits
     retired: bool = False  # refuse new jobs for it
 
 

@@ -171,14 +171,13 @@ class ClusterView:
 
     def slots_for(self, model: str, kind: str, total_bytes: int) -> int:
         """The slots of a worker of `model` on a device of `kind` with `total_bytes`: as
-        configured, else by device (config.CPU_SLOTS; on a GPU the most of GPU_SLOTS whose
-        worker fits the device's memory, the fewest if none does)."""
+        configured, else by device: the most of config.GPU_SLOTS (on a CPU, CPU_SLOTS) whose
+        worker fits the device's memory, the fewest if none does."""
         if configured := self.cfg.model(model).slots:
             return configured
-        if kind != "gpu":
-            return CPU_SLOTS
-        fitting = (n for n in GPU_SLOTS if self.estimate(model, kind, n) <= total_bytes)
-        return next(fitting, GPU_SLOTS[-1])
+        choices = GPU_SLOTS if kind == "gpu" else CPU_SLOTS
+        fitting = (n for n in choices if self.estimate(model, kind, n) <= total_bytes)
+        return next(fitting, choices[-1])
 
     def device_workers(self, pool_id: str, index: int) -> list[WorkerRec]:
         return [w for w in self.workers.values() if w.pool_id == pool_id and w.device == index]

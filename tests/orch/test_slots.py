@@ -103,13 +103,15 @@ def test_by_default_a_model_gets_one_worker_per_device_that_holds_it() -> None:
 
 
 def test_slots_follow_the_device_unless_configured() -> None:
-    """`slots = 0` (the default): 4 on a CPU; on a GPU the most of 32/16/8/4 whose worker fits
-    the device (100 MiB file + 2 MiB of KV a slot + 768 MiB overhead: 32 slots need 932 MiB,
-    8 need 884); a configured number wherever the worker goes."""
+    """`slots = 0` (the default): the most whose worker fits the device, of 32/16/8/4 on a GPU
+    (100 MiB file + 2 MiB of KV a slot + 768 MiB overhead: 32 slots need 932 MiB, 8 need 884)
+    and of 8/4 on a CPU (160 MiB overhead: 8 need 276 MiB); a configured number wherever the
+    worker goes."""
     cases = [
         (OrchConfig(), gpu(0), 32),
         (OrchConfig(), gpu(0, total=890 * MiB), 8),
-        (OrchConfig(), cpu(), 4),
+        (OrchConfig(), cpu(), 8),
+        (OrchConfig(), cpu(total=270 * MiB), 4),
         (OrchConfig(default_model=ModelConfig(slots=2)), gpu(0), 2),
     ]
     for cfg, device, slots in cases:
