@@ -51,6 +51,10 @@ _NO_RESPONDERS = "503"
 # After our own reconnect, clients reconnect too (nats-py waits 2 s between attempts, plus
 # jitter): their inbox is without a subscriber meanwhile, which does not mean they left.
 RECONNECT_GRACE_S = 5.0
+# The load is sent again this often, changed or not: core NATS delivers at most once, and a
+# WorkerLoad lost with a server (ours or the pool's) would leave a slot busy at the pool, and
+# so a job waiting at the orchestrator, for good.
+LOAD_REFRESH_S = 5.0
 ENDED_KEPT = 64  # ended jobs an abandon may still ask about (it answers with their final status)
 
 
@@ -112,8 +116,12 @@ class Worker:
                 return EXIT_CONNECTION_LOST
             service = await self._serve(nc)
             await self._announce(nc, loaded)
-            if await lifeline.until(self._stopped):
-                return EXIT_CONNECTION_LOST
+            refreshing = asyncio.ensure_future(self._refresh_load())
+            try:
+                if await lifeline.until(self._stopped):
+                    return EXIT_CONNECTION_LOST
+            finally:
+                refreshing.cancel()
             await service.stop()
             return EXIT_OK
         finally:
@@ -325,11 +333,16 @@ class Worker:
         if self._draining:
             self._drain()
 
-    async def _publish_load(self) -> None:
+    async def _refresh_load(self) -> None:
+        while True:
+            await asyncio.sleep(LOAD_REFRESH_S)
+            await self._publish_load(again=True)
+
+    async def _publish_load(self, again: bool = False) -> None:
         """WorkerLoad on our ready subject when the number of busy slots changed since the last
-        one (its pool reports it in heartbeats)."""
+        one, or `again` (its pool reports it in heartbeats)."""
         busy = len(self._jobs)
-        if busy == self._load_sent:
+        if busy == self._load_sent and not again:
             return
         self._load_sent = busy
         cfg = self.cfg

@@ -114,8 +114,9 @@ class WorkerReady(Message, tag="ready"):
 
 
 class WorkerLoad(Message, tag="worker_load"):
-    """Worker -> `worker.<W>.ready` whenever the number of its busy slots changes, so its pool
-    reports it (`WorkerInfo.slots_busy`) and an orchestrator that adopts it knows."""
+    """Worker -> `worker.<W>.ready` whenever the number of its busy slots changes, and every 5 s
+    besides (a lost one is mended), so its pool reports it (`WorkerInfo.slots_busy`) and an
+    orchestrator that adopts it knows."""
 
     worker_id: str
     pool_id: str
