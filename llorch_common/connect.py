@@ -27,11 +27,14 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from schemas.codes import ErrorCode, ProtocolError
 from schemas.ids import check_id
 from schemas.subjects import DEFAULT_INBOX
+
+if TYPE_CHECKING:  # a type only: the worker's modules may not import nats before llama_cpp
+    from nats.aio.client import Client
 
 ENV_PREFIX = "LLORCH_NATS_"
 WORKER_ENV_PREFIX = "LLORCH_WORKER_NATS_"  # a pool's credentials for the workers it spawns
@@ -173,6 +176,15 @@ class Credentials:
         if self.tls_ca or self.tls_cert:
             parts.append("tls")
         return ", ".join(parts) or "no credentials"
+
+
+def permission_refusal(nc: Client) -> Exception | None:
+    """The server's refusal of a publish (a permissions violation), if it was the connection's
+    last error: such a request is never answered, so its timeout means "not allowed"."""
+    error = nc.last_error
+    if isinstance(error, Exception) and "permissions violation" in str(error).lower():
+        return error
+    return None
 
 
 def without_credentials(env: Mapping[str, str]) -> dict[str, str]:

@@ -16,10 +16,12 @@ from typing import TypeVar
 
 import nats
 from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from opentelemetry import trace
 
 from llorch_common import client, observe, tracing
-from llorch_common.connect import Credentials, add_arguments
+from llorch_common.connect import Credentials, add_arguments, permission_refusal
 from llorch_common.local import (
     DATA_DIR_ENV,
     DEFAULT_NATS_URL,
@@ -40,6 +42,7 @@ from schemas import (
     Event,
     GenerateRequest,
     Heartbeat,
+    JobInfo,
     ProtocolError,
     Queued,
     Subjects,
@@ -297,8 +300,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return await _ask(nc, args)
     except nats.errors.TimeoutError:
         # a publish the server refused (permissions) is never answered: say that, not "late"
-        refused = nc.last_error
-        if refused is not None and "permissions violation" in str(refused).lower():
+        if (refused := permission_refusal(nc)) is not None:
             raise StackError(f"NATS refused it: {refused}") from None
         raise
     finally:
@@ -543,7 +545,9 @@ async def _print_generation(nc: Client, args: argparse.Namespace) -> int:
     events = contextlib.aclosing(client.stream(nc, request, Subjects(args.prefix)))
     async with events as stream:
         async for event in stream:
-            if _show(event, start, first):
+            if isinstance(event, Queued):
+                _waiting(event, await _reasons(nc, event.job_id, Subjects(args.prefix)))
+            elif _show(event, start, first):
                 first = first or time.perf_counter()
             if isinstance(event, Error):
                 if first is not None:
@@ -552,13 +556,26 @@ async def _print_generation(nc: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _reasons(nc: Client, job_id: str, subjects: Subjects) -> list[str]:
+    """Why a queued job waits, as placement says (`llorch job ID` shows the same); none when
+    the orchestrator cannot say at once: the stream goes on either way."""
+    with contextlib.suppress(NatsTimeout, NoRespondersError):
+        info = await client.job(nc, job_id, subjects, timeout=2.0, ready_s=0)
+        if isinstance(info, JobInfo):
+            return info.reasons
+    return []
+
+
+def _waiting(event: Queued, reasons: list[str]) -> None:
+    """A queued job's line: its place, and what the wait is for (a worker that loads, busy
+    slots, memory)."""
+    why = "".join(f"; {reason}" for reason in reasons)
+    print(f"[waiting for a worker: position {event.position} in line{why}]", file=sys.stderr)
+
+
 def _show(event: Event, start: float, first: float | None) -> bool:
     """Print one event of a generation; whether it was text."""
     match event:
-        case Queued(position=position, job_id=job_id):
-            # also while the first worker of a model loads: say what the wait is for
-            why = f"`llorch job {job_id}` says why"
-            print(f"[waiting for a worker: position {position} in line; {why}]", file=sys.stderr)
         case Token(text=text):
             print(text, end="", flush=True)
             return True
