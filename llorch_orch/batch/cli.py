@@ -18,13 +18,14 @@ from nats.js.errors import NoStreamResponseError
 from opentelemetry import trace
 
 from llorch_common import tracing
-from llorch_common.connect import Credentials
+from llorch_common.connect import Credentials, permission_refusal
 from schemas import (
     BatchCancelReply,
     BatchCancelRequest,
     BatchStatus,
     BatchStatusRequest,
     Error,
+    ErrorCode,
     Subjects,
     check_id,
     decoder,
@@ -41,6 +42,7 @@ DEFAULT_MODEL = "smollm2-135m"
 READY_S = float(SETUP_TRIES)  # as long as a beginning lead tries to make the streams
 STREAM_POLL_S = 0.25
 PRODUCER_ENV = "LLORCH_PRODUCER"
+_NO_ANSWER = Error(code=ErrorCode.UNAVAILABLE, message="no answer", retriable=True)
 WATCH_REFRESH_S = 2.0  # --watch also refreshes this often when no job settles
 BAR = 30
 
@@ -232,20 +234,46 @@ def progress_line(s: BatchStatus) -> str:
 async def _status_cmd(
     nc: Client, subjects: Subjects, producer: str, batch: str, watch: bool
 ) -> int:
+    """The batch's status; with `watch`, a live line until it is done. A watch outlives an
+    orchestrator that cannot answer for a while (a restart, a failover while none leads):
+    it says so on its line and asks again."""
     events = await nc.subscribe(subjects.batch_event(producer, batch)) if watch else None
+    width = 0  # of the line shown last: a shorter one must blank its rest
     while True:
-        status = await request_status(nc, subjects, producer, batch)
-        if isinstance(status, Error):
+        status = await _status_or_outage(nc, subjects, producer, batch)
+        if isinstance(status, Error) and not (events is not None and status.retriable):
             return _failed(batch, status)
-        if events is None or finished(status):
+        if isinstance(status, BatchStatus) and (events is None or finished(status)):
             break
-        print(f"\r{progress_line(status)}", end="", file=sys.stderr, flush=True)
+        assert events is not None  # a single answer has broken out or failed above
+        line = (
+            progress_line(status)
+            if isinstance(status, BatchStatus)
+            else f"waiting for the orchestrator ({status.code}: {status.message})"
+        )
+        print(f"\r{line.ljust(width)}", end="", file=sys.stderr, flush=True)
+        width = len(line)
         with contextlib.suppress(NatsTimeout):  # a settled job wakes us; else refresh anyway
             await events.next_msg(timeout=WATCH_REFRESH_S)
     if events is not None:
-        print(f"\r{progress_line(status)}", file=sys.stderr)
+        print(f"\r{progress_line(status).ljust(width)}", file=sys.stderr)
     print(encode(status).decode())
     return 0
+
+
+async def _status_or_outage(
+    nc: Client, subjects: Subjects, producer: str, batch: str
+) -> BatchStatus | Error:
+    """The orchestrator's answer; no answer at all (none subscribed, or none in time) is a
+    retriable UNAVAILABLE like the one a stopping orchestrator gives."""
+    try:
+        return await request_status(nc, subjects, producer, batch)
+    except NoRespondersError:
+        return _NO_ANSWER
+    except NatsTimeout:
+        if permission_refusal(nc) is not None:  # not allowed: the CLI's main says so
+            raise
+        return _NO_ANSWER
 
 
 async def _results_cmd(
@@ -254,7 +282,7 @@ async def _results_cmd(
     subjects.batch_submit(producer, batch)  # validates the ids (ProtocolError INVALID_ID)
     found = await results(nc.jetstream(), subjects, producer, batch)
     if not found:  # none yet, or an unknown batch: the orchestrator's status says which
-        status = await request_status(nc, subjects, producer, batch)
+        status = await _status_or_outage(nc, subjects, producer, batch)
         if isinstance(status, Error):
             return _failed(batch, status)
     lines = "".join(encode(r).decode() + "\n" for r in found)
@@ -270,7 +298,10 @@ async def _results_cmd(
 
 async def _cancel_cmd(nc: Client, subjects: Subjects, producer: str, batch: str) -> int:
     message = encode(BatchCancelRequest(batch_id=batch))
-    msg = await nc.request(subjects.batch_cancel(producer), message, timeout=10)
+    try:
+        msg = await nc.request(subjects.batch_cancel(producer), message, timeout=10)
+    except NoRespondersError:
+        return _failed(batch, _NO_ANSWER)
     reply = _cancel(msg.data)
     if isinstance(reply, Error):
         return _failed(batch, reply)

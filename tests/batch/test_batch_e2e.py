@@ -108,17 +108,13 @@ async def test_cli_resubmission_after_the_jobs_ran_and_malformed_lines(
     assert json.loads(done.stdout)["done"] == 5 and "7/7" in done.stderr
 
 
+def _cli_command(cluster: Cluster, *args: str) -> list[str]:
+    url = cluster.stack.nats_url
+    return [sys.executable, "-m", "llorch_orch", "batch", *args, "--nats-url", url]
+
+
 def _cli(cluster: Cluster, *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "llorch_orch",
-        "batch",
-        *args,
-        "--nats-url",
-        cluster.stack.nats_url,
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(_cli_command(cluster, *args), capture_output=True, text=True, timeout=120)
     assert out.returncode == code, out.stderr
     return out
 
@@ -211,6 +207,8 @@ async def test_chat_line_runs_with_the_model_chat_template(
 async def test_orchestrator_killed_mid_batch_finishes_after_restart(
     make_cluster: ClusterFactory, tmp_path: Path
 ) -> None:
+    """The batch finishes under the restarted orchestrator, and a `status --watch` that runs
+    while no orchestrator answers waits, says so, and ends with the finished batch."""
     cluster = await make_cluster(FAST)
     events = await cluster.nc.subscribe(cluster.subjects.batch_event(PRODUCER, "k9"))
     await submit_file(cluster, jobs_file(tmp_path, 16, max_tokens=8), "k9")
@@ -219,10 +217,21 @@ async def test_orchestrator_killed_mid_batch_finishes_after_restart(
     orch = next(proc for name, proc in cluster.stack.children if name == "orchestrator")
     orch.kill()
     orch.wait()
+    watch = await asyncio.create_subprocess_exec(
+        *_cli_command(cluster, "status", "k9", "--watch"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert watch.stderr is not None
+    said = await asyncio.wait_for(watch.stderr.readuntil(b")"), 120)  # its line, in the outage
+    assert said.endswith(b"waiting for the orchestrator (UNAVAILABLE: no answer)"), said
     config = cluster.stack.data_dir / "orch.toml"
     cluster.stack.spawn("orchestrator", ["llorch_orch", "orch", "--config", str(config)])
     status = await wait_settled(cluster.nc, "k9", 16)
     assert (status.done, status.failed) == (16, 0)
+    out, err = await asyncio.wait_for(watch.communicate(), 120)
+    assert watch.returncode == 0, err.decode()
+    assert json.loads(out)["done"] == 16 and b"16/16" in err
     results = await stored(cluster.nc, "k9")
     assert sorted(r.custom_id for r in results) == sorted(f"j{i}" for i in range(16))
     assert await results_written(cluster.nc) == 16
