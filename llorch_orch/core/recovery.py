@@ -86,6 +86,8 @@ class Recovery:
         """Jobs whose worker did not ack execute in time or went silent: the worker is lost."""
         s = self.s
         for job in list(s.active.values()):
+            if s.active.get(job.job_id) is not job:  # ended or requeued with an earlier one's
+                continue  # worker (a worker runs several jobs: losing it settles them all)
             if job.phase == "fenced":  # the abandon's answer settles it (the shell's timeout)
                 continue
             late_ack = job.ack_deadline is not None and now >= job.ack_deadline

@@ -294,6 +294,23 @@ def test_retry_refused_when_queue_full() -> None:
     assert (core.job_info("j1").state, core.job_info("j1").code) == ("failed", "QUEUE_FULL")
 
 
+def test_a_silent_worker_of_two_jobs_ends_each_once_when_the_queue_is_full() -> None:
+    """Both jobs of a 2-slot worker stall: losing the worker for the first settles the second
+    too (no room to retry: each fails QUEUE_FULL), which the same pass must not settle again
+    (hypothesis found it raising KeyError)."""
+    core = make_core(default_model=ModelConfig(slots=2, max_workers=1), queue_capacity=1,
+                     stall_timeout_s=10, pool_lost_after=1000)  # fmt: skip
+    w = only_spawn(core.handle(submit("j1", T0))).request.worker_id
+    assert len(executes(core.handle(ready(w, T0, slots=2)))) == 1
+    assert only_execute(core.handle(submit("j2", T0))).worker_id == w
+    core.handle(submit("j3", T0))  # waits for a slot: the queue is full
+    for job in ("j1", "j2"):
+        core.handle(status(job, w, "started", seq=1, now=T0 + 1))
+    out = core.handle(tick(T0 + 11))
+    assert error_codes(out) == {"j1": ErrorCode.QUEUE_FULL, "j2": ErrorCode.QUEUE_FULL}
+    assert len(errors(out)) == 2 and [s.request.worker_id for s in stops(out)] == [w]
+
+
 # ---- adoption after an orchestrator restart ---------------------------------------------------
 def test_adopts_workers_from_heartbeats() -> None:
     core = Core(OrchConfig())
