@@ -35,6 +35,7 @@ from nats.errors import NoRespondersError
 
 from llorch_common import tracing
 from llorch_common.connect import Credentials
+from llorch_common.fence import Fence, epoch_of
 from llorch_common.local import servers
 from schemas import (
     CancelReply,
@@ -117,12 +118,15 @@ async def _backoff(delay: float) -> float:
 
 class _Leaders:
     """One subscription per connection to the leaders' announcements, fanned out to the
-    streams waiting on it (a subscription per job would cost every request a round trip)."""
+    streams waiting on it (a subscription per job would cost every request a round trip),
+    and the newest lead heard of (announced, or carried by an orchestrator's event)."""
 
     def __init__(self) -> None:
         self.waiting: set[asyncio.Queue[Msg | None]] = set()
+        self.fence = Fence()
 
-    async def heard(self, _msg: Msg) -> None:
+    async def heard(self, msg: Msg) -> None:
+        self.fence.heard(msg.data)
         for queue in self.waiting:
             queue.put_nowait(None)  # None: a new leader
 
@@ -158,6 +162,7 @@ class _Asking:
     ready_s: float
     resend_s: float
     clock: Callable[[], float]
+    leaders: _Leaders
     sent_at: float = 0.0
     heard_at: float = 0.0
     give_up_at: float = 0.0  # refusals "not ready" are answered by sending again until then
@@ -179,7 +184,13 @@ class _Asking:
         await self.nc.publish(self.subject, self.data, reply=self.inbox, headers=self.headers)
 
     async def heard(self, msg: Msg) -> Event | None:
-        """The event to hand on, if any (a refusal "not ready" is answered by sending again)."""
+        """The event to hand on, if any (a refusal "not ready" is answered by sending again).
+        An event an orchestrator sent in a lead that has passed (a frozen leader woken after a
+        takeover, not yet aware) is dropped: the newer leader serves the job, and the stale
+        event's seq would hide the newer one's."""
+        if (epoch := epoch_of(msg.headers)) and epoch < self.leaders.fence.newest:
+            return None
+        self.leaders.fence.saw(epoch)
         self.heard_at = self.clock()
         event = None if _no_responders(msg) else _event(msg.data)
         if not self.started and _starting(event):  # not admitted, or ended unstarted: again
@@ -240,7 +251,7 @@ async def stream(
     headers = tracing.inject(headers)  # the caller's trace continues in the orchestrator
     data = encode(request)
     asking = _Asking(
-        nc, subjects.generate, data, inbox, headers, stall_s, ready_s, resend_s, loop.time
+        nc, subjects.generate, data, inbox, headers, stall_s, ready_s, resend_s, loop.time, leaders
     )
     try:
         await asking.send()

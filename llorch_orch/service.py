@@ -238,7 +238,7 @@ class OrchestratorService:
         An oversized message to a client (stream event, API reply) is replaced by a coded
         INTERNAL error; an oversized control message is not sent (an execute cannot be:
         `_on_generate` keeps EXECUTE_ROOM free)."""
-        if not to_client:
+        if not to_client or self.epoch:  # a client drops an event of a lead that has passed
             headers = with_epoch(headers, self.epoch)
         if (fitted := self._fit(subject, message, headers, to_client)) is not None:
             await self.nc.publish(subject, fitted[0], reply=reply, headers=fitted[1])
