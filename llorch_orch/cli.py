@@ -542,11 +542,12 @@ async def _print_generation(nc: Client, args: argparse.Namespace) -> int:
     start = time.perf_counter()
     first: float | None = None
     # aclosing: the stream unsubscribes now, not when collected after the connection closed
-    events = contextlib.aclosing(client.stream(nc, request, Subjects(args.prefix)))
+    subjects = Subjects(args.prefix)
+    events = contextlib.aclosing(client.stream(nc, request, subjects))
     async with events as stream:
         async for event in stream:
             if isinstance(event, Queued):
-                _waiting(event, await _reasons(nc, event.job_id, Subjects(args.prefix)))
+                _waiting(event, await _reasons(nc, event.job_id, subjects))
             elif _show(event, start, first):
                 first = first or time.perf_counter()
             if isinstance(event, Error):

@@ -234,31 +234,38 @@ def progress_line(s: BatchStatus) -> str:
 async def _status_cmd(
     nc: Client, subjects: Subjects, producer: str, batch: str, watch: bool
 ) -> int:
-    """The batch's status; with `watch`, a live line until it is done. A watch outlives an
-    orchestrator that cannot answer for a while (a restart, a failover while none leads):
-    it says so on its line and asks again."""
-    events = await nc.subscribe(subjects.batch_event(producer, batch)) if watch else None
+    """The batch's status; with `watch`, a live line until it is done."""
+    if watch:
+        status = await _watch(nc, subjects, producer, batch)
+    else:
+        status = await _status_or_outage(nc, subjects, producer, batch)
+    if isinstance(status, Error):
+        return _failed(batch, status)
+    print(encode(status).decode())
+    return 0
+
+
+async def _watch(nc: Client, subjects: Subjects, producer: str, batch: str) -> BatchStatus | Error:
+    """The finished batch's status (or a non-retriable error), after a live line on stderr.
+    It outlives an orchestrator that cannot answer for a while (a restart, a failover while
+    none leads): the line says so, and the status is asked again."""
+    events = await nc.subscribe(subjects.batch_event(producer, batch))
     width = 0  # of the line shown last: a shorter one must blank its rest
     while True:
         status = await _status_or_outage(nc, subjects, producer, batch)
-        if isinstance(status, Error) and not (events is not None and status.retriable):
-            return _failed(batch, status)
-        if isinstance(status, BatchStatus) and (events is None or finished(status)):
-            break
-        assert events is not None  # a single answer has broken out or failed above
-        line = (
-            progress_line(status)
-            if isinstance(status, BatchStatus)
-            else f"waiting for the orchestrator ({status.code}: {status.message})"
-        )
-        print(f"\r{line.ljust(width)}", end="", file=sys.stderr, flush=True)
+        if isinstance(status, Error) and not status.retriable:
+            return status
+        if isinstance(status, BatchStatus):
+            line = progress_line(status)
+        else:
+            line = f"waiting for the orchestrator ({status.code}: {status.message})"
+        done = isinstance(status, BatchStatus) and finished(status)
+        print(f"\r{line.ljust(width)}", end="\n" if done else "", file=sys.stderr, flush=True)
+        if done:
+            return status
         width = len(line)
         with contextlib.suppress(NatsTimeout):  # a settled job wakes us; else refresh anyway
             await events.next_msg(timeout=WATCH_REFRESH_S)
-    if events is not None:
-        print(f"\r{progress_line(status).ljust(width)}", file=sys.stderr)
-    print(encode(status).decode())
-    return 0
 
 
 async def _status_or_outage(
