@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -53,6 +54,8 @@ _TRANSIENT = (
     js_errors.ServiceUnavailableError,
     js_errors.NoStreamResponseError,
 )
+# A scan's fetch answered "service unavailable" is asked again this often, this many times.
+FETCH_RETRY_S, FETCH_UNAVAILABLE_TRIES = 0.5, 20
 _result = decoder(BatchResult)
 _STREAM_EXISTS = 10058  # "stream name already in use with a different configuration"
 # Replicas by default: min(3, the servers of the cluster). A client is told no cluster size:
@@ -260,9 +263,19 @@ async def scan(
     if left == 0:
         return
     sub = await js.pull_subscribe_bind(config.name, stream=RESULTS_STREAM)
+    unavailable = 0
     try:
         while left > 0:
-            for msg in await sub.fetch(min(left, 256), timeout=10):
+            try:
+                msgs = await sub.fetch(min(left, 256), timeout=10)
+            except js_errors.ServiceUnavailableError:
+                # no consumer leader yet (a cluster electing, after a server was lost)
+                unavailable += 1
+                if unavailable > FETCH_UNAVAILABLE_TRIES:
+                    raise
+                await asyncio.sleep(FETCH_RETRY_S)
+                continue
+            for msg in msgs:
                 left = msg.metadata.num_pending
                 yield msg.subject, msg.data, dict(msg.headers or {})
     finally:
