@@ -25,7 +25,8 @@ async def test_slots_fill_before_a_replica_starts(make_cluster: ClusterFactory) 
     cluster = await make_cluster("[default_model]\nmax_workers = 2\n", slots=2)
     jobs = []
     for i in range(3):  # one after another: the first two share the first worker's slots
-        job = Job(cluster, job_id=f"s{i}", **LONG)
+        # long enough that none ends while the others' workers load (they are cancelled)
+        job = Job(cluster, job_id=f"s{i}", **{**LONG, "max_tokens": 1500})
         await job.reached(job.queued)
         jobs.append(job)
     for job in jobs:
